@@ -1,0 +1,5 @@
+//! Daemon.
+
+pub mod lease;
+pub mod scheduler;
+pub mod worker;

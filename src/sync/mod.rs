@@ -1,0 +1,4 @@
+//! Sync.
+
+pub mod engine;
+pub mod normalize;
