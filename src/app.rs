@@ -1,1 +1,406 @@
-//! placeholder
+//! The one startup path: `Application::build(settings)` then
+//! `run_until_stopped(shutdown)`, used by `run` and by the tests; plus the
+//! other commands that need the whole machine (`sync`, `check`).
+
+use std::fs::File;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::Utc;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Policy, Settings};
+use crate::domain::{MailboxAddress, SubscriptionStatus};
+use crate::google::Google;
+use crate::output;
+use crate::store::Store;
+use crate::subscriptions::OrgUnitVerdict;
+use crate::sync::engine::{self, PassOptions, ProgressFn, SyncContext, SyncReport};
+use crate::sync::gate::{self, GateDecision};
+
+/// A built daemon: database migrated, key loaded, listener bound.
+pub struct Application {
+    ctx: SyncContext,
+    listener: TcpListener,
+    port: u16,
+    /// Held for the process's life on SQLite: a second `run` on the same file refuses to start.
+    _instance_lock: Option<File>,
+}
+
+/// A replica's identity: host, process and a random suffix.
+pub fn replica_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    let suffix: u32 = rand::random();
+    format!("{host}-{}-{suffix:08x}", std::process::id())
+}
+
+/// The SQLite single-replica guard: an exclusive lock on `<db>.lock`.
+fn lock_sqlite(path: PathBuf) -> anyhow::Result<File> {
+    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening lock file {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another `gmail-ingest run` is already using {} (SQLite supports one replica; use PostgreSQL to run several)",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", lock_path.display()))
+        }
+    }
+}
+
+pub async fn context(settings: Settings) -> anyhow::Result<SyncContext> {
+    let policy = settings.policy()?;
+    let google = Google::from_settings(&settings)?;
+    let store = crate::cli::open_migrated_store(&settings).await?;
+    Ok(SyncContext {
+        store,
+        google,
+        settings: Arc::new(settings),
+        policy: Arc::new(policy),
+        replica: replica_id(),
+    })
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let listen = settings.http.listen.clone();
+        let ctx = context(settings).await?;
+        let instance_lock = match ctx.store.sqlite_path() {
+            Some(p) => Some(lock_sqlite(p)?),
+            None => None,
+        };
+        let listener = TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("binding http.listen {listen}"))?;
+        let port = listener.local_addr()?.port();
+        Ok(Application { ctx, listener, port, _instance_lock: instance_lock })
+    }
+
+    /// The port actually bound (http.listen may say port 0).
+    pub fn http_port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn context(&self) -> &SyncContext {
+        &self.ctx
+    }
+
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Application { ctx, listener, _instance_lock, .. } = self;
+        let r = crate::daemon::run(ctx.clone(), listener, shutdown).await;
+        ctx.store.close().await;
+        r
+    }
+}
+
+pub async fn run_daemon(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let app = Application::build(settings).await?;
+    tracing::info!(port = app.http_port(), "Serving /healthz /readyz /metrics.");
+    app.run_until_stopped(shutdown).await
+}
+
+/// One pass over every active subscription (or one mailbox), as `sync` does.
+pub async fn sync_once(
+    settings: Arc<Settings>,
+    only: Option<MailboxAddress>,
+    force_full: bool,
+    show_progress: bool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Vec<SyncReport>> {
+    let ctx = context((*settings).clone()).await?;
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        c.cancel();
+    });
+    sync_with(&ctx, only, force_full, show_progress, &cancel).await
+}
+
+/// `sync_once` on an existing context (tests and the demo use it).
+pub async fn sync_with(
+    ctx: &SyncContext,
+    only: Option<MailboxAddress>,
+    force_full: bool,
+    show_progress: bool,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Vec<SyncReport>> {
+    if !ctx.settings.integration.enabled {
+        anyhow::bail!("integration.enabled is false: nothing is ingested");
+    }
+    let subs = ctx.store.list_subscriptions().await.context("listing subscriptions")?;
+    if let Some(m) = &only {
+        match subs.iter().find(|s| &s.mailbox == m) {
+            None => return Err(crate::cli::UsageError(format!("no subscription for {m}")).into()),
+            Some(s) if !matches!(s.status, SubscriptionStatus::Active | SubscriptionStatus::Suspended) => {
+                return Err(crate::cli::UsageError(format!("{m} is {}, not active", s.status)).into());
+            }
+            Some(_) => {}
+        }
+    }
+    // Suspended subscriptions come back by themselves when their org unit is approved again.
+    for s in subs.iter().filter(|s| s.status == SubscriptionStatus::Suspended) {
+        if only.as_ref().is_none_or(|m| m == &s.mailbox)
+            && let Err(e) = gate::check_mailbox(ctx, &s.mailbox).await
+        {
+            tracing::warn!(mailbox = %s.mailbox, error = %format!("{e:#}"), "Org-unit re-check failed.");
+        }
+    }
+    let subs = ctx.store.list_subscriptions().await.context("listing subscriptions")?;
+    let targets: Vec<MailboxAddress> = subs
+        .into_iter()
+        .filter(|s| s.status == SubscriptionStatus::Active)
+        .filter(|s| only.as_ref().is_none_or(|m| m == &s.mailbox))
+        .map(|s| s.mailbox)
+        .collect();
+    let progress: Option<ProgressFn> = show_progress.then(|| {
+        let f: ProgressFn = Arc::new(|m: &MailboxAddress, p: engine::Progress| {
+            output::progress(format!("{m}: listed {} fetched {} of ~{}", p.listed, p.fetched, p.estimated_total));
+        });
+        f
+    });
+    let opts = PassOptions { force_full, progress };
+    let concurrency = ctx.settings.sync.max_concurrent_mailboxes.max(1);
+    let reports: Vec<anyhow::Result<Option<SyncReport>>> = futures::stream::iter(targets)
+        .map(|m| {
+            let opts = opts.clone();
+            async move {
+                let lease_for = ctx.settings.sync.lease_duration;
+                let Some(lease) = ctx.store.claim_mailbox(&m, &ctx.replica, Utc::now(), lease_for).await? else {
+                    output::notice(format!("{m}: skipped, another replica is syncing it"));
+                    return Ok(None);
+                };
+                let stop = cancel.child_token();
+                let done = CancellationToken::new();
+                let keeper = tokio::spawn(crate::daemon::lease::keep_alive(
+                    ctx.store.clone(),
+                    lease.clone(),
+                    lease_for,
+                    done.clone(),
+                    stop.clone(),
+                ));
+                let report = engine::sync_mailbox(ctx, &lease, &opts, &stop).await;
+                done.cancel();
+                let _ = keeper.await;
+                let next = Utc::now()
+                    + chrono::Duration::from_std(ctx.settings.sync.poll_interval)
+                        .unwrap_or_else(|_| chrono::Duration::minutes(1));
+                if report.outcome.is_ok() || matches!(report.outcome, engine::Outcome::Suspended { .. }) {
+                    ctx.store.release_lease(&lease, next).await?;
+                } else {
+                    // Keep the failure's retry time; just free the lease.
+                    let st = ctx.store.sync_state(&lease.mailbox).await?;
+                    let at = st.and_then(|s| s.next_poll_at).unwrap_or(next);
+                    ctx.store.release_lease(&lease, at).await?;
+                }
+                Ok(Some(report))
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    if show_progress {
+        output::progress_done();
+    }
+    let mut out = Vec::new();
+    for r in reports {
+        if let Some(rep) = r? {
+            out.push(rep);
+        }
+    }
+    out.sort_by(|a, b| a.mailbox.cmp(&b.mailbox));
+    Ok(out)
+}
+
+/// A `SyncReport` as printed.
+#[derive(Debug, Serialize)]
+pub struct ReportView {
+    pub mailbox: String,
+    pub kind: String,
+    pub added: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub label_changes: u64,
+    pub api_calls: u64,
+    pub quota_units: u64,
+    pub outcome: String,
+}
+
+impl From<&SyncReport> for ReportView {
+    fn from(r: &SyncReport) -> Self {
+        let kinds: Vec<&str> = r.kinds.iter().map(|k| k.as_str()).collect();
+        ReportView {
+            mailbox: r.mailbox.to_string(),
+            kind: if kinds.is_empty() { "-".to_owned() } else { kinds.join("+") },
+            added: r.added,
+            updated: r.updated,
+            deleted: r.deleted,
+            label_changes: r.label_changes,
+            api_calls: r.api_calls,
+            quota_units: r.quota_units,
+            outcome: match &r.outcome {
+                engine::Outcome::Ok => "ok".to_owned(),
+                engine::Outcome::Failed { error, .. } => format!("failed: {error}"),
+                engine::Outcome::AuthFailed { cause } => format!("auth failed: {cause}"),
+                engine::Outcome::Suspended { reason } => format!("suspended: {reason}"),
+                engine::Outcome::LeaseLost => "lease lost".to_owned(),
+                engine::Outcome::Interrupted => "interrupted".to_owned(),
+            },
+        }
+    }
+}
+
+/// The org-unit verdict for `subscriptions approve`, from the Directory when
+/// a key is configured; `Unverified` when it cannot be asked.
+pub async fn org_unit_verdict(settings: &Settings, policy: &Policy, mailbox: &MailboxAddress) -> OrgUnitVerdict {
+    let google = match Google::from_settings(settings) {
+        Ok(g) => g,
+        Err(e) => return OrgUnitVerdict::Unverified(format!("{e:#}")),
+    };
+    match google.directory_user(mailbox).await {
+        Ok(user) => match gate::evaluate(policy, mailbox, user.as_ref()) {
+            GateDecision::Allowed => OrgUnitVerdict::Approved(
+                user.map(|u| u.org_unit.to_string()).unwrap_or_default(),
+            ),
+            GateDecision::Refused(r) => OrgUnitVerdict::Refused(r),
+        },
+        Err(e) => OrgUnitVerdict::Unverified(e.to_string()),
+    }
+}
+
+/// `check`: the deep preflight. Prints one line per check and, for each
+/// failure, what must be fixed. Returns the exit code.
+pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
+    let mut failed = 0usize;
+    let mut report = |ok: bool, what: String| {
+        if !ok {
+            failed += 1;
+        }
+        output::line(format!("[{}] {what}", if ok { " ok " } else { "FAIL" }));
+    };
+    report(true, "configuration loaded and valid".to_owned());
+    let policy = settings.policy()?;
+
+    let store = match crate::cli::open_migrated_store(settings).await {
+        Ok(s) => {
+            report(true, format!("database reachable ({}), migrations applied", s.backend()));
+            Some(s)
+        }
+        Err(e) => {
+            report(false, format!("database: {e:#}"));
+            None
+        }
+    };
+
+    let google = match Google::from_settings(settings) {
+        Ok(g) => {
+            report(
+                true,
+                format!(
+                    "key file {} (service account {}, client ID {})",
+                    settings.google.service_account_key_file.display(),
+                    g.account().client_email(),
+                    g.account().client_id()
+                ),
+            );
+            Some(g)
+        }
+        Err(e) => {
+            report(false, format!("{e:#}"));
+            None
+        }
+    };
+    let Some(google) = google else {
+        return Ok(1);
+    };
+
+    // Clock skew: JWTs are refused when our clock is off by minutes.
+    match crate::google::auth::server_clock_skew(google.account().token_uri()).await {
+        Ok(Some(skew)) if skew.abs() > 60 => report(
+            false,
+            format!("clock skew of {skew}s against the token endpoint: synchronise this host's clock (NTP)"),
+        ),
+        Ok(Some(skew)) => report(true, format!("clock skew {skew}s")),
+        Ok(None) => report(true, "clock skew not measurable (no Date header)".to_owned()),
+        Err(e) => report(false, format!("token endpoint unreachable: {e}")),
+    }
+
+    let client_id = google.account().client_id().to_owned();
+    let admin = google.admin_subject().to_owned();
+    match google
+        .tokens()
+        .token(&admin, &[crate::google::DIRECTORY_SCOPE.to_owned()])
+        .await
+    {
+        Ok(_) => report(true, format!("Directory token for admin {admin}")),
+        Err(e) => report(
+            false,
+            format!(
+                "Directory token for admin {admin}: {e}. Fix: in the Admin console authorize client ID {client_id} for scope {} and make sure {admin} is an admin",
+                crate::google::DIRECTORY_SCOPE
+            ),
+        ),
+    }
+
+    let Some(store) = store else { return Ok(1) };
+    let subs = store.list_subscriptions().await?;
+    let approved: Vec<String> = policy.approved_org_units.iter().map(|o| o.to_string()).collect();
+    for sub in subs.iter().filter(|s| matches!(s.status, SubscriptionStatus::Active | SubscriptionStatus::Pending | SubscriptionStatus::Suspended)) {
+        let m = &sub.mailbox;
+        for scope in google.scopes() {
+            match google.tokens().token(m.as_str(), std::slice::from_ref(scope)).await {
+                Ok(_) => report(true, format!("{m}: token for {scope}")),
+                Err(e) => report(
+                    false,
+                    format!(
+                        "{m}: token for {scope}: {e}. Fix: authorize client ID {client_id} for exactly these scopes: {}",
+                        google.scopes().join(",")
+                    ),
+                ),
+            }
+        }
+        let stats = Arc::new(crate::google::gmail::CallStats::default());
+        match google.gmail(m, stats).await {
+            Ok(g) => match g.get_profile().await {
+                Ok(p) => report(true, format!("{m}: profile ({} messages, historyId {})", p.messages_total, p.history_id)),
+                Err(e) => report(false, format!("{m}: profile: {e}")),
+            },
+            Err(e) => report(false, format!("{m}: {e}")),
+        }
+        match google.directory_user(m).await {
+            Ok(user) => match gate::evaluate(&policy, m, user.as_ref()) {
+                GateDecision::Allowed => report(
+                    true,
+                    format!("{m}: org unit {}", user.map(|u| u.org_unit.to_string()).unwrap_or_default()),
+                ),
+                GateDecision::Refused(r) => report(
+                    false,
+                    format!("{m}: {r}. Fix: move the mailbox into one of: {}", approved.join(", ")),
+                ),
+            },
+            Err(e) => report(false, format!("{m}: directory look-up: {e}")),
+        }
+    }
+    if failed > 0 {
+        output::error(format!("{failed} check(s) failed"));
+        return Ok(1);
+    }
+    Ok(0)
+}

@@ -1,1 +1,470 @@
-//! placeholder
+//! The command line: clap types and one function per command.
+//!
+//! Commands parse raw strings into domain types, call the library and hand
+//! results to `output`; they hold no SQL and make no Google calls of their
+//! own. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or input.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::app;
+use crate::config::Settings;
+use crate::domain::{MailboxAddress, Operator, SubscriptionAction, SubscriptionStatus};
+use crate::output::{self, Format};
+use crate::store::Store;
+use crate::subscriptions::{OrgUnitVerdict, Subscriptions};
+
+#[derive(Debug, Parser)]
+#[command(name = "gmail-ingest", version, about = "Copies Google Workspace mailboxes into SQL.")]
+pub struct Cli {
+    /// Configuration file layered over config/default.toml and config/$GMAIL_INGEST_ENV.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory holding default.toml and the per-environment files.
+    #[arg(long, global = true, value_name = "DIR", env = "GMAIL_INGEST_CONFIG_DIR", default_value = "config")]
+    pub config_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The daemon: poll, sync, serve /healthz /readyz /metrics until SIGTERM.
+    Run,
+    /// Apply pending database migrations.
+    Migrate,
+    /// One pass over approved subscriptions (or one), then exit.
+    Sync(SyncArgs),
+    /// Manage which mailboxes are ingested.
+    #[command(subcommand)]
+    Subscriptions(SubscriptionsCommand),
+    /// Per-mailbox sync state, lag and last error.
+    Status(FormatArg),
+    /// Preflight: config, key file, DB, token + profile + org unit for every subscription.
+    Check,
+    /// Serve the local Google emulator (tests, benchmarks, demo).
+    Emulator(EmulatorArgs),
+    /// Emulator + SQLite + one sync: shows what gets ingested.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Only this mailbox.
+    #[arg(long, value_name = "EMAIL")]
+    pub mailbox: Option<String>,
+    /// Reconciliation full sync even when history is available.
+    #[arg(long)]
+    pub full: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct FormatArg {
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubscriptionsCommand {
+    /// Request a subscription (status pending).
+    Add {
+        email: String,
+        /// Only ingest messages carrying one of these labels (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long, value_name = "OPERATOR")]
+        by: String,
+    },
+    /// Approve a pending subscription (active).
+    Approve {
+        email: String,
+        #[arg(long, value_name = "OPERATOR")]
+        by: String,
+    },
+    /// Stop ingesting for now.
+    Pause {
+        email: String,
+        #[arg(long, value_name = "OPERATOR")]
+        by: String,
+    },
+    /// Resume a paused subscription.
+    Resume {
+        email: String,
+        #[arg(long, value_name = "OPERATOR")]
+        by: String,
+    },
+    /// Remove a subscription; --purge also deletes its ingested mail.
+    Remove {
+        email: String,
+        #[arg(long, value_name = "OPERATOR")]
+        by: String,
+        #[arg(long)]
+        purge: bool,
+    },
+    /// List subscriptions.
+    List(FormatArg),
+    /// What needs an operator's eyes; --mark-reviewed records a review.
+    Review {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        #[arg(long, requires = "by")]
+        mark_reviewed: bool,
+        #[arg(long, value_name = "OPERATOR")]
+        by: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EmulatorArgs {
+    #[arg(long, default_value = "127.0.0.1:8085")]
+    pub listen: std::net::SocketAddr,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Mailboxes to generate (plus one admin).
+    #[arg(long, default_value_t = 3)]
+    pub users: usize,
+    /// Messages per mailbox.
+    #[arg(long, default_value_t = 500)]
+    pub messages: usize,
+    #[arg(long, default_value = "example.com")]
+    pub domain: String,
+    /// Write a service-account key (token_uri = this emulator) with a DWD grant.
+    #[arg(long, value_name = "FILE")]
+    pub write_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to keep the SQLite file and key (default: a temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Messages per generated mailbox.
+    #[arg(long, default_value_t = 200)]
+    pub messages: usize,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+/// A refusal caused by the user's input (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn usage(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(UsageError(e.to_string()))
+}
+
+/// Maps an error to the process exit code.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.downcast_ref::<UsageError>().is_some()
+            || cause.downcast_ref::<crate::domain::ParseError>().is_some()
+        {
+            return 2;
+        }
+        if let Some(s) = cause.downcast_ref::<crate::subscriptions::SubscriptionError>() {
+            return if s.is_user_error() { 2 } else { 1 };
+        }
+        if let Some(crate::store::StoreError::InvalidUrl(_)) = cause.downcast_ref::<crate::store::StoreError>() {
+            return 2;
+        }
+    }
+    1
+}
+
+fn mailbox(s: &str) -> anyhow::Result<MailboxAddress> {
+    MailboxAddress::parse(s).map_err(usage)
+}
+
+fn operator(s: &str) -> anyhow::Result<Operator> {
+    Operator::parse(s).map_err(usage)
+}
+
+fn fmt_time(t: Option<DateTime<Utc>>) -> String {
+    t.map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+}
+
+async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let url = settings.database.connect_url()?;
+    let store = Store::connect(url.expose(), settings.database.max_connections)
+        .await
+        .with_context(|| format!("opening database {}", url.redacted()))?;
+    Ok(store)
+}
+
+/// Opens the store and applies pending migrations (every command that reads
+/// or writes does, so a fresh install needs no separate step).
+pub async fn open_migrated_store(settings: &Settings) -> anyhow::Result<Store> {
+    let store = open_store(settings).await?;
+    store.migrate().await.context("applying migrations")?;
+    Ok(store)
+}
+
+/// Runs a parsed command. `shutdown` resolves on SIGTERM/SIGINT.
+pub async fn run(cli: Cli, settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Run => app::run_daemon(settings, shutdown).await.map(|()| 0),
+        Command::Migrate => {
+            let store = open_store(&settings).await?;
+            let pending = store.pending_migrations().await?;
+            store.migrate().await.context("applying migrations")?;
+            output::line(format!("{pending} migration(s) applied; {} schema is up to date", store.backend()));
+            Ok(0)
+        }
+        Command::Sync(args) => sync(settings, args, shutdown).await,
+        Command::Subscriptions(cmd) => subscriptions(settings, cmd).await,
+        Command::Status(f) => status(settings, f.format).await,
+        Command::Check => app::check(&settings).await,
+        Command::Emulator(args) => emulator(args, shutdown).await,
+        Command::Demo(args) => demo(settings, args).await,
+    }
+}
+
+#[cfg(feature = "emulator")]
+async fn emulator(args: EmulatorArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<u8> {
+    crate::domain::Domain::parse(&args.domain).map_err(usage)?;
+    let cfg = crate::emulator::EmulatorConfig {
+        listen: args.listen,
+        seed: args.seed,
+        users: args.users,
+        messages: args.messages,
+        domain: args.domain,
+    };
+    crate::emulator::run_command(cfg, args.write_key, shutdown).await?;
+    Ok(0)
+}
+
+#[cfg(not(feature = "emulator"))]
+async fn emulator(_: EmulatorArgs, _: impl Future<Output = ()>) -> anyhow::Result<u8> {
+    Err(usage("this build has no emulator (cargo feature `emulator`)"))
+}
+
+#[cfg(feature = "emulator")]
+async fn demo(settings: Settings, args: DemoArgs) -> anyhow::Result<u8> {
+    crate::demo::run(settings, args).await.map(|()| 0)
+}
+
+#[cfg(not(feature = "emulator"))]
+async fn demo(_: Settings, _: DemoArgs) -> anyhow::Result<u8> {
+    Err(usage("this build has no emulator (cargo feature `emulator`) and so no demo"))
+}
+
+async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow::Result<u8> {
+    let policy = settings.policy()?;
+    // Parse before touching the database: bad input changes nothing.
+    match &cmd {
+        SubscriptionsCommand::Add { email, by, .. }
+        | SubscriptionsCommand::Approve { email, by }
+        | SubscriptionsCommand::Pause { email, by }
+        | SubscriptionsCommand::Resume { email, by }
+        | SubscriptionsCommand::Remove { email, by, .. } => {
+            mailbox(email)?;
+            operator(by)?;
+        }
+        SubscriptionsCommand::Review { by: Some(by), .. } => {
+            operator(by)?;
+        }
+        _ => {}
+    }
+    let store = open_migrated_store(&settings).await?;
+    let subs = Subscriptions::new(&store, &policy);
+    match cmd {
+        SubscriptionsCommand::Add { email, labels, note, by } => {
+            let s = subs.add(mailbox(&email)?, operator(&by)?, &labels, note).await?;
+            output::line(format!("{} is {} (requested by {})", s.mailbox, s.status, s.requested_by));
+        }
+        SubscriptionsCommand::Approve { email, by } => {
+            let m = mailbox(&email)?;
+            let verdict = app::org_unit_verdict(&settings, &policy, &m).await;
+            if let OrgUnitVerdict::Unverified(why) = &verdict {
+                output::notice(format!("warning: org unit not verified ({why}); the daemon checks it before every sync"));
+            }
+            let s = subs.approve(&m, operator(&by)?, verdict).await?;
+            output::line(format!("{} is {} (approved by {})", s.mailbox, s.status, by));
+        }
+        SubscriptionsCommand::Pause { email, by } => {
+            let s = subs.transition(&mailbox(&email)?, operator(&by)?, SubscriptionAction::Pause, None).await?;
+            output::line(format!("{} is {}", s.mailbox, s.status));
+        }
+        SubscriptionsCommand::Resume { email, by } => {
+            let s = subs.transition(&mailbox(&email)?, operator(&by)?, SubscriptionAction::Resume, None).await?;
+            output::line(format!("{} is {}", s.mailbox, s.status));
+        }
+        SubscriptionsCommand::Remove { email, by, purge } => {
+            let (s, counts) = subs.remove(&mailbox(&email)?, operator(&by)?, purge).await?;
+            match counts {
+                Some(c) => output::line(format!("{} is {}; purged {}", s.mailbox, s.status, c)),
+                None => output::line(format!("{} is {}; its ingested mail is kept (use --purge to delete it)", s.mailbox, s.status)),
+            }
+        }
+        SubscriptionsCommand::List(f) => {
+            let list = store.list_subscriptions().await?;
+            match f.format {
+                Format::Json => output::json(&list),
+                Format::Table => output::table(
+                    &["MAILBOX", "STATUS", "REQUESTED BY", "APPROVED BY", "LAST REVIEW", "ORG UNIT", "LABELS", "NOTE"],
+                    &list
+                        .iter()
+                        .map(|s| {
+                            vec![
+                                s.mailbox.to_string(),
+                                s.status.to_string(),
+                                s.requested_by.to_string(),
+                                s.approved_by.as_ref().map_or("-".to_owned(), ToString::to_string),
+                                fmt_time(s.last_reviewed_at),
+                                s.org_unit_seen.clone().unwrap_or_else(|| "-".to_owned()),
+                                if s.label_filter.is_empty() { "-".to_owned() } else { s.label_filter.join(",") },
+                                s.note.clone().unwrap_or_default(),
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            }
+        }
+        SubscriptionsCommand::Review { format, mark_reviewed, by } => {
+            if mark_reviewed {
+                let by = operator(by.as_deref().unwrap_or_default())?;
+                let n = subs.mark_reviewed(by.clone()).await?;
+                output::line(format!("recorded a review of {n} subscription(s) by {by}"));
+                return Ok(0);
+            }
+            let items = subs.review(Utc::now(), settings.sync.history_window_alert).await?;
+            match format {
+                Format::Json => output::json(&items),
+                Format::Table if items.is_empty() => output::line("nothing needs review"),
+                Format::Table => output::table(
+                    &["MAILBOX", "STATUS", "LAST REVIEW", "NEEDS"],
+                    &items
+                        .iter()
+                        .map(|i| {
+                            vec![
+                                i.mailbox.to_string(),
+                                i.status.to_string(),
+                                fmt_time(i.last_reviewed_at),
+                                i.issues.join("; "),
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Serialize)]
+struct StatusRow {
+    mailbox: String,
+    subscription: SubscriptionStatus,
+    phase: Option<String>,
+    last_success_at: Option<DateTime<Utc>>,
+    lag_seconds: Option<i64>,
+    messages: i64,
+    history_id: Option<String>,
+    consecutive_failures: i64,
+    last_error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct StatusReport {
+    integration_enabled: bool,
+    mailboxes: Vec<StatusRow>,
+}
+
+async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
+    let store = open_migrated_store(&settings).await?;
+    let now = Utc::now();
+    let rows: Vec<StatusRow> = store
+        .mailbox_statuses()
+        .await?
+        .into_iter()
+        .map(|s| StatusRow {
+            mailbox: s.mailbox.to_string(),
+            subscription: s.subscription_status,
+            phase: s.phase.map(|p| p.to_string()),
+            last_success_at: s.last_success_at,
+            lag_seconds: s.last_success_at.map(|t| (now - t).num_seconds()),
+            messages: s.messages,
+            history_id: s.history_id.map(|h| h.to_string()),
+            consecutive_failures: s.consecutive_failures,
+            last_error: s.last_error,
+        })
+        .collect();
+    let report = StatusReport { integration_enabled: settings.integration.enabled, mailboxes: rows };
+    match format {
+        Format::Json => output::json(&report),
+        Format::Table => {
+            if !report.integration_enabled {
+                output::line("integration.enabled = false: the daemon ingests nothing");
+            }
+            output::table(
+                &["MAILBOX", "SUBSCRIPTION", "PHASE", "LAST SUCCESS", "LAG", "MESSAGES", "FAILURES", "LAST ERROR"],
+                &report
+                    .mailboxes
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.mailbox.clone(),
+                            r.subscription.to_string(),
+                            r.phase.clone().unwrap_or_else(|| "-".to_owned()),
+                            fmt_time(r.last_success_at),
+                            r.lag_seconds.map_or("-".to_owned(), |s| {
+                                humantime::format_duration(std::time::Duration::from_secs(s.max(0) as u64)).to_string()
+                            }),
+                            r.messages.to_string(),
+                            r.consecutive_failures.to_string(),
+                            r.last_error.clone().unwrap_or_default(),
+                        ]
+                    })
+                    .collect::<Vec<_>>(),
+            );
+        }
+    }
+    Ok(0)
+}
+
+async fn sync(settings: Settings, args: SyncArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<u8> {
+    let only = args.mailbox.as_deref().map(mailbox).transpose()?;
+    let settings = Arc::new(settings);
+    let show_progress = args.format == Format::Table && output::is_terminal();
+    let reports = app::sync_once(settings, only, args.full, show_progress, shutdown).await?;
+    let failed = reports.iter().filter(|r| !r.outcome.is_ok()).count();
+    match args.format {
+        Format::Json => output::json(&reports.iter().map(app::ReportView::from).collect::<Vec<_>>()),
+        Format::Table => output::table(
+            &["MAILBOX", "KIND", "ADDED", "UPDATED", "DELETED", "RELABELLED", "API CALLS", "UNITS", "OUTCOME"],
+            &reports
+                .iter()
+                .map(|r| {
+                    let v = app::ReportView::from(r);
+                    vec![
+                        v.mailbox,
+                        v.kind,
+                        v.added.to_string(),
+                        v.updated.to_string(),
+                        v.deleted.to_string(),
+                        v.label_changes.to_string(),
+                        v.api_calls.to_string(),
+                        v.quota_units.to_string(),
+                        v.outcome,
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
+    }
+    if failed > 0 {
+        output::error(format!("{failed} mailbox(es) failed"));
+        return Ok(1);
+    }
+    Ok(0)
+}

@@ -1,1 +1,531 @@
-//! placeholder
+//! Settings: `config/default.toml` < `config/$GMAIL_INGEST_ENV.toml` <
+//! `--config FILE` < environment `GMAIL_INGEST__SECTION__KEY`.
+//!
+//! Loading is strict: every struct denies unknown fields, so a misspelt key
+//! fails with its name; an environment variable under our prefix that maps to
+//! no key fails too. Durations are humantime strings ("60s"), sizes end in
+//! `_bytes`. Secrets are paths to files, or `SecretString`s: neither the key
+//! file's content nor a database password can reach a `Debug` or a log line.
+//! This module does no logging; callers report its errors.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::domain::{Domain, MailboxAddress, MessageFormat, OrgUnitPath};
+
+/// The built-in defaults; `config/default.toml` in the repository is the same
+/// text, so a binary installed without the repository still has them.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+pub const ENV_PREFIX: &str = "GMAIL_INGEST";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub google: GoogleSettings,
+    pub policy: PolicySettings,
+    pub sync: SyncSettings,
+    pub http: HttpSettings,
+    pub integration: IntegrationSettings,
+    pub oauth: OAuthSettings,
+    pub log: LogSettings,
+}
+
+/// A database URL whose password never appears in `Debug` or `Display`.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(SecretString);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(SecretString::from(url.into()))
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// The URL with any password replaced by `***`, for messages.
+    pub fn redacted(&self) -> String {
+        redact_url(self.expose())
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host/...` with `***`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: DatabaseUrl,
+    pub max_connections: u32,
+    /// Optional file holding the password; it replaces the URL's password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+impl DatabaseSettings {
+    /// The connection URL with the password from `password_file` applied.
+    pub fn connect_url(&self) -> anyhow::Result<DatabaseUrl> {
+        let Some(path) = &self.password_file else {
+            return Ok(self.url.clone());
+        };
+        let password = std::fs::read_to_string(path)
+            .with_context(|| format!("reading database.password_file {}", path.display()))?;
+        let mut url = url::Url::parse(self.url.expose())
+            .map_err(|e| anyhow::anyhow!("database.url is not a URL: {e}"))?;
+        url.set_password(Some(password.trim_end_matches(['\r', '\n'])))
+            .map_err(|()| anyhow::anyhow!("database.url cannot carry a password"))?;
+        Ok(DatabaseUrl::new(url.to_string()))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoogleSettings {
+    /// Path to the service-account JSON key (a secret: only the path is kept here).
+    pub service_account_key_file: PathBuf,
+    pub scopes: Vec<String>,
+    pub admin_subject: String,
+    /// Empty means Google; set to the emulator's URL in tests.
+    pub gmail_base_url: String,
+    pub directory_base_url: String,
+    /// Per-request timeout for Google calls.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Attempts per Google call, including the first.
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    pub allowed_domains: Vec<String>,
+    pub approved_org_units: Vec<String>,
+    pub review_interval_days: u32,
+    pub four_eyes: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSettings {
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    pub full_resync_cron: String,
+    pub message_format: MessageFormat,
+    pub store_raw: bool,
+    pub max_message_bytes: usize,
+    pub max_concurrent_mailboxes: usize,
+    pub per_mailbox_concurrency: usize,
+    pub user_quota_units_per_minute: u32,
+    pub project_quota_units_per_minute: u32,
+    pub project_quota_units_per_day: u64,
+    pub method_costs: MethodCosts,
+    /// How long a claimed mailbox lease lasts without renewal.
+    #[serde(with = "humantime_serde")]
+    pub lease_duration: Duration,
+    /// How often the OU gate re-checks every subscription (beyond the per-cycle check).
+    #[serde(with = "humantime_serde")]
+    pub org_unit_recheck_interval: Duration,
+    /// Delay before retrying a mailbox whose access was revoked.
+    #[serde(with = "humantime_serde")]
+    pub auth_failed_retry: Duration,
+    /// Alert when a mailbox's last success is older than this (history lasts ~7 days).
+    #[serde(with = "humantime_serde")]
+    pub history_window_alert: Duration,
+    /// Messages written per database transaction during a full sync.
+    pub batch_size: usize,
+}
+
+/// Quota units charged per Gmail method (2026 regime by default).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodCosts {
+    pub get_profile: u32,
+    pub labels_list: u32,
+    pub history_list: u32,
+    pub messages_list: u32,
+    pub messages_get: u32,
+    pub attachments_get: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: String,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrationSettings {
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthSettings {
+    pub enabled: bool,
+    pub client_id: String,
+    pub client_secret_file: String,
+    pub public_base_url: String,
+    pub token_encryption_key_file: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// Policy values parsed into domain types (done once, at load).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub allowed_domains: Vec<Domain>,
+    pub approved_org_units: Vec<OrgUnitPath>,
+    pub review_interval_days: u32,
+    pub four_eyes: bool,
+}
+
+impl Policy {
+    pub fn domain_allowed(&self, mailbox: &MailboxAddress) -> bool {
+        self.allowed_domains.iter().any(|d| d.as_str() == mailbox.domain())
+    }
+
+    pub fn org_unit_approved(&self, ou: &OrgUnitPath) -> bool {
+        self.approved_org_units.iter().any(|a| ou.is_within(a))
+    }
+}
+
+impl Settings {
+    /// Loads the layered settings. `config_dir` holds `default.toml` and the
+    /// per-environment files; when it has no `default.toml` the built-in
+    /// defaults are used.
+    pub fn load(config_dir: &Path, file: Option<&Path>) -> anyhow::Result<Settings> {
+        let env_vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(config_dir, file, &env_vars)
+    }
+
+    /// `load` with an explicit environment, for tests.
+    pub fn load_from(
+        config_dir: &Path,
+        file: Option<&Path>,
+        env_vars: &[(String, String)],
+    ) -> anyhow::Result<Settings> {
+        use config::{Config, Environment, File, FileFormat};
+
+        let default_path = config_dir.join("default.toml");
+        let mut builder = if default_path.is_file() {
+            Config::builder().add_source(File::from(default_path.as_path()).format(FileFormat::Toml))
+        } else {
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+        };
+        if let Some((_, env_name)) = env_vars.iter().find(|(k, _)| k == "GMAIL_INGEST_ENV") {
+            let path = config_dir.join(format!("{env_name}.toml"));
+            if !path.is_file() {
+                bail!(
+                    "GMAIL_INGEST_ENV={env_name} but {} does not exist",
+                    path.display()
+                );
+            }
+            builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
+        }
+        if let Some(path) = file {
+            std::fs::metadata(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+        }
+
+        let ours: Vec<(String, String)> = env_vars
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .cloned()
+            .collect();
+        check_env_keys(&ours)?;
+        let env_map: std::collections::HashMap<String, String> = ours.into_iter().collect();
+        builder = builder.add_source(
+            Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("google.scopes")
+                .with_list_parse_key("policy.allowed_domains")
+                .with_list_parse_key("policy.approved_org_units")
+                .try_parsing(true)
+                .source(Some(env_map)),
+        );
+
+        let raw = builder.build().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        let settings: Settings = raw
+            .try_deserialize()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Cross-field checks that serde cannot express.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.policy()?;
+        if self.google.scopes.is_empty() {
+            bail!("configuration: google.scopes must not be empty");
+        }
+        if self.sync.max_concurrent_mailboxes == 0 || self.sync.per_mailbox_concurrency == 0 {
+            bail!("configuration: sync concurrency limits must be at least 1");
+        }
+        if self.sync.batch_size == 0 {
+            bail!("configuration: sync.batch_size must be at least 1");
+        }
+        if self.google.max_attempts == 0 {
+            bail!("configuration: google.max_attempts must be at least 1");
+        }
+        if self.sync.lease_duration < Duration::from_secs(2) {
+            bail!("configuration: sync.lease_duration must be at least 2s");
+        }
+        let uses_metadata_scope = self
+            .google
+            .scopes
+            .iter()
+            .any(|s| s.ends_with("/gmail.metadata"));
+        if uses_metadata_scope && self.sync.message_format != MessageFormat::Metadata {
+            bail!(
+                "configuration: google.scopes has gmail.metadata, which only allows sync.message_format = \"metadata\""
+            );
+        }
+        tokio_cron_scheduler::Job::new_async(self.sync.full_resync_cron.as_str(), |_, _| {
+            Box::pin(async {})
+        })
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "configuration: sync.full_resync_cron {:?} is not a 6-field cron expression (seconds first): {e}",
+                self.sync.full_resync_cron
+            )
+        })?;
+        if !self.google.admin_subject.is_empty() {
+            MailboxAddress::parse(&self.google.admin_subject)
+                .map_err(|e| anyhow::anyhow!("configuration: google.admin_subject: {e}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn policy(&self) -> anyhow::Result<Policy> {
+        let allowed_domains = self
+            .policy
+            .allowed_domains
+            .iter()
+            .map(|d| Domain::parse(d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("configuration: policy.allowed_domains: {e}"))?;
+        let approved_org_units = self
+            .policy
+            .approved_org_units
+            .iter()
+            .map(|o| OrgUnitPath::parse(o))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("configuration: policy.approved_org_units: {e}"))?;
+        Ok(Policy {
+            allowed_domains,
+            approved_org_units,
+            review_interval_days: self.policy.review_interval_days,
+            four_eyes: self.policy.four_eyes,
+        })
+    }
+}
+
+/// Every dotted key path the settings accept, e.g. `sync.poll_interval`.
+/// Used to reject unknown environment variables and by the tidy test that
+/// keeps `config/example.toml` complete.
+pub fn known_keys() -> BTreeSet<String> {
+    let value: toml::Value = toml::from_str(DEFAULT_TOML).unwrap_or(toml::Value::Table(Default::default()));
+    let mut keys = BTreeSet::new();
+    collect_keys("", &value, &mut keys);
+    // Optional keys absent from the defaults.
+    keys.insert("database.password_file".to_owned());
+    keys
+}
+
+fn collect_keys(prefix: &str, value: &toml::Value, out: &mut BTreeSet<String>) {
+    if let toml::Value::Table(t) = value {
+        for (k, v) in t {
+            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            if v.is_table() {
+                collect_keys(&path, v, out);
+            } else {
+                out.insert(path);
+            }
+        }
+    }
+}
+
+fn check_env_keys(vars: &[(String, String)]) -> anyhow::Result<()> {
+    let known = known_keys();
+    for (name, _) in vars {
+        let path = name
+            .trim_start_matches(ENV_PREFIX)
+            .trim_start_matches("__")
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect::<Vec<_>>()
+            .join(".");
+        if !known.contains(&path) {
+            bail!("configuration: environment variable {name} does not match any setting");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(extra: &str, env: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("extra.toml");
+        std::fs::write(&file, extra).unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_from(dir.path(), Some(&file), &env)
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let s = load("", &[]).unwrap();
+        assert_eq!(s.sync.poll_interval, Duration::from_secs(60));
+        assert_eq!(s.sync.method_costs.messages_get, 20);
+        assert_eq!(s.http.shutdown_grace, Duration::from_secs(30));
+        assert!(s.policy.four_eyes);
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_then_env() {
+        let s = load(
+            "[sync]\npoll_interval = \"5m\"\n[database]\nurl = \"sqlite://a.db\"\n",
+            &[("GMAIL_INGEST__DATABASE__URL", "sqlite://b.db")],
+        )
+        .unwrap();
+        assert_eq!(s.sync.poll_interval, Duration::from_secs(300));
+        assert_eq!(s.database.url.expose(), "sqlite://b.db");
+    }
+
+    #[test]
+    fn env_lists_are_comma_separated() {
+        let s = load(
+            "",
+            &[("GMAIL_INGEST__POLICY__ALLOWED_DOMAINS", "a.example,b.example")],
+        )
+        .unwrap();
+        assert_eq!(s.policy.allowed_domains, vec!["a.example", "b.example"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let err = load("[sync]\npoll_intervall = \"5m\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("poll_intervall"), "{err}");
+        let err = load("[nosuch]\nx = 1\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("nosuch"), "{err}");
+        let err = load("", &[("GMAIL_INGEST__SYNC__POLL_INTERVALL", "5s")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("GMAIL_INGEST__SYNC__POLL_INTERVALL"), "{err}");
+    }
+
+    #[test]
+    fn malformed_durations_name_the_key() {
+        let err = load("[sync]\npoll_interval = \"sixty\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("poll_interval"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_config_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Settings::load_from(dir.path(), Some(&dir.path().join("missing.toml")), &[])
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("missing.toml"), "{err:#}");
+    }
+
+    #[test]
+    fn bad_policy_values_are_refused() {
+        let err = load("[policy]\napproved_org_units = [\"Shared\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("approved_org_units"), "{err}");
+        let err = load("[sync]\nfull_resync_cron = \"0 3 * * Sun\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("full_resync_cron"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_reach_debug_output() {
+        let s = load(
+            "[database]\nurl = \"postgres://app:hunter2@db.internal/mail\"\n",
+            &[],
+        )
+        .unwrap();
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("postgres://app:***@db.internal/mail"), "{debug}");
+    }
+
+    #[test]
+    fn password_file_replaces_the_url_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let s = load(
+            &format!(
+                "[database]\nurl = \"postgres://app@db/mail\"\npassword_file = {:?}\n",
+                pw.display().to_string()
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            s.database.connect_url().unwrap().expose(),
+            "postgres://app:s3cret@db/mail"
+        );
+    }
+}

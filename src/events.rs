@@ -1,1 +1,331 @@
-//! placeholder
+//! The telemetry vocabulary: one type per notable event.
+//!
+//! `emit()` writes one structured log line and updates its metric. Nothing
+//! else in the crate touches the metrics registry. Metric names follow
+//! `gmail_ingest_<noun>_<unit>_total`; labels are bounded (method ids, error
+//! classes, phases) — never a mailbox on a per-message counter. Per-mailbox
+//! detail lives in `sync_state`, `sync_runs` and the `status` command.
+//! Levels: ERROR means an operator must act; WARN means it recovered or will.
+
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, gauge};
+
+use crate::domain::{MailboxAddress, SyncPhase};
+use crate::google::error::{AuthCause, ErrorClass, GoogleError};
+
+/// Every metric this crate exports, with its help text. The README lists them
+/// (a tidy test checks).
+pub const METRICS: &[(&str, &str)] = &[
+    ("gmail_ingest_messages_ingested_total", "Messages added to the database."),
+    ("gmail_ingest_messages_deleted_total", "Messages marked deleted."),
+    ("gmail_ingest_messages_relabelled_total", "Label additions and removals applied."),
+    ("gmail_ingest_api_requests_total", "Google API requests by method and outcome class."),
+    ("gmail_ingest_api_quota_units_total", "Gmail quota units spent, by method."),
+    ("gmail_ingest_api_retries_total", "Google calls retried, by method and error type."),
+    ("gmail_ingest_quota_throttle_events_total", "Calls delayed by our own quota limiter, by scope."),
+    ("gmail_ingest_history_expirations_total", "Incremental syncs that found their history expired."),
+    ("gmail_ingest_resyncs_total", "Full resyncs started, by reason."),
+    ("gmail_ingest_sync_runs_total", "Sync passes finished, by kind and outcome."),
+    ("gmail_ingest_auth_failures_total", "Mailboxes put in auth_failed, by cause."),
+    ("gmail_ingest_org_unit_suspensions_total", "Subscriptions suspended by the org-unit gate."),
+    ("gmail_ingest_lease_claims_total", "Mailbox leases claimed."),
+    ("gmail_ingest_lease_losses_total", "Fenced writes refused because the lease was lost."),
+    ("gmail_ingest_db_errors_total", "Database errors, by operation."),
+    ("gmail_ingest_scheduler_ticks_total", "Scheduler ticks."),
+    ("gmail_ingest_mailboxes", "Subscribed mailboxes by sync phase."),
+    ("gmail_ingest_sync_lag_seconds", "Age of the oldest last successful sync among active mailboxes."),
+    ("gmail_ingest_reviews_overdue", "Subscriptions whose periodic review is overdue."),
+    ("gmail_ingest_history_window_at_risk", "Active mailboxes whose last success approaches the history window."),
+    ("gmail_ingest_mailboxes_in_flight", "Mailboxes being synced right now."),
+];
+
+/// Registers the help texts (called once when the recorder is installed).
+pub fn describe_all() {
+    for (name, help) in METRICS {
+        if name.ends_with("_total") {
+            describe_counter!(*name, *help);
+        } else {
+            describe_gauge!(*name, *help);
+        }
+    }
+}
+
+pub struct GoogleRequest {
+    pub method: &'static str,
+    /// `ok` or an [`ErrorClass`] label.
+    pub outcome: &'static str,
+}
+
+impl GoogleRequest {
+    pub fn emit(&self) {
+        counter!("gmail_ingest_api_requests_total", "method" => self.method, "outcome" => self.outcome)
+            .increment(1);
+    }
+}
+
+pub struct GoogleRetry<'a> {
+    pub method: &'static str,
+    pub class: ErrorClass,
+    pub attempt: u32,
+    pub delay: Duration,
+    pub error: &'a GoogleError,
+}
+
+impl GoogleRetry<'_> {
+    pub fn emit(&self) {
+        tracing::debug!(
+            method = self.method,
+            error_type = self.class.as_str(),
+            attempt = self.attempt,
+            delay_ms = self.delay.as_millis() as u64,
+            error = %self.error,
+            "Retrying Google call."
+        );
+        counter!("gmail_ingest_api_retries_total", "method" => self.method, "error_type" => self.class.as_str())
+            .increment(1);
+    }
+}
+
+pub struct QuotaThrottled {
+    pub scope: &'static str,
+    pub wait: Duration,
+}
+
+impl QuotaThrottled {
+    pub fn emit(&self) {
+        tracing::trace!(scope = self.scope, wait_ms = self.wait.as_millis() as u64, "Waiting for quota.");
+        counter!("gmail_ingest_quota_throttle_events_total", "scope" => self.scope).increment(1);
+    }
+}
+
+pub struct QuotaUnitsSpent {
+    pub method: &'static str,
+    pub units: u32,
+}
+
+impl QuotaUnitsSpent {
+    pub fn emit(&self) {
+        counter!("gmail_ingest_api_quota_units_total", "method" => self.method)
+            .increment(u64::from(self.units));
+    }
+}
+
+pub struct MailboxSyncCompleted<'a> {
+    pub mailbox: &'a MailboxAddress,
+    pub kind: &'static str,
+    pub added: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub label_changes: u64,
+    pub api_calls: u64,
+    pub quota_units: u64,
+    pub elapsed: Duration,
+}
+
+impl MailboxSyncCompleted<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            mailbox = %self.mailbox,
+            kind = self.kind,
+            added = self.added,
+            updated = self.updated,
+            deleted = self.deleted,
+            label_changes = self.label_changes,
+            api_calls = self.api_calls,
+            quota_units = self.quota_units,
+            elapsed_ms = self.elapsed.as_millis() as u64,
+            "Mailbox sync completed."
+        );
+        counter!("gmail_ingest_sync_runs_total", "kind" => self.kind, "outcome" => "ok").increment(1);
+    }
+}
+
+/// Rows written by one committed batch.
+pub struct BatchCommitted {
+    pub added: u64,
+    pub deleted: u64,
+    pub label_changes: u64,
+}
+
+impl BatchCommitted {
+    pub fn emit(&self) {
+        counter!("gmail_ingest_messages_ingested_total").increment(self.added);
+        counter!("gmail_ingest_messages_deleted_total").increment(self.deleted);
+        counter!("gmail_ingest_messages_relabelled_total").increment(self.label_changes);
+    }
+}
+
+pub struct MailboxSyncFailed<'a> {
+    pub mailbox: &'a MailboxAddress,
+    pub kind: &'static str,
+    pub error_type: &'static str,
+    pub error: &'a anyhow::Error,
+}
+
+impl MailboxSyncFailed<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            mailbox = %self.mailbox,
+            kind = self.kind,
+            error_type = self.error_type,
+            error = %self.error,
+            "Mailbox sync failed; it will be retried."
+        );
+        counter!("gmail_ingest_sync_runs_total", "kind" => self.kind, "outcome" => self.error_type)
+            .increment(1);
+    }
+}
+
+pub struct HistoryExpired<'a> {
+    pub mailbox: &'a MailboxAddress,
+    pub history_id: u64,
+}
+
+impl HistoryExpired<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            mailbox = %self.mailbox,
+            history_id = self.history_id,
+            "History expired; resyncing the mailbox."
+        );
+        counter!("gmail_ingest_history_expirations_total").increment(1);
+        counter!("gmail_ingest_resyncs_total", "reason" => "history_expired").increment(1);
+    }
+}
+
+pub struct ResyncStarted<'a> {
+    pub mailbox: &'a MailboxAddress,
+    pub reason: &'static str,
+}
+
+impl ResyncStarted<'_> {
+    pub fn emit(&self) {
+        tracing::info!(mailbox = %self.mailbox, reason = self.reason, "Full resync started.");
+        counter!("gmail_ingest_resyncs_total", "reason" => self.reason).increment(1);
+    }
+}
+
+pub struct AuthRevoked<'a> {
+    pub mailbox: &'a MailboxAddress,
+    pub cause: Option<AuthCause>,
+    pub error: &'a GoogleError,
+}
+
+impl AuthRevoked<'_> {
+    pub fn emit(&self) {
+        let cause = self.cause.map_or("unknown", AuthCause::as_str);
+        tracing::error!(
+            mailbox = %self.mailbox,
+            cause,
+            error = %self.error,
+            "Access to the mailbox was refused; an administrator must act."
+        );
+        counter!("gmail_ingest_auth_failures_total", "cause" => cause).increment(1);
+    }
+}
+
+pub struct OrgUnitSuspended<'a> {
+    pub mailbox: &'a MailboxAddress,
+    pub reason: &'a str,
+}
+
+impl OrgUnitSuspended<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            mailbox = %self.mailbox,
+            reason = self.reason,
+            "Subscription suspended by the org-unit gate; the mailbox is not impersonated."
+        );
+        counter!("gmail_ingest_org_unit_suspensions_total").increment(1);
+    }
+}
+
+pub struct OrgUnitReinstated<'a> {
+    pub mailbox: &'a MailboxAddress,
+}
+
+impl OrgUnitReinstated<'_> {
+    pub fn emit(&self) {
+        tracing::info!(mailbox = %self.mailbox, "Subscription reinstated: the mailbox is back in an approved org unit.");
+    }
+}
+
+pub struct LeasesClaimed {
+    pub count: usize,
+}
+
+impl LeasesClaimed {
+    pub fn emit(&self) {
+        counter!("gmail_ingest_lease_claims_total").increment(self.count as u64);
+    }
+}
+
+pub struct LeaseLost<'a> {
+    pub mailbox: &'a MailboxAddress,
+}
+
+impl LeaseLost<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(mailbox = %self.mailbox, "Lease lost; the write was refused and another replica owns the mailbox.");
+        counter!("gmail_ingest_lease_losses_total").increment(1);
+    }
+}
+
+pub struct DbError<'a> {
+    pub operation: &'static str,
+    pub error: &'a (dyn std::error::Error + 'static),
+}
+
+impl DbError<'_> {
+    pub fn emit(&self) {
+        tracing::error!(operation = self.operation, error = %self.error, "Database operation failed.");
+        counter!("gmail_ingest_db_errors_total", "operation" => self.operation).increment(1);
+    }
+}
+
+pub struct SchedulerTick;
+
+impl SchedulerTick {
+    pub fn emit(&self) {
+        counter!("gmail_ingest_scheduler_ticks_total").increment(1);
+    }
+}
+
+/// Gauges computed by the scheduler from `sync_state` and `subscriptions`.
+pub struct FleetSnapshot<'a> {
+    pub by_phase: &'a [(SyncPhase, u64)],
+    pub oldest_lag: Option<Duration>,
+    pub reviews_overdue: u64,
+    pub history_window_at_risk: u64,
+}
+
+impl FleetSnapshot<'_> {
+    pub fn emit(&self) {
+        for (phase, n) in self.by_phase {
+            gauge!("gmail_ingest_mailboxes", "phase" => phase.as_str()).set(*n as f64);
+        }
+        gauge!("gmail_ingest_sync_lag_seconds").set(self.oldest_lag.map_or(0.0, |d| d.as_secs_f64()));
+        gauge!("gmail_ingest_reviews_overdue").set(self.reviews_overdue as f64);
+        gauge!("gmail_ingest_history_window_at_risk").set(self.history_window_at_risk as f64);
+        if self.reviews_overdue > 0 {
+            tracing::warn!(count = self.reviews_overdue, "Subscription reviews are overdue; run `subscriptions review`.");
+        }
+        if self.history_window_at_risk > 0 {
+            tracing::error!(
+                count = self.history_window_at_risk,
+                "Mailboxes have not synced for days and approach the history window; check `status`."
+            );
+        }
+    }
+}
+
+pub struct InFlight {
+    pub count: usize,
+}
+
+impl InFlight {
+    pub fn emit(&self) {
+        gauge!("gmail_ingest_mailboxes_in_flight").set(self.count as f64);
+    }
+}

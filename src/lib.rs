@@ -21,6 +21,8 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "emulator")]
+pub mod demo;
 pub mod domain;
 #[cfg(feature = "emulator")]
 pub mod emulator;

@@ -1,1 +1,300 @@
-//! placeholder
+//! The operators' workflow over the `subscriptions` table.
+//!
+//! Every rule an operator can trip lives here, once: allowed domains,
+//! four-eyes approval, the state machine (`SubscriptionStatus::apply`), the
+//! org-unit check at approval, the periodic review. The store appends the
+//! audit event in the same transaction as each change. Refusals are typed so
+//! the CLI maps them to exit code 2 with one line naming the cause.
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use serde::Serialize;
+
+use crate::config::Policy;
+use crate::domain::{MailboxAddress, Operator, SubscriptionAction, SubscriptionStatus, SyncPhase};
+use crate::store::{NewSubscription, PurgeCounts, Store, StoreError, Subscription, SubscriptionUpdate};
+
+/// Why an operator request was refused (nothing was changed).
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriptionError {
+    #[error("no subscription for {0}")]
+    NotFound(MailboxAddress),
+    #[error("{0} is already subscribed")]
+    AlreadySubscribed(MailboxAddress),
+    #[error("cannot {action} {mailbox}: it is {from}")]
+    IllegalTransition { mailbox: MailboxAddress, from: SubscriptionStatus, action: &'static str },
+    #[error("{mailbox} is not in an allowed domain (policy.allowed_domains: {allowed})")]
+    DomainNotAllowed { mailbox: MailboxAddress, allowed: String },
+    #[error("four-eyes policy: {0} requested this subscription and cannot also approve it")]
+    FourEyes(Operator),
+    #[error("cannot approve {mailbox}: {reason}")]
+    OrgUnitRefused { mailbox: MailboxAddress, reason: String },
+    #[error("invalid label {0:?}: expected 1 to 225 printable characters")]
+    BadLabel(String),
+    #[error("note too long or has control characters (at most 2000 characters)")]
+    BadNote,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl SubscriptionError {
+    /// True when the request itself was wrong (exit code 2), false for a
+    /// runtime failure (exit code 1).
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, SubscriptionError::Store(_))
+    }
+}
+
+/// The org-unit verdict for an approval, from the Directory when reachable.
+#[derive(Debug, Clone)]
+pub enum OrgUnitVerdict {
+    Approved(String),
+    Refused(String),
+    /// The Directory could not be asked; the daemon's gate still checks before any sync.
+    Unverified(String),
+}
+
+pub struct Subscriptions<'a> {
+    store: &'a Store,
+    policy: &'a Policy,
+}
+
+fn parse_labels(labels: &[String]) -> Result<Vec<String>, SubscriptionError> {
+    labels
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            if l.chars().count() > 225 || l.chars().any(char::is_control) {
+                Err(SubscriptionError::BadLabel(l.to_owned()))
+            } else {
+                Ok(l.to_owned())
+            }
+        })
+        .collect()
+}
+
+impl<'a> Subscriptions<'a> {
+    pub fn new(store: &'a Store, policy: &'a Policy) -> Self {
+        Subscriptions { store, policy }
+    }
+
+    fn check_domain(&self, mailbox: &MailboxAddress) -> Result<(), SubscriptionError> {
+        if self.policy.domain_allowed(mailbox) {
+            return Ok(());
+        }
+        let allowed: Vec<&str> = self.policy.allowed_domains.iter().map(|d| d.as_str()).collect();
+        Err(SubscriptionError::DomainNotAllowed { mailbox: mailbox.clone(), allowed: allowed.join(", ") })
+    }
+
+    async fn current(&self, mailbox: &MailboxAddress) -> Result<Subscription, SubscriptionError> {
+        match self.store.get_subscription(mailbox).await? {
+            Some(s) if s.status != SubscriptionStatus::Removed => Ok(s),
+            _ => Err(SubscriptionError::NotFound(mailbox.clone())),
+        }
+    }
+
+    pub async fn add(
+        &self,
+        mailbox: MailboxAddress,
+        by: Operator,
+        labels: &[String],
+        note: Option<String>,
+    ) -> Result<Subscription, SubscriptionError> {
+        self.check_domain(&mailbox)?;
+        let label_filter = parse_labels(labels)?;
+        if let Some(n) = &note
+            && (n.chars().count() > 2000 || n.chars().any(|c| c.is_control() && c != '\n' && c != '\t'))
+        {
+            return Err(SubscriptionError::BadNote);
+        }
+        let new = NewSubscription { mailbox: mailbox.clone(), requested_by: by, label_filter, note };
+        match self.store.insert_subscription(&new).await {
+            Ok(s) => Ok(s),
+            Err(StoreError::Conflict(_)) => Err(SubscriptionError::AlreadySubscribed(mailbox)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `pending` → `active`, under the domain, four-eyes and org-unit rules.
+    pub async fn approve(
+        &self,
+        mailbox: &MailboxAddress,
+        by: Operator,
+        org_unit: OrgUnitVerdict,
+    ) -> Result<Subscription, SubscriptionError> {
+        self.check_domain(mailbox)?;
+        let sub = self.current(mailbox).await?;
+        let new_status = sub.status.apply(SubscriptionAction::Approve).ok_or(
+            SubscriptionError::IllegalTransition { mailbox: mailbox.clone(), from: sub.status, action: "approve" },
+        )?;
+        if self.policy.four_eyes && sub.requested_by == by {
+            return Err(SubscriptionError::FourEyes(by));
+        }
+        let (reason, seen) = match org_unit {
+            OrgUnitVerdict::Refused(reason) => {
+                return Err(SubscriptionError::OrgUnitRefused { mailbox: mailbox.clone(), reason });
+            }
+            OrgUnitVerdict::Approved(ou) => (Some(format!("org unit {ou} verified")), Some(ou)),
+            OrgUnitVerdict::Unverified(why) => {
+                (Some(format!("org unit not verified at approval ({why}); checked before every sync")), None)
+            }
+        };
+        let update = SubscriptionUpdate {
+            mailbox: mailbox.clone(),
+            expected: sub.status,
+            new_status,
+            actor: by.clone(),
+            action: "approve".to_owned(),
+            reason,
+            approved_by: Some(by),
+            reviewed_by: None,
+            org_unit_seen: seen,
+        };
+        self.apply_update(update).await
+    }
+
+    /// pause / resume / remove: a plain state-machine step.
+    pub async fn transition(
+        &self,
+        mailbox: &MailboxAddress,
+        by: Operator,
+        action: SubscriptionAction,
+        reason: Option<String>,
+    ) -> Result<Subscription, SubscriptionError> {
+        let sub = self.current(mailbox).await?;
+        let new_status = sub.status.apply(action).ok_or(SubscriptionError::IllegalTransition {
+            mailbox: mailbox.clone(),
+            from: sub.status,
+            action: action.as_str(),
+        })?;
+        let update = SubscriptionUpdate {
+            mailbox: mailbox.clone(),
+            expected: sub.status,
+            new_status,
+            actor: by,
+            action: action.as_str().to_owned(),
+            reason,
+            approved_by: None,
+            reviewed_by: None,
+            org_unit_seen: None,
+        };
+        self.apply_update(update).await
+    }
+
+    /// Removes a subscription; with `purge`, deletes its ingested rows too.
+    pub async fn remove(
+        &self,
+        mailbox: &MailboxAddress,
+        by: Operator,
+        purge: bool,
+    ) -> Result<(Subscription, Option<PurgeCounts>), SubscriptionError> {
+        let reason = purge.then(|| "removed with --purge".to_owned());
+        let sub = self.transition(mailbox, by, SubscriptionAction::Remove, reason).await?;
+        let counts = if purge { Some(self.store.purge_mailbox(mailbox).await?) } else { None };
+        Ok((sub, counts))
+    }
+
+    async fn apply_update(&self, update: SubscriptionUpdate) -> Result<Subscription, SubscriptionError> {
+        match self.store.update_subscription(&update).await {
+            Ok(s) => Ok(s),
+            Err(StoreError::Conflict(_)) => {
+                // Someone changed it between our read and write: report what it is now.
+                let now = self.current(&update.mailbox).await?;
+                Err(SubscriptionError::IllegalTransition {
+                    mailbox: update.mailbox,
+                    from: now.status,
+                    action: "change",
+                })
+            }
+            Err(StoreError::NotFound(_)) => Err(SubscriptionError::NotFound(update.mailbox)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// What needs an operator's eyes.
+    pub async fn review(&self, now: DateTime<Utc>, stale_after: std::time::Duration) -> Result<Vec<ReviewItem>, SubscriptionError> {
+        let subs = self.store.list_subscriptions().await?;
+        let states = self.store.list_sync_states().await?;
+        let stale_after = ChronoDuration::from_std(stale_after).unwrap_or(ChronoDuration::days(5));
+        let interval = ChronoDuration::days(i64::from(self.policy.review_interval_days));
+        let mut items = Vec::new();
+        for sub in subs.iter().filter(|s| s.status != SubscriptionStatus::Removed) {
+            let mut issues = Vec::new();
+            let last_review = sub.last_reviewed_at.or(sub.approved_at).unwrap_or(sub.requested_at);
+            if now - last_review > interval {
+                issues.push(format!("review overdue (last {})", last_review.format("%Y-%m-%d")));
+            }
+            if sub.status == SubscriptionStatus::Suspended {
+                issues.push(format!(
+                    "suspended: {}",
+                    sub.status_reason.as_deref().unwrap_or("outside the approved org units")
+                ));
+            } else if let Some(ou) = &sub.org_unit_seen
+                && let Ok(path) = crate::domain::OrgUnitPath::parse(ou)
+                && !self.policy.org_unit_approved(&path)
+            {
+                issues.push(format!("seen outside the approved org units ({ou})"));
+            }
+            if sub.status == SubscriptionStatus::Pending {
+                issues.push("awaiting approval".to_owned());
+            }
+            let state = states.iter().find(|s| s.mailbox == sub.mailbox);
+            if sub.status == SubscriptionStatus::Active {
+                match state {
+                    Some(st) if st.phase == SyncPhase::AuthFailed => issues.push(format!(
+                        "auth failed: {}",
+                        st.last_error.as_deref().unwrap_or("access refused")
+                    )),
+                    Some(st) => match st.last_success_at {
+                        None => issues.push("never synced".to_owned()),
+                        Some(t) if now - t > stale_after => {
+                            issues.push(format!("stale: last success {}", t.format("%Y-%m-%d %H:%M")))
+                        }
+                        Some(_) => {}
+                    },
+                    None => issues.push("never synced".to_owned()),
+                }
+            }
+            if !issues.is_empty() {
+                items.push(ReviewItem {
+                    mailbox: sub.mailbox.clone(),
+                    status: sub.status,
+                    issues,
+                    last_reviewed_at: sub.last_reviewed_at,
+                });
+            }
+        }
+        Ok(items)
+    }
+
+    /// Records a review of every current subscription by `by`.
+    pub async fn mark_reviewed(&self, by: Operator) -> Result<usize, SubscriptionError> {
+        let subs = self.store.list_subscriptions().await?;
+        let mut n = 0;
+        for sub in subs.iter().filter(|s| s.status != SubscriptionStatus::Removed) {
+            let update = SubscriptionUpdate {
+                mailbox: sub.mailbox.clone(),
+                expected: sub.status,
+                new_status: sub.status,
+                actor: by.clone(),
+                action: "review".to_owned(),
+                reason: None,
+                approved_by: None,
+                reviewed_by: Some(by.clone()),
+                org_unit_seen: None,
+            };
+            self.apply_update(update).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// One line of `subscriptions review`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReviewItem {
+    pub mailbox: MailboxAddress,
+    pub status: SubscriptionStatus,
+    pub issues: Vec<String>,
+    pub last_reviewed_at: Option<DateTime<Utc>>,
+}

@@ -1,5 +1,204 @@
-//! Daemon.
+//! The long-running service: scheduler, worker pool, HTTP endpoints.
+//!
+//! [`run`] owns the one `CancellationToken` and the one `TaskTracker`; it is
+//! the only place that spawns long-lived tasks. On shutdown it stops the
+//! scheduler and claiming, lets in-flight mailboxes finish their current
+//! transaction (they stop at the next batch boundary), releases their leases,
+//! and waits for the tracker until `http.shutdown_grace` — failing if
+//! anything is still running then.
 
 pub mod lease;
 pub mod scheduler;
 pub mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::scheduler::Tick;
+use self::worker::{Pool, ResyncRequests};
+use crate::domain::{SubscriptionStatus, SyncPhase};
+use crate::events;
+use crate::sync::engine::SyncContext;
+use crate::sync::gate;
+
+/// What `/readyz` reads: shared between the daemon loop and the HTTP server.
+#[derive(Debug)]
+pub struct Health {
+    /// Unix millis of the last scheduler tick handled (0 = never).
+    pub last_tick_ms: AtomicI64,
+    /// The longest acceptable gap between ticks.
+    pub tick_budget: Duration,
+    pub integration_enabled: bool,
+}
+
+impl Health {
+    pub fn ticked(&self) {
+        self.last_tick_ms.store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    pub fn scheduler_fresh(&self) -> bool {
+        let last = self.last_tick_ms.load(Ordering::Relaxed);
+        last > 0 && Utc::now().timestamp_millis() - last <= self.tick_budget.as_millis() as i64
+    }
+}
+
+/// Runs until `shutdown` resolves; then drains within the grace period.
+pub async fn run(
+    ctx: SyncContext,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let settings = ctx.settings.clone();
+    let health = Arc::new(Health {
+        last_tick_ms: AtomicI64::new(0),
+        tick_budget: scheduler::poll_tick(&settings) * 3 + Duration::from_secs(5),
+        integration_enabled: settings.integration.enabled,
+    });
+    if !settings.integration.enabled {
+        tracing::warn!("integration.enabled is false: the daemon ingests nothing.");
+    }
+
+    let http_token = token.clone();
+    let http_state = crate::http::HttpState { store: ctx.store.clone(), health: health.clone() };
+    let http_task = tokio::spawn(async move {
+        crate::http::serve(listener, http_state, http_token.cancelled_owned()).await
+    });
+
+    let (tx, mut rx) = mpsc::channel::<Tick>(16);
+    let mut sched = scheduler::start(&settings, tx.clone()).await?;
+    // A first tick right away rather than after one period.
+    let _ = tx.try_send(Tick::Poll);
+    let _ = tx.try_send(Tick::Fleet);
+
+    let pool = Pool {
+        ctx: ctx.clone(),
+        permits: Arc::new(Semaphore::new(settings.sync.max_concurrent_mailboxes)),
+        tracker: tracker.clone(),
+        shutdown: token.clone(),
+        resync: Arc::new(ResyncRequests::default()),
+    };
+    tracing::info!(replica = %ctx.replica, backend = ctx.store.backend(), "Daemon started.");
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            tick = rx.recv() => {
+                let Some(tick) = tick else { break };
+                handle_tick(tick, &pool, &health, &tracker).await;
+            }
+        }
+    }
+
+    tracing::info!("Shutting down: no new claims; in-flight mailboxes finish their current batch.");
+    token.cancel();
+    let _ = sched.shutdown().await;
+    tracker.close();
+    let grace = settings.http.shutdown_grace;
+    let drained = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
+    let _ = http_task.await;
+    if !drained {
+        anyhow::bail!(
+            "shutdown grace of {} expired with {} task(s) still running",
+            humantime::format_duration(grace),
+            tracker.len()
+        );
+    }
+    tracing::info!("Shutdown complete.");
+    Ok(())
+}
+
+async fn handle_tick(tick: Tick, pool: &Pool, health: &Health, tracker: &TaskTracker) {
+    events::SchedulerTick.emit();
+    match tick {
+        Tick::Poll => {
+            health.ticked();
+            if !health.integration_enabled {
+                return;
+            }
+            if let Err(e) = pool.dispatch().await {
+                let e: &(dyn std::error::Error + 'static) = e.as_ref();
+                events::DbError { operation: "claim_due", error: e }.emit();
+            }
+        }
+        Tick::FullResync => {
+            tracing::info!("Reconciliation full resync requested for every mailbox.");
+            pool.resync.request_all();
+        }
+        Tick::OrgUnitRecheck => {
+            if !health.integration_enabled {
+                return;
+            }
+            let ctx = pool.ctx.clone();
+            let token = pool.shutdown.clone();
+            tracker.spawn(async move {
+                tokio::select! {
+                    () = token.cancelled() => {}
+                    r = gate::check_all(&ctx) => {
+                        if let Err(e) = r {
+                            tracing::warn!(error = %format!("{e:#}"), "Org-unit re-check failed; retrying at the next tick.");
+                        }
+                    }
+                }
+            });
+        }
+        Tick::Fleet => {
+            if let Err(e) = fleet_snapshot(&pool.ctx).await {
+                tracing::warn!(error = %format!("{e:#}"), "Could not refresh fleet gauges.");
+            }
+        }
+    }
+}
+
+/// Computes the fleet gauges from the database (cheap: one row per mailbox).
+async fn fleet_snapshot(ctx: &SyncContext) -> anyhow::Result<()> {
+    let subs = ctx.store.list_subscriptions().await?;
+    let states = ctx.store.list_sync_states().await?;
+    let now = Utc::now();
+    let mut by_phase: Vec<(SyncPhase, u64)> = SyncPhase::ALL.iter().map(|p| (*p, 0)).collect();
+    let mut oldest: Option<chrono::Duration> = None;
+    let mut at_risk = 0;
+    let window = chrono::Duration::from_std(ctx.settings.sync.history_window_alert)
+        .unwrap_or_else(|_| chrono::Duration::days(5));
+    for st in &states {
+        let active = subs
+            .iter()
+            .any(|s| s.mailbox == st.mailbox && s.status == SubscriptionStatus::Active);
+        if !active {
+            continue;
+        }
+        if let Some(e) = by_phase.iter_mut().find(|(p, _)| *p == st.phase) {
+            e.1 += 1;
+        }
+        if let Some(t) = st.last_success_at {
+            let lag = now - t;
+            oldest = Some(oldest.map_or(lag, |o| o.max(lag)));
+            if lag > window {
+                at_risk += 1;
+            }
+        }
+    }
+    let interval = chrono::Duration::days(i64::from(ctx.policy.review_interval_days));
+    let overdue = subs
+        .iter()
+        .filter(|s| s.status != SubscriptionStatus::Removed)
+        .filter(|s| now - s.last_reviewed_at.or(s.approved_at).unwrap_or(s.requested_at) > interval)
+        .count() as u64;
+    events::FleetSnapshot {
+        by_phase: &by_phase,
+        oldest_lag: oldest.and_then(|d| d.to_std().ok()),
+        reviews_overdue: overdue,
+        history_window_at_risk: at_risk,
+    }
+    .emit();
+    Ok(())
+}

@@ -1,1 +1,145 @@
-//! placeholder
+//! The bounded worker pool.
+//!
+//! The dispatcher takes semaphore permits *before* claiming leases, so a
+//! replica never holds more mailboxes than it can sync
+//! (`sync.max_concurrent_mailboxes`); each claimed mailbox runs in its own
+//! task with its permit, its lease keeper and a child cancellation token. One
+//! mailbox's failure or slowness only occupies its own permit.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::lease;
+use crate::domain::MailboxAddress;
+use crate::events;
+use crate::store::Lease;
+use crate::sync::engine::{self, Outcome, PassOptions, SyncContext};
+
+/// Mailboxes the scheduler asked to resync fully at their next claim.
+#[derive(Default)]
+pub struct ResyncRequests(Mutex<Option<HashSet<MailboxAddress>>>);
+
+impl ResyncRequests {
+    /// Requests a full resync of every mailbox (the reconciliation cron).
+    pub fn request_all(&self) {
+        *self.lock() = Some(HashSet::new());
+    }
+
+    /// True (once) if `m` is due for a requested resync.
+    pub fn take(&self, m: &MailboxAddress) -> bool {
+        match self.lock().as_mut() {
+            Some(done) => done.insert(m.clone()),
+            None => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<HashSet<MailboxAddress>>> {
+        // Plain data: a panic mid-insert cannot leave it inconsistent.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct Pool {
+    pub ctx: SyncContext,
+    /// One permit per mailbox in flight; taken before a lease is claimed.
+    pub permits: Arc<Semaphore>,
+    pub tracker: TaskTracker,
+    /// Fires on shutdown: stop between batches, release leases.
+    pub shutdown: CancellationToken,
+    pub resync: Arc<ResyncRequests>,
+}
+
+/// When a mailbox should be polled next after an outcome.
+fn next_poll(ctx: &SyncContext, outcome: &Outcome, failures: i64) -> chrono::DateTime<Utc> {
+    let poll = ctx.settings.sync.poll_interval;
+    let delay = match outcome {
+        Outcome::Ok | Outcome::Suspended { .. } => {
+            // ±10 % jitter so a thousand mailboxes do not poll in the same second.
+            let f = rand::rng().random_range(0.9..1.1);
+            poll.mul_f64(f)
+        }
+        Outcome::AuthFailed { .. } => ctx.settings.sync.auth_failed_retry,
+        Outcome::Failed { .. } => engine::failure_backoff(poll, failures.saturating_sub(1)),
+        Outcome::Interrupted | Outcome::LeaseLost => Duration::ZERO,
+    };
+    Utc::now() + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::minutes(1))
+}
+
+impl Pool {
+    /// Claims as many due mailboxes as there are free permits and starts a
+    /// task for each. Returns how many were started.
+    pub async fn dispatch(&self) -> anyhow::Result<usize> {
+        let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
+        while let Ok(p) = self.permits.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        if permits.is_empty() {
+            return Ok(0);
+        }
+        let leases = self
+            .ctx
+            .store
+            .claim_due(&self.ctx.replica, Utc::now(), self.ctx.settings.sync.lease_duration, permits.len())
+            .await?;
+        if !leases.is_empty() {
+            events::LeasesClaimed { count: leases.len() }.emit();
+        }
+        let n = leases.len();
+        for (lease, permit) in leases.into_iter().zip(permits.into_iter()) {
+            self.spawn(lease, permit);
+        }
+        events::InFlight { count: self.ctx.settings.sync.max_concurrent_mailboxes - self.permits.available_permits() }
+            .emit();
+        Ok(n)
+    }
+
+    fn spawn(&self, lease: Lease, permit: OwnedSemaphorePermit) {
+        let ctx = self.ctx.clone();
+        let shutdown = self.shutdown.clone();
+        let force_full = self.resync.take(&lease.mailbox);
+        self.tracker.spawn(async move {
+            let _permit = permit;
+            run_one(ctx, lease, force_full, shutdown).await;
+        });
+    }
+}
+
+/// Syncs one leased mailbox and releases it.
+pub async fn run_one(ctx: SyncContext, lease: Lease, force_full: bool, shutdown: CancellationToken) {
+    let stop = shutdown.child_token();
+    let keeper_done = CancellationToken::new();
+    let keeper = tokio::spawn(lease::keep_alive(
+        ctx.store.clone(),
+        lease.clone(),
+        ctx.settings.sync.lease_duration,
+        keeper_done.clone(),
+        stop.clone(),
+    ));
+    let opts = PassOptions { force_full, progress: None };
+    let report = engine::sync_mailbox(&ctx, &lease, &opts, &stop).await;
+    keeper_done.cancel();
+    let _ = keeper.await;
+    if report.outcome == Outcome::LeaseLost {
+        return;
+    }
+    let failures = match &report.outcome {
+        Outcome::Failed { .. } => ctx
+            .store
+            .sync_state(&lease.mailbox)
+            .await
+            .ok()
+            .flatten()
+            .map_or(1, |s| s.consecutive_failures),
+        _ => 0,
+    };
+    if let Err(e) = ctx.store.release_lease(&lease, next_poll(&ctx, &report.outcome, failures)).await {
+        events::DbError { operation: "release_lease", error: &e }.emit();
+    }
+}

@@ -1,1 +1,419 @@
-//! placeholder
+//! Thin typed wrapper over google-gmail1.
+//!
+//! Every call: waits for its quota units, runs inside the one retry loop,
+//! requests the configured scopes explicitly (messages.get would otherwise ask
+//! for an add-on scope), counts itself in the caller's [`CallStats`], and
+//! turns Google's shapes into domain types at this edge. Nothing here touches
+//! the database or decides what to sync.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use google_gmail1::Gmail;
+use google_gmail1::common::{Delegate, Retry};
+
+use super::Google;
+use super::auth::{Connector, HubAuth};
+use super::error::{ErrorClass, GoogleError, classify_gmail_error};
+use super::quota::Method;
+use super::retry::call_with_retry;
+use crate::domain::{GmailMessageId, GmailMessageMeta, HistoryId, MailboxAddress, MessageFormat};
+use crate::events;
+use crate::sync::normalize::PayloadPart;
+
+/// Calls and units spent by one sync pass.
+#[derive(Debug, Default)]
+pub struct CallStats {
+    pub calls: AtomicU64,
+    pub units: AtomicU64,
+    pub message_gets: AtomicU64,
+}
+
+impl CallStats {
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    pub fn units(&self) -> u64 {
+        self.units.load(Ordering::Relaxed)
+    }
+}
+
+/// Captures what google-gmail1 hides from its error values: the HTTP status
+/// and the `Retry-After` header of a failed response.
+#[derive(Default)]
+struct Capture {
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+}
+
+impl Delegate for Capture {
+    fn http_failure(
+        &mut self,
+        resp: &google_gmail1::common::Response,
+        _err: Option<&serde_json::Value>,
+    ) -> Retry {
+        self.status = Some(resp.status().as_u16());
+        self.retry_after = resp
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        Retry::Abort
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub email: String,
+    pub history_id: HistoryId,
+    pub messages_total: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct MessageRef {
+    pub id: GmailMessageId,
+    pub thread_id: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct IdPage {
+    pub messages: Vec<MessageRef>,
+    pub next_page_token: Option<String>,
+}
+
+/// A fetched message: Gmail's metadata plus the content in the configured format.
+#[derive(Debug, Clone)]
+pub struct FetchedMessage {
+    pub meta: GmailMessageMeta,
+    pub raw: Option<Vec<u8>>,
+    pub payload: Option<PayloadPart>,
+}
+
+/// One history record, typed arrays only (Google: prefer them to `messages`).
+#[derive(Debug, Clone, Default)]
+pub struct HistoryRecord {
+    pub id: Option<HistoryId>,
+    pub added: Vec<(GmailMessageId, Vec<String>)>,
+    pub deleted: Vec<GmailMessageId>,
+    pub labels_added: Vec<(GmailMessageId, Vec<String>)>,
+    pub labels_removed: Vec<(GmailMessageId, Vec<String>)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    pub records: Vec<HistoryRecord>,
+    pub next_page_token: Option<String>,
+    /// The mailbox's current history position.
+    pub history_id: Option<HistoryId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LabelInfo {
+    pub id: String,
+    pub name: String,
+    pub label_type: String,
+}
+
+/// The Gmail API as seen by one mailbox.
+#[derive(Clone)]
+pub struct MailboxGmail {
+    google: Arc<Google>,
+    mailbox: MailboxAddress,
+    hub: Arc<Gmail<Connector>>,
+    stats: Arc<CallStats>,
+}
+
+fn parse_id(method: &'static str, id: Option<String>) -> Result<GmailMessageId, GoogleError> {
+    let id = id.unwrap_or_default();
+    GmailMessageId::parse(&id)
+        .map_err(|e| GoogleError::new(ErrorClass::Fatal, method, format!("malformed response: {e}")))
+}
+
+fn history_id(method: &'static str, v: Option<u64>) -> Result<Option<HistoryId>, GoogleError> {
+    v.map(|h| {
+        HistoryId::new(h)
+            .map_err(|e| GoogleError::new(ErrorClass::Fatal, method, format!("malformed response: {e}")))
+    })
+    .transpose()
+}
+
+fn convert_part(p: google_gmail1::api::MessagePart) -> PayloadPart {
+    let body = p.body.unwrap_or_default();
+    PayloadPart {
+        part_id: p.part_id.unwrap_or_default(),
+        mime_type: p.mime_type.unwrap_or_default(),
+        filename: p.filename.filter(|f| !f.is_empty()),
+        headers: p
+            .headers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| (h.name.unwrap_or_default(), h.value.unwrap_or_default()))
+            .collect(),
+        body_size: i64::from(body.size.unwrap_or(0)),
+        body: body.data,
+        attachment_id: body.attachment_id,
+        parts: p.parts.unwrap_or_default().into_iter().map(convert_part).collect(),
+    }
+}
+
+fn label_pairs(
+    method: &'static str,
+    v: Option<Vec<google_gmail1::api::HistoryLabelAdded>>,
+) -> Result<Vec<(GmailMessageId, Vec<String>)>, GoogleError> {
+    v.unwrap_or_default()
+        .into_iter()
+        .filter_map(|x| x.message.map(|m| (m, x.label_ids.unwrap_or_default())))
+        .map(|(m, l)| Ok((parse_id(method, m.id)?, l)))
+        .collect()
+}
+
+impl MailboxGmail {
+    pub(super) fn new(
+        google: Arc<Google>,
+        mailbox: MailboxAddress,
+        hub: Arc<Gmail<Connector>>,
+        stats: Arc<CallStats>,
+    ) -> Self {
+        MailboxGmail { google, mailbox, hub, stats }
+    }
+
+    pub fn mailbox(&self) -> &MailboxAddress {
+        &self.mailbox
+    }
+
+    pub fn stats(&self) -> &Arc<CallStats> {
+        &self.stats
+    }
+
+    /// Runs one Gmail call: quota first, then the request, inside the retry loop.
+    async fn call<T, F, Fut>(&self, method: Method, op: F) -> Result<T, GoogleError>
+    where
+        F: Fn(Arc<Gmail<Connector>>, Vec<String>) -> Fut,
+        Fut: std::future::Future<Output = (Capture, Result<T, google_gmail1::Error>)>,
+    {
+        let id = method.id();
+        let result = call_with_retry(&self.google.retry, id, || async {
+            let permit = self.google.quota.acquire(self.mailbox.as_str(), method).await?;
+            self.stats.calls.fetch_add(1, Ordering::Relaxed);
+            self.stats.units.fetch_add(u64::from(permit.units), Ordering::Relaxed);
+            let (capture, res) = op(self.hub.clone(), self.google.scopes.clone()).await;
+            drop(permit);
+            match res {
+                Ok(v) => {
+                    events::GoogleRequest { method: id, outcome: "ok" }.emit();
+                    Ok(v)
+                }
+                Err(e) => {
+                    let ge = classify_gmail_error(id, &e, capture.status, capture.retry_after);
+                    events::GoogleRequest { method: id, outcome: ge.class.as_str() }.emit();
+                    if ge.status == Some(401) {
+                        // A refused bearer: sign a fresh JWT next time.
+                        self.google.tokens.evict(self.mailbox.as_str());
+                    }
+                    Err(ge)
+                }
+            }
+        })
+        .await;
+        if let Err(e) = &result {
+            if e.class == ErrorClass::AuthRevoked {
+                self.google.tokens.evict(self.mailbox.as_str());
+            }
+        }
+        result
+    }
+
+    pub async fn get_profile(&self) -> Result<Profile, GoogleError> {
+        let m = Method::GetProfile;
+        let p = self
+            .call(m, |hub, scopes| async move {
+                let mut cap = Capture::default();
+                let mut call = hub.users().get_profile("me").delegate(&mut cap);
+                for s in &scopes {
+                    call = call.add_scope(s);
+                }
+                let r = call.doit().await.map(|(_, p)| p);
+                (cap, r)
+            })
+            .await?;
+        Ok(Profile {
+            email: p.email_address.unwrap_or_default(),
+            history_id: history_id(m.id(), p.history_id)?.ok_or_else(|| {
+                GoogleError::new(ErrorClass::Fatal, m.id(), "profile without historyId")
+            })?,
+            messages_total: i64::from(p.messages_total.unwrap_or(0)),
+        })
+    }
+
+    /// One page of message IDs, newest first. `label_id` filters to one label.
+    pub async fn list_message_ids(
+        &self,
+        page_token: Option<&str>,
+        label_id: Option<&str>,
+        page_size: u32,
+    ) -> Result<IdPage, GoogleError> {
+        let m = Method::MessagesList;
+        let resp = self
+            .call(m, |hub, scopes| async move {
+                let mut cap = Capture::default();
+                let mut call = hub
+                    .users()
+                    .messages_list("me")
+                    .max_results(page_size)
+                    .include_spam_trash(true)
+                    .delegate(&mut cap);
+                if let Some(t) = page_token {
+                    call = call.page_token(t);
+                }
+                if let Some(l) = label_id {
+                    call = call.add_label_ids(l);
+                }
+                for s in &scopes {
+                    call = call.add_scope(s);
+                }
+                let r = call.doit().await.map(|(_, p)| p);
+                (cap, r)
+            })
+            .await?;
+        let messages = resp
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .map(|msg| {
+                Ok(MessageRef { id: parse_id(m.id(), msg.id)?, thread_id: msg.thread_id.unwrap_or_default() })
+            })
+            .collect::<Result<Vec<_>, GoogleError>>()?;
+        Ok(IdPage { messages, next_page_token: resp.next_page_token.filter(|t| !t.is_empty()) })
+    }
+
+    /// Fetches one message in the configured format.
+    pub async fn get_message(&self, id: &GmailMessageId) -> Result<FetchedMessage, GoogleError> {
+        let m = Method::MessagesGet;
+        let format = self.google.message_format;
+        let msg = self
+            .call(m, |hub, scopes| async move {
+                let mut cap = Capture::default();
+                let mut call = hub
+                    .users()
+                    .messages_get("me", id.as_str())
+                    .format(format.as_str())
+                    .delegate(&mut cap);
+                for s in &scopes {
+                    call = call.add_scope(s);
+                }
+                let r = call.doit().await.map(|(_, p)| p);
+                (cap, r)
+            })
+            .await?;
+        self.stats.message_gets.fetch_add(1, Ordering::Relaxed);
+        let meta = GmailMessageMeta {
+            gmail_id: parse_id(m.id(), msg.id)?,
+            thread_id: msg.thread_id.unwrap_or_default(),
+            history_id: history_id(m.id(), msg.history_id)?.unwrap_or(HistoryId::new(0).unwrap_or_else(|_| unreachable!())),
+            internal_date_ms: msg.internal_date.unwrap_or(0),
+            size_estimate: i64::from(msg.size_estimate.unwrap_or(0)),
+            snippet: msg.snippet.filter(|s| !s.is_empty()),
+            label_ids: msg.label_ids.unwrap_or_default(),
+        };
+        let (raw, payload) = match format {
+            MessageFormat::Raw => (msg.raw, None),
+            MessageFormat::Full | MessageFormat::Metadata => (None, msg.payload.map(convert_part)),
+        };
+        Ok(FetchedMessage { meta, raw, payload })
+    }
+
+    /// One page of history after `start`.
+    pub async fn list_history(
+        &self,
+        start: HistoryId,
+        page_token: Option<&str>,
+    ) -> Result<HistoryPage, GoogleError> {
+        let m = Method::HistoryList;
+        let resp = self
+            .call(m, |hub, scopes| async move {
+                let mut cap = Capture::default();
+                let mut call = hub
+                    .users()
+                    .history_list("me")
+                    .start_history_id(start.get())
+                    .max_results(500)
+                    .delegate(&mut cap);
+                if let Some(t) = page_token {
+                    call = call.page_token(t);
+                }
+                for s in &scopes {
+                    call = call.add_scope(s);
+                }
+                let r = call.doit().await.map(|(_, p)| p);
+                (cap, r)
+            })
+            .await?;
+        let mut records = Vec::new();
+        for h in resp.history.unwrap_or_default() {
+            records.push(HistoryRecord {
+                id: history_id(m.id(), h.id)?,
+                added: h
+                    .messages_added
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|a| a.message)
+                    .map(|msg| Ok((parse_id(m.id(), msg.id)?, msg.label_ids.unwrap_or_default())))
+                    .collect::<Result<_, GoogleError>>()?,
+                deleted: h
+                    .messages_deleted
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|d| d.message)
+                    .map(|msg| parse_id(m.id(), msg.id))
+                    .collect::<Result<_, GoogleError>>()?,
+                labels_added: label_pairs(m.id(), h.labels_added)?,
+                labels_removed: label_pairs(
+                    m.id(),
+                    h.labels_removed.map(|v| {
+                        v.into_iter()
+                            .map(|r| google_gmail1::api::HistoryLabelAdded {
+                                label_ids: r.label_ids,
+                                message: r.message,
+                            })
+                            .collect()
+                    }),
+                )?,
+            });
+        }
+        Ok(HistoryPage {
+            records,
+            next_page_token: resp.next_page_token.filter(|t| !t.is_empty()),
+            history_id: history_id(m.id(), resp.history_id)?,
+        })
+    }
+
+    pub async fn list_labels(&self) -> Result<Vec<LabelInfo>, GoogleError> {
+        let m = Method::LabelsList;
+        let resp = self
+            .call(m, |hub, scopes| async move {
+                let mut cap = Capture::default();
+                let mut call = hub.users().labels_list("me").delegate(&mut cap);
+                for s in &scopes {
+                    call = call.add_scope(s);
+                }
+                let r = call.doit().await.map(|(_, p)| p);
+                (cap, r)
+            })
+            .await?;
+        Ok(resp
+            .labels
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|l| {
+                Some(LabelInfo {
+                    id: l.id?,
+                    name: l.name.unwrap_or_default(),
+                    label_type: l.type_.unwrap_or_else(|| "user".to_owned()),
+                })
+            })
+            .collect())
+    }
+}

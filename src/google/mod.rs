@@ -1,4 +1,10 @@
-//! Google APIs.
+//! Everything that talks to Google: the DWD token source, the Gmail and
+//! Directory clients, error classification, the retry loop and the quota
+//! limiters.
+//!
+//! [`Google`] is built once per process and shared by every worker: one HTTP
+//! connection pool, one token cache, one set of limiters. It never touches
+//! the database.
 
 pub mod auth;
 pub mod directory;
@@ -6,3 +12,138 @@ pub mod error;
 pub mod gmail;
 pub mod quota;
 pub mod retry;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use google_gmail1::Gmail;
+
+use self::auth::{Connector, HubAuth, ServiceAccount, TokenSource};
+use self::gmail::{CallStats, MailboxGmail};
+use self::quota::QuotaLimiter;
+use self::retry::RetryPolicy;
+use crate::config::Settings;
+use crate::domain::{MailboxAddress, MessageFormat};
+
+pub const GMAIL_URL: &str = "https://gmail.googleapis.com/";
+pub const DIRECTORY_URL: &str = "https://admin.googleapis.com/";
+pub const DIRECTORY_SCOPE: &str = "https://www.googleapis.com/auth/admin.directory.user.readonly";
+
+/// Shared Google clients of one replica.
+pub struct Google {
+    pub(crate) tokens: TokenSource,
+    pub(crate) quota: QuotaLimiter,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) message_format: MessageFormat,
+    gmail_base_url: String,
+    directory_base_url: String,
+    admin_subject: String,
+    gmail_client: google_gmail1::common::Client<Connector>,
+    directory_client: directory::HttpClient,
+    hubs: Mutex<HashMap<String, Arc<Gmail<Connector>>>>,
+}
+
+fn with_slash(url: &str, default: &str) -> String {
+    let url = if url.trim().is_empty() { default } else { url.trim() };
+    if url.ends_with('/') { url.to_owned() } else { format!("{url}/") }
+}
+
+impl Google {
+    /// Loads the key (refusing loose permissions) and builds the clients.
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Arc<Google>> {
+        let account = ServiceAccount::load(&settings.google.service_account_key_file)?;
+        Ok(Self::new(account, settings))
+    }
+
+    pub fn new(account: ServiceAccount, settings: &Settings) -> Arc<Google> {
+        let g = &settings.google;
+        let tokens = TokenSource::new(account, g.scopes.clone(), g.request_timeout);
+        let executor = hyper_util::rt::TokioExecutor::new();
+        let gmail_client = hyper_util::client::legacy::Client::builder(executor.clone())
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .build(auth::connector());
+        let directory_client = hyper_util::client::legacy::Client::builder(executor)
+            .build(auth::connector());
+        Arc::new(Google {
+            tokens,
+            quota: QuotaLimiter::new(&settings.sync),
+            retry: RetryPolicy {
+                max_attempts: g.max_attempts,
+                initial_backoff: g.initial_backoff,
+                max_backoff: g.max_backoff,
+                request_timeout: g.request_timeout,
+            },
+            scopes: g.scopes.clone(),
+            message_format: settings.sync.message_format,
+            gmail_base_url: with_slash(&g.gmail_base_url, GMAIL_URL),
+            directory_base_url: with_slash(&g.directory_base_url, DIRECTORY_URL),
+            admin_subject: g.admin_subject.clone(),
+            gmail_client,
+            directory_client,
+            hubs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn account(&self) -> &ServiceAccount {
+        self.tokens.account()
+    }
+
+    pub fn scopes(&self) -> &[String] {
+        &self.scopes
+    }
+
+    pub fn tokens(&self) -> &TokenSource {
+        &self.tokens
+    }
+
+    pub(crate) fn directory_base_url(&self) -> &str {
+        &self.directory_base_url
+    }
+
+    pub(crate) fn directory_http(&self) -> &directory::HttpClient {
+        &self.directory_client
+    }
+
+    pub fn admin_subject(&self) -> &str {
+        &self.admin_subject
+    }
+
+    /// The Gmail API impersonating `mailbox`, counting into `stats`.
+    pub async fn gmail(
+        self: &Arc<Self>,
+        mailbox: &MailboxAddress,
+        stats: Arc<CallStats>,
+    ) -> Result<MailboxGmail, error::GoogleError> {
+        let cached = self.lock_hubs().get(mailbox.as_str()).cloned();
+        let hub = match cached {
+            Some(h) => h,
+            None => {
+                let auth = self.tokens.authenticator(mailbox.as_str()).await?;
+                let mut hub = Gmail::new(
+                    self.gmail_client.clone(),
+                    HubAuth { auth, scopes: Arc::new(self.scopes.clone()) },
+                );
+                hub.base_url(self.gmail_base_url.clone());
+                hub.root_url(self.gmail_base_url.clone());
+                let hub = Arc::new(hub);
+                self.lock_hubs().insert(mailbox.as_str().to_owned(), hub.clone());
+                hub
+            }
+        };
+        Ok(MailboxGmail::new(self.clone(), mailbox.clone(), hub, stats))
+    }
+
+    /// Forgets the cached token and client of a mailbox (after revocation or
+    /// when it is no longer subscribed).
+    pub fn forget(&self, mailbox: &MailboxAddress) {
+        self.lock_hubs().remove(mailbox.as_str());
+        self.tokens.evict(mailbox.as_str());
+        self.quota.forget(mailbox.as_str());
+    }
+
+    fn lock_hubs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Gmail<Connector>>>> {
+        // A poisoned map only means a panic mid-insert elsewhere; entries are still valid.
+        self.hubs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

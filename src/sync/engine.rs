@@ -1,1 +1,859 @@
-//! placeholder
+//! Full sync, incremental sync and resync-on-expiry for one mailbox.
+//!
+//! The engine reaches Google only through [`MailboxGmail`] and the database
+//! only through [`Store`]'s fenced writes, so every checkpoint it moves is
+//! covered by a lease and committed in the same transaction as the rows it
+//! vouches for. Invariants:
+//!
+//! - `sync_state.history_id` never moves ahead of committed data: the new
+//!   historyId of an incremental pass is written with the pass's last batch,
+//!   and a full sync stores the historyId read *before* listing only when the
+//!   listing is complete.
+//! - The full-sync page token only advances past a page once every message of
+//!   that page is stored, so a restart resumes without refetching and without
+//!   skipping.
+//! - A message is fetched once: IDs already stored are never fetched again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::{Policy, Settings};
+use crate::domain::{GmailMessageId, HistoryId, MailboxAddress, SyncPhase};
+use crate::events;
+use crate::google::Google;
+use crate::google::error::{ErrorClass, GoogleError};
+use crate::google::gmail::{CallStats, FetchedMessage, MailboxGmail};
+use crate::store::{
+    BatchStats, Checkpoint, FailureRecord, LabelChange, LabelRow, Lease, MessageUpsert, Store,
+    StoreError, SyncBatch, SyncRunRow, SyncState,
+};
+use crate::sync::gate::{self, GateDecision};
+use crate::sync::normalize::{self, NormalizeLimits};
+
+/// Page size for message listings (Gmail's maximum).
+const LIST_PAGE_SIZE: u32 = 500;
+/// Messages bigger than this are normalized on a blocking thread.
+const BLOCKING_NORMALIZE_BYTES: usize = 1 << 20;
+
+/// What the engine needs, shared by every worker of a replica.
+#[derive(Clone)]
+pub struct SyncContext {
+    pub store: Store,
+    pub google: Arc<Google>,
+    pub settings: Arc<Settings>,
+    pub policy: Arc<Policy>,
+    /// This replica's identity, recorded as lease owner and in `sync_runs`.
+    pub replica: String,
+}
+
+impl SyncContext {
+    fn limits(&self) -> NormalizeLimits {
+        NormalizeLimits {
+            max_message_bytes: self.settings.sync.max_message_bytes,
+            ..NormalizeLimits::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncKind {
+    Full,
+    Incremental,
+    Resync,
+}
+
+impl SyncKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Incremental => "incremental",
+            Self::Resync => "resync",
+        }
+    }
+}
+
+/// How a pass ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// The mailbox failed; it is retried later. `error_type` is bounded.
+    Failed { error_type: &'static str, error: String },
+    /// Access refused: the mailbox is in `auth_failed` with this remedy.
+    AuthFailed { cause: String },
+    /// The org-unit gate refused the mailbox; it is not impersonated.
+    Suspended { reason: String },
+    /// Another replica owns the mailbox now; nothing was written.
+    LeaseLost,
+    /// Shutdown interrupted the pass between two committed batches.
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok)
+    }
+}
+
+/// Per-mailbox result of one pass (printed by `sync`, logged by the daemon).
+#[derive(Debug, Clone)]
+pub struct SyncReport {
+    pub mailbox: MailboxAddress,
+    pub kinds: Vec<SyncKind>,
+    pub added: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub label_changes: u64,
+    pub api_calls: u64,
+    pub quota_units: u64,
+    pub message_gets: u64,
+    pub outcome: Outcome,
+}
+
+/// Progress of a long full sync, for terminals.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub listed: u64,
+    pub fetched: u64,
+    pub estimated_total: u64,
+}
+
+pub type ProgressFn = Arc<dyn Fn(&MailboxAddress, Progress) + Send + Sync>;
+
+/// Options of one pass.
+#[derive(Clone, Default)]
+pub struct PassOptions {
+    /// Start a reconciliation full sync even if history is available.
+    pub force_full: bool,
+    pub progress: Option<ProgressFn>,
+}
+
+/// Failures inside a pass, by what the caller must do.
+#[derive(Debug, thiserror::Error)]
+enum PassError {
+    #[error(transparent)]
+    Google(#[from] GoogleError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Incomplete(String),
+    #[error("interrupted by shutdown")]
+    Interrupted,
+}
+
+#[derive(Default)]
+struct Totals {
+    stats: BatchStats,
+}
+
+impl Totals {
+    fn add(&mut self, s: &BatchStats) {
+        self.stats.added += s.added;
+        self.stats.updated += s.updated;
+        self.stats.deleted += s.deleted;
+        self.stats.label_changes += s.label_changes;
+        events::BatchCommitted { added: s.added, deleted: s.deleted, label_changes: s.label_changes }
+            .emit();
+    }
+}
+
+/// One pass over a mailbox the caller holds a lease on: gate, then full or
+/// incremental sync (with resync on expiry). Never panics on bad data and
+/// never returns an error: the outcome and the failure record say it all.
+pub async fn sync_mailbox(
+    ctx: &SyncContext,
+    lease: &Lease,
+    opts: &PassOptions,
+    cancel: &CancellationToken,
+) -> SyncReport {
+    let span = tracing::info_span!("sync", mailbox = %lease.mailbox, phase = tracing::field::Empty);
+    run_pass(ctx, lease, opts, cancel).instrument(span).await
+}
+
+async fn run_pass(
+    ctx: &SyncContext,
+    lease: &Lease,
+    opts: &PassOptions,
+    cancel: &CancellationToken,
+) -> SyncReport {
+    let mailbox = lease.mailbox.clone();
+    let stats = Arc::new(CallStats::default());
+    let mut report = SyncReport {
+        mailbox: mailbox.clone(),
+        kinds: Vec::new(),
+        added: 0,
+        updated: 0,
+        deleted: 0,
+        label_changes: 0,
+        api_calls: 0,
+        quota_units: 0,
+        message_gets: 0,
+        outcome: Outcome::Ok,
+    };
+    let started = Utc::now();
+    let clock = Instant::now();
+
+    // The approved-OU gate runs before any impersonation, on every pass.
+    match gate::check_mailbox(ctx, &mailbox).await {
+        Ok(GateDecision::Allowed) => {}
+        Ok(GateDecision::Refused(reason)) => {
+            report.outcome = Outcome::Suspended { reason };
+            return report;
+        }
+        Err(e) => {
+            let error = format!("org-unit check failed: {e:#}");
+            fail(ctx, lease, &mut report, SyncKind::Incremental, started, SyncPhase::Error, "directory", error, None)
+                .await;
+            return report;
+        }
+    }
+
+    let gmail = match ctx.google.gmail(&mailbox, stats.clone()).await {
+        Ok(g) => g,
+        Err(e) => {
+            handle_google_failure(ctx, lease, &mut report, SyncKind::Incremental, started, e).await;
+            return report;
+        }
+    };
+
+    let mut totals = Totals::default();
+    let result = drive(ctx, lease, &gmail, opts, cancel, &mut report, &mut totals, started).await;
+    report.added = totals.stats.added;
+    report.updated = totals.stats.updated;
+    report.deleted = totals.stats.deleted;
+    report.label_changes = totals.stats.label_changes;
+    report.api_calls = stats.calls();
+    report.quota_units = stats.units();
+    report.message_gets = stats.message_gets.load(std::sync::atomic::Ordering::Relaxed);
+    let kind = report.kinds.last().copied().unwrap_or(SyncKind::Incremental);
+    match result {
+        Ok(()) => {
+            events::MailboxSyncCompleted {
+                mailbox: &mailbox,
+                kind: kind.as_str(),
+                added: report.added,
+                updated: report.updated,
+                deleted: report.deleted,
+                label_changes: report.label_changes,
+                api_calls: report.api_calls,
+                quota_units: report.quota_units,
+                elapsed: clock.elapsed(),
+            }
+            .emit();
+        }
+        Err(PassError::Google(e)) => {
+            handle_google_failure(ctx, lease, &mut report, kind, started, e).await;
+        }
+        Err(PassError::Store(StoreError::LeaseLost { .. })) => {
+            events::LeaseLost { mailbox: &mailbox }.emit();
+            report.outcome = Outcome::LeaseLost;
+        }
+        Err(PassError::Store(e)) => {
+            events::DbError { operation: "sync_commit", error: &e }.emit();
+            let error = format!("database: {e}");
+            fail(ctx, lease, &mut report, kind, started, SyncPhase::Error, "database", error, None).await;
+        }
+        Err(PassError::Incomplete(msg)) => {
+            fail(ctx, lease, &mut report, kind, started, SyncPhase::Error, "incomplete", msg, None).await;
+        }
+        Err(PassError::Interrupted) => {
+            report.outcome = Outcome::Interrupted;
+        }
+    }
+    report
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    ctx: &SyncContext,
+    lease: &Lease,
+    gmail: &MailboxGmail,
+    opts: &PassOptions,
+    cancel: &CancellationToken,
+    report: &mut SyncReport,
+    totals: &mut Totals,
+    started: chrono::DateTime<Utc>,
+) -> Result<(), PassError> {
+    let state = ctx.store.sync_state(&lease.mailbox).await?;
+    let state = state.unwrap_or_else(|| SyncState::initial(lease.mailbox.clone()));
+    let full_in_progress = state.full_sync_history_id.is_some();
+    let needs_full = opts.force_full || state.history_id.is_none() || full_in_progress;
+    if needs_full {
+        let kind = if state.history_id.is_some() { SyncKind::Resync } else { SyncKind::Full };
+        if opts.force_full && !full_in_progress {
+            events::ResyncStarted { mailbox: &lease.mailbox, reason: "scheduled" }.emit();
+        }
+        report.kinds.push(kind);
+        let state = full_sync(ctx, lease, gmail, &state, kind, opts, cancel, totals, report, started, opts.force_full).await?;
+        report.kinds.push(SyncKind::Incremental);
+        return incremental(ctx, lease, gmail, &state, cancel, totals, report, Utc::now()).await.map(|_| ());
+    }
+    report.kinds.push(SyncKind::Incremental);
+    match incremental(ctx, lease, gmail, &state, cancel, totals, report, started).await {
+        Err(PassError::Google(e)) if e.class == ErrorClass::HistoryExpired => {
+            let hid = state.history_id.map_or(0, HistoryId::get);
+            events::HistoryExpired { mailbox: &lease.mailbox, history_id: hid }.emit();
+            report.kinds.push(SyncKind::Resync);
+            let state = full_sync(ctx, lease, gmail, &state, SyncKind::Resync, opts, cancel, totals, report, Utc::now(), true)
+                .await?;
+            report.kinds.push(SyncKind::Incremental);
+            incremental(ctx, lease, gmail, &state, cancel, totals, report, Utc::now()).await.map(|_| ())
+        }
+        other => other.map(|_| ()),
+    }
+}
+
+fn run_row(
+    ctx: &SyncContext,
+    lease: &Lease,
+    kind: SyncKind,
+    started: chrono::DateTime<Utc>,
+    stats: &BatchStats,
+    gmail: &MailboxGmail,
+    outcome: &str,
+    error: Option<String>,
+) -> SyncRunRow {
+    SyncRunRow {
+        mailbox: lease.mailbox.clone(),
+        kind: kind.as_str().to_owned(),
+        replica: ctx.replica.clone(),
+        started_at: started,
+        finished_at: Utc::now(),
+        added: stats.added as i64,
+        updated: stats.updated as i64,
+        deleted: stats.deleted as i64,
+        label_changes: stats.label_changes as i64,
+        api_calls: gmail.stats().calls() as i64,
+        quota_units: gmail.stats().units() as i64,
+        outcome: outcome.to_owned(),
+        error,
+    }
+}
+
+/// Fetches and normalizes messages concurrently (bounded by the mailbox's
+/// in-flight cap, which the quota limiter also enforces). 404s are dropped:
+/// the message was deleted since it was listed. Other failures are returned
+/// beside the successes so one bad message does not stop the page.
+async fn fetch_many(
+    ctx: &SyncContext,
+    gmail: &MailboxGmail,
+    ids: Vec<GmailMessageId>,
+) -> (Vec<MessageUpsert>, Vec<(GmailMessageId, GoogleError)>) {
+    let concurrency = ctx.settings.sync.per_mailbox_concurrency.max(1);
+    let limits = ctx.limits();
+    let store_raw = ctx.settings.sync.store_raw;
+    let results: Vec<(GmailMessageId, Result<FetchedMessage, GoogleError>)> = futures::stream::iter(ids)
+        .map(|id| async move {
+            let r = gmail.get_message(&id).await;
+            (id, r)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut ok = Vec::with_capacity(results.len());
+    let mut failed = Vec::new();
+    for (id, r) in results {
+        match r {
+            Ok(m) => ok.push(to_upsert(m, &limits, store_raw).await),
+            Err(e) if e.class == ErrorClass::NotFound => {}
+            Err(e) => failed.push((id, e)),
+        }
+    }
+    (ok, failed)
+}
+
+async fn to_upsert(m: FetchedMessage, limits: &NormalizeLimits, store_raw: bool) -> MessageUpsert {
+    let FetchedMessage { meta, raw, payload } = m;
+    let content = match (&raw, payload) {
+        (Some(bytes), _) if bytes.len() > BLOCKING_NORMALIZE_BYTES => {
+            let bytes = bytes.clone();
+            let limits = limits.clone();
+            tokio::task::spawn_blocking(move || normalize::normalize(&bytes, &limits))
+                .await
+                .unwrap_or_else(|e| crate::domain::NormalizedMessage {
+                    parse_error: Some(format!("normalizer task failed: {e}")),
+                    ..Default::default()
+                })
+        }
+        (Some(bytes), _) => normalize::normalize(bytes, limits),
+        (None, Some(part)) => normalize::normalize_payload(&part, limits),
+        (None, None) => crate::domain::NormalizedMessage {
+            parse_error: Some("Gmail returned no content for the message".to_owned()),
+            ..Default::default()
+        },
+    };
+    MessageUpsert { meta, content, raw: if store_raw { raw } else { None } }
+}
+
+/// Full sync (or resync): resumable from the stored page token.
+#[allow(clippy::too_many_arguments)]
+async fn full_sync(
+    ctx: &SyncContext,
+    lease: &Lease,
+    gmail: &MailboxGmail,
+    state: &SyncState,
+    kind: SyncKind,
+    opts: &PassOptions,
+    cancel: &CancellationToken,
+    totals: &mut Totals,
+    report: &mut SyncReport,
+    started: chrono::DateTime<Utc>,
+    fresh: bool,
+) -> Result<SyncState, PassError> {
+    tracing::Span::current().record("phase", kind.as_str());
+    let mut state = state.clone();
+    let batch_size = ctx.settings.sync.batch_size;
+
+    // Start (or restart) the full sync: read the historyId first so whatever
+    // changes during the listing is caught by the incremental pass after it.
+    if state.full_sync_history_id.is_none() || fresh {
+        let profile = gmail.get_profile().await?;
+        let labels = gmail.list_labels().await?;
+        state.full_sync_history_id = Some(profile.history_id);
+        state.full_sync_generation += 1;
+        state.page_token = None;
+        state.phase = SyncPhase::FullSync;
+        let batch = SyncBatch {
+            labels: Some(labels.into_iter().map(|l| LabelRow { label_id: l.id, name: l.name, label_type: l.label_type }).collect()),
+            checkpoint: checkpoint(&state, false),
+            ..SyncBatch::default()
+        };
+        totals.add(&ctx.store.commit_batch(lease, &batch).await?);
+    }
+    let estimated_total = gmail.get_profile().await.map(|p| p.messages_total.max(0) as u64).unwrap_or(0);
+    let mut progress = Progress { listed: 0, fetched: 0, estimated_total };
+    // The token of the first page that still misses a message: the resume point.
+    let mut resume_from: Option<Option<String>> = None;
+    let mut failures: Vec<String> = Vec::new();
+    let mut page_token = state.page_token.clone();
+
+    loop {
+        if cancel.is_cancelled() {
+            return Err(PassError::Interrupted);
+        }
+        let page = gmail.list_message_ids(page_token.as_deref(), None, LIST_PAGE_SIZE).await?;
+        progress.listed += page.messages.len() as u64;
+        let ids: Vec<GmailMessageId> = page.messages.iter().map(|m| m.id.clone()).collect();
+        let known = ctx.store.known_message_ids(&lease.mailbox, &ids).await?;
+        let new: Vec<GmailMessageId> = ids.iter().filter(|id| !known.contains(*id)).cloned().collect();
+
+        let mut page_failed = false;
+        let chunks: Vec<Vec<GmailMessageId>> = new.chunks(batch_size.max(1)).map(<[_]>::to_vec).collect();
+        let n_chunks = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let (upserts, failed) = fetch_many(ctx, gmail, chunk).await;
+            for (id, e) in &failed {
+                if e.class == ErrorClass::AuthRevoked {
+                    return Err(PassError::Google(e.clone()));
+                }
+                failures.push(format!("{id}: {e}"));
+            }
+            page_failed |= !failed.is_empty();
+            progress.fetched += upserts.len() as u64;
+            let last_chunk = i + 1 == n_chunks;
+            let mut batch = SyncBatch { upserts, ..SyncBatch::default() };
+            if last_chunk {
+                batch.mark_seen = ids.clone();
+            }
+            // The page token moves past this page only with its last chunk,
+            // and never past a page that still misses a message.
+            if last_chunk {
+                if page_failed && resume_from.is_none() {
+                    resume_from = Some(page_token.clone());
+                }
+                state.page_token = match &resume_from {
+                    Some(t) => t.clone(),
+                    None => page.next_page_token.clone(),
+                };
+            }
+            batch.checkpoint = checkpoint(&state, false);
+            totals.add(&ctx.store.commit_batch(lease, &batch).await?);
+            if let Some(p) = &opts.progress {
+                p(&lease.mailbox, progress);
+            }
+            if cancel.is_cancelled() {
+                return Err(PassError::Interrupted);
+            }
+        }
+        if n_chunks == 0 {
+            // Nothing new on this page: mark it seen and advance.
+            if resume_from.is_none() {
+                state.page_token = page.next_page_token.clone();
+            }
+            let batch = SyncBatch { mark_seen: ids, checkpoint: checkpoint(&state, false), ..SyncBatch::default() };
+            totals.add(&ctx.store.commit_batch(lease, &batch).await?);
+            if let Some(p) = &opts.progress {
+                p(&lease.mailbox, progress);
+            }
+        }
+        match page.next_page_token {
+            Some(t) => page_token = Some(t),
+            None => break,
+        }
+    }
+
+    if !failures.is_empty() {
+        let n = failures.len();
+        let first = failures.into_iter().next().unwrap_or_default();
+        return Err(PassError::Incomplete(format!(
+            "{n} message(s) could not be fetched and will be retried (first: {first})"
+        )));
+    }
+
+    // Label membership of messages we already had: one listing per label
+    // (5 units per 500 IDs) instead of a messages.get per message.
+    if kind == SyncKind::Resync {
+        let labels = gmail.list_labels().await?;
+        for label in labels {
+            if cancel.is_cancelled() {
+                return Err(PassError::Interrupted);
+            }
+            let mut members = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let page = gmail.list_message_ids(token.as_deref(), Some(&label.id), LIST_PAGE_SIZE).await?;
+                members.extend(page.messages.into_iter().map(|m| m.id));
+                match page.next_page_token {
+                    Some(t) => token = Some(t),
+                    None => break,
+                }
+            }
+            let batch = SyncBatch {
+                label_reconcile: Some((label.id.clone(), members)),
+                checkpoint: checkpoint(&state, false),
+                ..SyncBatch::default()
+            };
+            totals.add(&ctx.store.commit_batch(lease, &batch).await?);
+        }
+    }
+
+    // Listing complete: what was not seen is gone; adopt the starting historyId.
+    state.history_id = state.full_sync_history_id.take();
+    state.page_token = None;
+    state.phase = SyncPhase::Incremental;
+    let batch = SyncBatch {
+        delete_unseen: true,
+        checkpoint: checkpoint(&state, true),
+        run: Some(run_row(ctx, lease, kind, started, &totals.stats, gmail, "ok", None)),
+        ..SyncBatch::default()
+    };
+    totals.add(&ctx.store.commit_batch(lease, &batch).await?);
+    report.message_gets = gmail.stats().message_gets.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(state)
+}
+
+fn checkpoint(state: &SyncState, success: bool) -> Checkpoint {
+    Checkpoint {
+        phase: state.phase,
+        history_id: state.history_id,
+        page_token: state.page_token.clone(),
+        full_sync_history_id: state.full_sync_history_id,
+        full_sync_generation: state.full_sync_generation,
+        success,
+    }
+}
+
+/// The net effect of a run of history records.
+#[derive(Default, Debug)]
+struct Collapsed {
+    /// Messages to fetch, in first-seen order.
+    added: Vec<GmailMessageId>,
+    deleted: BTreeSet<GmailMessageId>,
+    /// Net label delta per message: label -> true (present at the end) / false (absent).
+    labels: HashMap<GmailMessageId, BTreeMap<String, bool>>,
+}
+
+impl Collapsed {
+    fn apply(&mut self, rec: crate::google::gmail::HistoryRecord) {
+        for (id, _) in rec.added {
+            if !self.deleted.contains(&id) && !self.added.contains(&id) {
+                self.added.push(id);
+            }
+        }
+        for (id, labels) in rec.labels_added {
+            let e = self.labels.entry(id).or_default();
+            for l in labels {
+                e.insert(l, true);
+            }
+        }
+        for (id, labels) in rec.labels_removed {
+            let e = self.labels.entry(id).or_default();
+            for l in labels {
+                e.insert(l, false);
+            }
+        }
+        for id in rec.deleted {
+            self.deleted.insert(id);
+        }
+    }
+}
+
+/// Incremental pass from the stored historyId over all history pages.
+#[allow(clippy::too_many_arguments)]
+async fn incremental(
+    ctx: &SyncContext,
+    lease: &Lease,
+    gmail: &MailboxGmail,
+    state: &SyncState,
+    cancel: &CancellationToken,
+    totals: &mut Totals,
+    _report: &mut SyncReport,
+    started: chrono::DateTime<Utc>,
+) -> Result<SyncState, PassError> {
+    tracing::Span::current().record("phase", "incremental");
+    let Some(start) = state.history_id else {
+        return Err(PassError::Incomplete("no history position to continue from".to_owned()));
+    };
+    let mut collapsed = Collapsed::default();
+    let mut token: Option<String> = None;
+    let mut newest = start;
+    loop {
+        if cancel.is_cancelled() {
+            return Err(PassError::Interrupted);
+        }
+        let page = gmail.list_history(start, token.as_deref()).await?;
+        for rec in page.records {
+            if let Some(id) = rec.id {
+                newest = newest.max(id);
+            }
+            collapsed.apply(rec);
+        }
+        if let Some(h) = page.history_id {
+            newest = newest.max(h);
+        }
+        // An empty page that carries a token is not the end.
+        match page.next_page_token {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+
+    // Fetch what was added and is not deleted since and not stored already.
+    let candidates: Vec<GmailMessageId> =
+        collapsed.added.iter().filter(|id| !collapsed.deleted.contains(*id)).cloned().collect();
+    let known = ctx.store.known_message_ids(&lease.mailbox, &candidates).await?;
+    let to_fetch: Vec<GmailMessageId> = candidates.into_iter().filter(|id| !known.contains(id)).collect();
+
+    let mut state = state.clone();
+    let batch_size = ctx.settings.sync.batch_size.max(1);
+    let chunks: Vec<Vec<GmailMessageId>> = to_fetch.chunks(batch_size).map(<[_]>::to_vec).collect();
+    let mut failures = Vec::new();
+    let mut fetched: BTreeSet<GmailMessageId> = BTreeSet::new();
+    for chunk in chunks {
+        let (mut upserts, failed) = fetch_many(ctx, gmail, chunk).await;
+        for (id, e) in failed {
+            if e.class == ErrorClass::AuthRevoked {
+                return Err(PassError::Google(e));
+            }
+            failures.push(format!("{id}: {e}"));
+        }
+        for u in &mut upserts {
+            fetched.insert(u.meta.gmail_id.clone());
+            // The fetched labels already reflect the history's net delta up to
+            // the fetch; apply it anyway (idempotent) for what came between.
+            if let Some(delta) = collapsed.labels.get(&u.meta.gmail_id) {
+                apply_delta(&mut u.meta.label_ids, delta);
+            }
+        }
+        // Intermediate batches keep the old checkpoint: upserts are idempotent
+        // and already-stored IDs are skipped on a retry.
+        let batch = SyncBatch { upserts, checkpoint: checkpoint(&state, false), ..SyncBatch::default() };
+        totals.add(&ctx.store.commit_batch(lease, &batch).await?);
+        if cancel.is_cancelled() {
+            return Err(PassError::Interrupted);
+        }
+    }
+    if !failures.is_empty() {
+        let n = failures.len();
+        let first = failures.into_iter().next().unwrap_or_default();
+        return Err(PassError::Incomplete(format!(
+            "{n} message(s) could not be fetched and will be retried (first: {first})"
+        )));
+    }
+
+    let label_changes: Vec<LabelChange> = collapsed
+        .labels
+        .iter()
+        .filter(|(id, _)| !fetched.contains(*id) && !collapsed.deleted.contains(*id))
+        .map(|(id, delta)| LabelChange {
+            gmail_id: id.clone(),
+            added: delta.iter().filter(|(_, on)| **on).map(|(l, _)| l.clone()).collect(),
+            removed: delta.iter().filter(|(_, on)| !**on).map(|(l, _)| l.clone()).collect(),
+            history_id: Some(newest),
+        })
+        .collect();
+    let deletes: Vec<(GmailMessageId, Option<HistoryId>)> =
+        collapsed.deleted.iter().map(|id| (id.clone(), Some(newest))).collect();
+
+    state.history_id = Some(newest);
+    state.phase = SyncPhase::Incremental;
+    let stats_so_far = BatchStats {
+        added: totals.stats.added,
+        updated: totals.stats.updated,
+        deleted: totals.stats.deleted,
+        label_changes: totals.stats.label_changes,
+    };
+    let mut batch = SyncBatch {
+        deletes,
+        label_changes,
+        checkpoint: checkpoint(&state, true),
+        ..SyncBatch::default()
+    };
+    // The run row counts this batch too; it is written in the same transaction.
+    let pending = BatchStats {
+        added: stats_so_far.added,
+        updated: stats_so_far.updated,
+        deleted: stats_so_far.deleted + batch.deletes.len() as u64,
+        label_changes: stats_so_far.label_changes,
+    };
+    batch.run = Some(run_row(ctx, lease, SyncKind::Incremental, started, &pending, gmail, "ok", None));
+    totals.add(&ctx.store.commit_batch(lease, &batch).await?);
+    Ok(state)
+}
+
+fn apply_delta(labels: &mut Vec<String>, delta: &BTreeMap<String, bool>) {
+    for (label, present) in delta {
+        let has = labels.iter().any(|l| l == label);
+        match (present, has) {
+            (true, false) => labels.push(label.clone()),
+            (false, true) => labels.retain(|l| l != label),
+            _ => {}
+        }
+    }
+}
+
+async fn handle_google_failure(
+    ctx: &SyncContext,
+    lease: &Lease,
+    report: &mut SyncReport,
+    kind: SyncKind,
+    started: chrono::DateTime<Utc>,
+    e: GoogleError,
+) {
+    if e.class == ErrorClass::AuthRevoked {
+        events::AuthRevoked { mailbox: &lease.mailbox, cause: e.auth_cause, error: &e }.emit();
+        let cause = match e.auth_cause {
+            Some(c) => format!("{} ({})", c.remedy(), e),
+            None => e.to_string(),
+        };
+        fail(ctx, lease, report, kind, started, SyncPhase::AuthFailed, "auth_revoked", cause.clone(), Some(ctx.settings.sync.auth_failed_retry))
+            .await;
+        report.outcome = Outcome::AuthFailed { cause };
+        ctx.google.forget(&lease.mailbox);
+        return;
+    }
+    let error_type = e.class.as_str();
+    fail(ctx, lease, report, kind, started, SyncPhase::Error, error_type, e.to_string(), None).await;
+}
+
+/// Records a failed pass (fenced) and sets the outcome.
+#[allow(clippy::too_many_arguments)]
+async fn fail(
+    ctx: &SyncContext,
+    lease: &Lease,
+    report: &mut SyncReport,
+    kind: SyncKind,
+    started: chrono::DateTime<Utc>,
+    phase: SyncPhase,
+    error_type: &'static str,
+    error: String,
+    retry_after: Option<Duration>,
+) {
+    let failures = ctx
+        .store
+        .sync_state(&lease.mailbox)
+        .await
+        .ok()
+        .flatten()
+        .map_or(0, |s| s.consecutive_failures);
+    let delay = retry_after.unwrap_or_else(|| failure_backoff(ctx.settings.sync.poll_interval, failures));
+    let record = FailureRecord {
+        phase,
+        error: error.clone(),
+        next_poll_at: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::minutes(30)),
+        run: Some(SyncRunRow {
+            mailbox: lease.mailbox.clone(),
+            kind: kind.as_str().to_owned(),
+            replica: ctx.replica.clone(),
+            started_at: started,
+            finished_at: Utc::now(),
+            added: report.added as i64,
+            updated: report.updated as i64,
+            deleted: report.deleted as i64,
+            label_changes: report.label_changes as i64,
+            api_calls: report.api_calls as i64,
+            quota_units: report.quota_units as i64,
+            outcome: if phase == SyncPhase::AuthFailed { "auth_failed".to_owned() } else { "error".to_owned() },
+            error: Some(error.clone()),
+        }),
+    };
+    let anyhow_err = anyhow::anyhow!(error.clone());
+    events::MailboxSyncFailed { mailbox: &lease.mailbox, kind: kind.as_str(), error_type, error: &anyhow_err }.emit();
+    match ctx.store.record_failure(lease, &record).await {
+        Ok(()) => {}
+        Err(StoreError::LeaseLost { .. }) => {
+            events::LeaseLost { mailbox: &lease.mailbox }.emit();
+            report.outcome = Outcome::LeaseLost;
+            return;
+        }
+        Err(e) => events::DbError { operation: "record_failure", error: &e }.emit(),
+    }
+    report.outcome = Outcome::Failed { error_type, error };
+}
+
+/// Retry delay after `failures` consecutive failures: the poll interval
+/// doubled per failure, capped at one hour.
+pub fn failure_backoff(poll: Duration, failures: i64) -> Duration {
+    let factor = 1u32 << failures.clamp(0, 6) as u32;
+    (poll * factor).min(Duration::from_secs(3600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::google::gmail::HistoryRecord;
+
+    fn id(s: &str) -> GmailMessageId {
+        GmailMessageId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn collapsing_keeps_the_net_effect() {
+        let mut c = Collapsed::default();
+        c.apply(HistoryRecord { added: vec![(id("a1"), vec![])], ..Default::default() });
+        c.apply(HistoryRecord { added: vec![(id("b2"), vec![])], ..Default::default() });
+        c.apply(HistoryRecord { labels_added: vec![(id("c3"), vec!["STARRED".into()])], ..Default::default() });
+        c.apply(HistoryRecord { labels_removed: vec![(id("c3"), vec!["STARRED".into(), "INBOX".into()])], ..Default::default() });
+        c.apply(HistoryRecord { deleted: vec![id("b2")], ..Default::default() });
+        assert_eq!(c.added, vec![id("a1"), id("b2")]);
+        assert!(c.deleted.contains(&id("b2")));
+        let delta = &c.labels[&id("c3")];
+        assert_eq!(delta.get("STARRED"), Some(&false));
+        assert_eq!(delta.get("INBOX"), Some(&false));
+    }
+
+    #[test]
+    fn label_deltas_are_idempotent() {
+        let mut labels = vec!["INBOX".to_owned(), "UNREAD".to_owned()];
+        let delta: BTreeMap<String, bool> =
+            [("UNREAD".to_owned(), false), ("STARRED".to_owned(), true)].into_iter().collect();
+        apply_delta(&mut labels, &delta);
+        let once = labels.clone();
+        apply_delta(&mut labels, &delta);
+        assert_eq!(labels, once);
+        assert_eq!(labels, vec!["INBOX".to_owned(), "STARRED".to_owned()]);
+    }
+
+    #[test]
+    fn failure_backoff_doubles_and_caps() {
+        let p = Duration::from_secs(60);
+        assert_eq!(failure_backoff(p, 0), p);
+        assert_eq!(failure_backoff(p, 2), p * 4);
+        assert_eq!(failure_backoff(p, 50), Duration::from_secs(3600));
+    }
+}

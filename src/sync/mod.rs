@@ -1,4 +1,9 @@
-//! Sync.
+//! The sync engine and the pure MIME normalizer.
+//!
+//! `engine` decides what to fetch and writes through the store's fenced
+//! batches; `gate` is the approved-OU check; `normalize` turns RFC 822 bytes
+//! into rows and never does I/O.
 
 pub mod engine;
+pub mod gate;
 pub mod normalize;

@@ -1,0 +1,211 @@
+//! `demo`: the new user's first five minutes, offline.
+//!
+//! Starts the emulator in-process with a seeded domain, writes a key, uses a
+//! SQLite file in a directory, subscribes and approves the shared mailboxes
+//! (and shows one outside the approved OU being refused), runs a full sync,
+//! injects a few changes, runs an incremental pass and prints what was
+//! ingested.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use base64::Engine;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{self, ReportView};
+use crate::cli::DemoArgs;
+use crate::config::{DatabaseUrl, Settings};
+use crate::domain::{MailboxAddress, Operator};
+use crate::emulator::{Emulator, EmulatorConfig};
+use crate::output;
+use crate::subscriptions::{OrgUnitVerdict, Subscriptions};
+
+async fn call(method: http::Method, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(bytes)))?;
+    let resp = client.request(req).await.with_context(|| format!("calling {url}"))?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        anyhow::bail!("{url} answered {status}: {}", String::from_utf8_lossy(&body));
+    }
+    Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+fn print_reports(reports: &[crate::sync::engine::SyncReport]) {
+    output::table(
+        &["MAILBOX", "KIND", "ADDED", "DELETED", "RELABELLED", "API CALLS", "UNITS", "OUTCOME"],
+        &reports
+            .iter()
+            .map(|r| {
+                let v = ReportView::from(r);
+                vec![
+                    v.mailbox,
+                    v.kind,
+                    v.added.to_string(),
+                    v.deleted.to_string(),
+                    v.label_changes.to_string(),
+                    v.api_calls.to_string(),
+                    v.quota_units.to_string(),
+                    v.outcome,
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+}
+
+pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
+    let (tmp, dir): (Option<tempfile::TempDir>, PathBuf) = match args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            (None, d)
+        }
+        None => {
+            let t = tempfile::tempdir().context("creating a temporary directory")?;
+            let p = t.path().to_path_buf();
+            (Some(t), p)
+        }
+    };
+    output::line(format!("== Starting the local Google emulator (seed {}, {} messages per mailbox)", args.seed, args.messages));
+    let emulator = Emulator::start(EmulatorConfig {
+        listen: "127.0.0.1:0".parse()?,
+        seed: args.seed,
+        users: 3,
+        messages: args.messages,
+        domain: "example.com".to_owned(),
+    })
+    .await?;
+    let base = emulator.base_url();
+    let key_path = dir.join("sa.json");
+    let sa = emulator.write_service_account_key(&key_path)?;
+    output::line(format!("   emulator at {base}; service account {} (client ID {})", sa.client_email, sa.client_id));
+
+    let db_path = dir.join("gmail-ingest.db");
+    settings.database.url = DatabaseUrl::new(format!("sqlite://{}", db_path.display()));
+    settings.google.service_account_key_file = key_path;
+    settings.google.gmail_base_url = base.clone();
+    settings.google.directory_base_url = base.clone();
+    settings.google.admin_subject = emulator.admin_email();
+    settings.policy.allowed_domains = vec!["example.com".to_owned()];
+    settings.policy.approved_org_units = vec!["/Shared Mailboxes".to_owned()];
+    settings.google.initial_backoff = std::time::Duration::from_millis(50);
+    // The demo shows the product, not the 2026 quota ceiling.
+    call(http::Method::PUT, &format!("{base}emulator/v1/quota"), Some(json!({"enforce": false}))).await?;
+    output::line(format!("   database sqlite://{}", db_path.display()));
+
+    let state = call(http::Method::GET, &format!("{base}emulator/v1/state"), None).await?;
+    let users: Vec<(String, String)> = state["users"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|u| !u["is_admin"].as_bool().unwrap_or(false))
+                .map(|u| {
+                    (
+                        u["email"].as_str().unwrap_or_default().to_owned(),
+                        u["org_unit"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+
+    output::line("\n== Subscribing mailboxes (requested by ops-alice, approved by ops-bob: four-eyes)");
+    let ctx = app::context(settings.clone()).await?;
+    let policy = settings.policy()?;
+    let subs = Subscriptions::new(&ctx.store, &policy);
+    let alice = Operator::parse("ops-alice")?;
+    let bob = Operator::parse("ops-bob")?;
+    for (email, ou) in &users {
+        let m = MailboxAddress::parse(email)?;
+        if ctx.store.get_subscription(&m).await?.is_none() {
+            subs.add(m.clone(), alice.clone(), &[], Some(format!("demo mailbox in {ou}"))).await?;
+        }
+        let verdict = app::org_unit_verdict(&settings, &policy, &m).await;
+        match subs.approve(&m, bob.clone(), verdict).await {
+            Ok(s) => output::line(format!("   {m} ({ou}): {}", s.status)),
+            Err(e) => output::line(format!("   {m} ({ou}): refused: {e}")),
+        }
+    }
+
+    output::line("\n== Full sync (then an incremental pass)");
+    let cancel = CancellationToken::new();
+    let reports = app::sync_with(&ctx, None, false, false, &cancel).await?;
+    print_reports(&reports);
+
+    let active: Vec<MailboxAddress> = reports.iter().map(|r| r.mailbox.clone()).collect();
+    if let Some(first) = active.first() {
+        output::line(format!("\n== Injecting changes into {first}: one new message, one deletion, one relabel"));
+        let raw = "From: Tenant <tenant@residents.example>\r\nTo: support@example.com\r\nSubject: Leaking radiator in flat 12B\r\nMessage-ID: <demo-1@residents.example>\r\nDate: Mon, 23 Nov 2026 09:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello, the radiator in flat 12B is leaking onto the parquet. Could maintenance come today?\r\n";
+        let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        call(
+            http::Method::POST,
+            &format!("{base}emulator/v1/users/{first}/messages"),
+            Some(json!({"raw": enc, "label_ids": ["INBOX", "UNREAD"]})),
+        )
+        .await?;
+        let truth = call(http::Method::GET, &format!("{base}emulator/v1/users/{first}/messages"), None).await?;
+        let ids: Vec<String> = truth
+            .as_array()
+            .or_else(|| truth["messages"].as_array())
+            .map(|a| a.iter().filter_map(|m| m["id"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        if ids.len() > 2 {
+            call(http::Method::DELETE, &format!("{base}emulator/v1/users/{first}/messages/{}", ids[ids.len() - 1]), None)
+                .await?;
+            call(
+                http::Method::POST,
+                &format!("{base}emulator/v1/users/{first}/messages/{}/labels", ids[ids.len() - 2]),
+                Some(json!({"add": ["STARRED"], "remove": []})),
+            )
+            .await?;
+        }
+        let reports = app::sync_with(&ctx, None, false, false, &cancel).await?;
+        print_reports(&reports);
+    }
+
+    output::line("\n== What is in the database");
+    let statuses = ctx.store.mailbox_statuses().await?;
+    output::table(
+        &["MAILBOX", "SUBSCRIPTION", "PHASE", "MESSAGES"],
+        &statuses
+            .iter()
+            .map(|s| {
+                vec![
+                    s.mailbox.to_string(),
+                    s.subscription_status.to_string(),
+                    s.phase.map_or("-".to_owned(), |p| p.to_string()),
+                    s.messages.to_string(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    for m in &active {
+        output::line(format!("\n   latest subjects in {m}:"));
+        for hit in ctx.store.recent_messages(m, 3).await? {
+            output::line(format!("     - {}", hit.subject.unwrap_or_default()));
+        }
+    }
+    output::line("\n== Full-text search for \"radiator\"");
+    for hit in ctx.store.search(None, "radiator", 5).await? {
+        output::line(format!("   {}  {}  {}", hit.mailbox, hit.gmail_id, hit.subject.unwrap_or_default()));
+    }
+    output::line(format!(
+        "\nDone. Query the data yourself: sqlite3 {} 'select subject from messages limit 5'",
+        db_path.display()
+    ));
+    if tmp.is_some() {
+        output::line("(the temporary directory is removed on exit; pass --dir DIR to keep it)");
+    }
+    ctx.store.close().await;
+    emulator.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! The approved-OU gate.
+//!
+//! Google cannot scope a domain-wide-delegation grant to an organizational
+//! unit, so we do: before a mailbox is impersonated, on every pass, the
+//! Directory must show it exists, is neither suspended nor archived, has a
+//! mailbox, and sits in (or under) one of `policy.approved_org_units`; and its
+//! domain must be allowed. A refused active subscription becomes `suspended`
+//! with the reason in `subscription_events`; a suspended one whose condition
+//! cleared comes back to `active` by itself (an event again).
+
+use anyhow::Context;
+
+use crate::domain::{MailboxAddress, Operator, SubscriptionAction, SubscriptionStatus};
+use crate::events;
+use crate::google::directory::DirectoryUser;
+use crate::store::SubscriptionUpdate;
+use crate::sync::engine::SyncContext;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateDecision {
+    Allowed,
+    /// Why the mailbox must not be impersonated.
+    Refused(String),
+}
+
+/// The pure decision from a Directory answer.
+pub fn evaluate(
+    policy: &crate::config::Policy,
+    mailbox: &MailboxAddress,
+    user: Option<&DirectoryUser>,
+) -> GateDecision {
+    if !policy.domain_allowed(mailbox) {
+        return GateDecision::Refused(format!(
+            "domain {} is not in policy.allowed_domains",
+            mailbox.domain()
+        ));
+    }
+    let Some(user) = user else {
+        return GateDecision::Refused("the mailbox does not exist in the directory".to_owned());
+    };
+    if user.suspended {
+        return GateDecision::Refused("the user is suspended".to_owned());
+    }
+    if user.archived {
+        return GateDecision::Refused("the user is archived".to_owned());
+    }
+    if !user.is_mailbox_setup {
+        return GateDecision::Refused("the user has no Gmail mailbox".to_owned());
+    }
+    if !policy.org_unit_approved(&user.org_unit) {
+        let approved: Vec<&str> = policy.approved_org_units.iter().map(|o| o.as_str()).collect();
+        return GateDecision::Refused(format!(
+            "org unit {} is not approved (approved: {})",
+            user.org_unit,
+            approved.join(", ")
+        ));
+    }
+    GateDecision::Allowed
+}
+
+/// Checks one mailbox against the Directory and applies the decision to its
+/// subscription (suspend / reinstate). Errors mean "could not check": the
+/// caller must not impersonate the mailbox then either.
+pub async fn check_mailbox(ctx: &SyncContext, mailbox: &MailboxAddress) -> anyhow::Result<GateDecision> {
+    let user = if ctx.policy.domain_allowed(mailbox) {
+        ctx.google
+            .directory_user(mailbox)
+            .await
+            .with_context(|| format!("looking up {mailbox} in the directory"))?
+    } else {
+        None
+    };
+    let decision = evaluate(&ctx.policy, mailbox, user.as_ref());
+    let org_unit = user.as_ref().map(|u| u.org_unit.to_string());
+    ctx.store
+        .record_org_unit(mailbox, org_unit.as_deref())
+        .await
+        .context("recording the org unit")?;
+    let Some(sub) = ctx.store.get_subscription(mailbox).await.context("reading the subscription")? else {
+        return Ok(decision);
+    };
+    let action = match (&decision, sub.status) {
+        (GateDecision::Refused(_), SubscriptionStatus::Active) => Some(SubscriptionAction::Suspend),
+        (GateDecision::Allowed, SubscriptionStatus::Suspended) => Some(SubscriptionAction::Reinstate),
+        _ => None,
+    };
+    if let Some(action) = action
+        && let Some(new_status) = sub.status.apply(action)
+    {
+        let reason = match &decision {
+            GateDecision::Refused(r) => r.clone(),
+            GateDecision::Allowed => "the mailbox is back in an approved org unit".to_owned(),
+        };
+        let update = SubscriptionUpdate {
+            mailbox: mailbox.clone(),
+            expected: sub.status,
+            new_status,
+            actor: Operator::system(),
+            action: action.as_str().to_owned(),
+            reason: Some(reason.clone()),
+            approved_by: None,
+            reviewed_by: None,
+            org_unit_seen: org_unit.clone(),
+        };
+        match ctx.store.update_subscription(&update).await {
+            Ok(_) => match action {
+                SubscriptionAction::Suspend => {
+                    events::OrgUnitSuspended { mailbox, reason: &reason }.emit();
+                    ctx.google.forget(mailbox);
+                }
+                _ => events::OrgUnitReinstated { mailbox }.emit(),
+            },
+            // An operator changed it meanwhile: their decision stands.
+            Err(crate::store::StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e).context("updating the subscription"),
+        }
+    }
+    Ok(decision)
+}
+
+/// Re-checks every active or suspended subscription (the scheduler's OU job
+/// and the start of `sync`). One mailbox's failure does not stop the others.
+pub async fn check_all(ctx: &SyncContext) -> anyhow::Result<Vec<(MailboxAddress, anyhow::Result<GateDecision>)>> {
+    let subs = ctx.store.list_subscriptions().await.context("listing subscriptions")?;
+    let mut out = Vec::new();
+    for sub in subs {
+        if matches!(sub.status, SubscriptionStatus::Active | SubscriptionStatus::Suspended) {
+            let r = check_mailbox(ctx, &sub.mailbox).await;
+            out.push((sub.mailbox, r));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Domain, OrgUnitPath};
+
+    fn policy() -> crate::config::Policy {
+        crate::config::Policy {
+            allowed_domains: vec![Domain::parse("example.com").unwrap()],
+            approved_org_units: vec![OrgUnitPath::parse("/Shared Mailboxes").unwrap()],
+            review_interval_days: 90,
+            four_eyes: true,
+        }
+    }
+
+    fn user(ou: &str) -> DirectoryUser {
+        DirectoryUser {
+            primary_email: "support@example.com".into(),
+            org_unit: OrgUnitPath::parse(ou).unwrap(),
+            suspended: false,
+            archived: false,
+            is_mailbox_setup: true,
+        }
+    }
+
+    #[test]
+    fn only_active_mailboxes_in_approved_units_pass() {
+        let p = policy();
+        let m = MailboxAddress::parse("support@example.com").unwrap();
+        assert_eq!(evaluate(&p, &m, Some(&user("/Shared Mailboxes/EU"))), GateDecision::Allowed);
+        assert!(matches!(evaluate(&p, &m, Some(&user("/Staff"))), GateDecision::Refused(r) if r.contains("/Staff")));
+        assert!(matches!(evaluate(&p, &m, None), GateDecision::Refused(_)));
+        let mut u = user("/Shared Mailboxes");
+        u.suspended = true;
+        assert!(matches!(evaluate(&p, &m, Some(&u)), GateDecision::Refused(r) if r.contains("suspended")));
+        let mut u = user("/Shared Mailboxes");
+        u.is_mailbox_setup = false;
+        assert!(matches!(evaluate(&p, &m, Some(&u)), GateDecision::Refused(_)));
+        let foreign = MailboxAddress::parse("x@evil.example").unwrap();
+        assert!(matches!(evaluate(&p, &foreign, Some(&user("/Shared Mailboxes"))), GateDecision::Refused(r) if r.contains("allowed_domains")));
+    }
+}
