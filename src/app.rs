@@ -18,7 +18,6 @@ use crate::config::{Policy, Settings};
 use crate::domain::{MailboxAddress, SubscriptionStatus};
 use crate::google::Google;
 use crate::output;
-use crate::store::Store;
 use crate::subscriptions::OrgUnitVerdict;
 use crate::sync::engine::{self, PassOptions, ProgressFn, SyncContext, SyncReport};
 use crate::sync::gate::{self, GateDecision};
@@ -90,7 +89,12 @@ impl Application {
             .await
             .with_context(|| format!("binding http.listen {listen}"))?;
         let port = listener.local_addr()?.port();
-        Ok(Application { ctx, listener, port, _instance_lock: instance_lock })
+        Ok(Application {
+            ctx,
+            listener,
+            port,
+            _instance_lock: instance_lock,
+        })
     }
 
     /// The port actually bound (http.listen may say port 0).
@@ -102,15 +106,26 @@ impl Application {
         &self.ctx
     }
 
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Application { ctx, listener, _instance_lock, .. } = self;
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Application {
+            ctx,
+            listener,
+            _instance_lock,
+            ..
+        } = self;
         let r = crate::daemon::run(ctx.clone(), listener, shutdown).await;
         ctx.store.close().await;
         r
     }
 }
 
-pub async fn run_daemon(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run_daemon(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let app = Application::build(settings).await?;
     tracing::info!(port = app.http_port(), "Serving /healthz /readyz /metrics.");
     app.run_until_stopped(shutdown).await
@@ -145,25 +160,43 @@ pub async fn sync_with(
     if !ctx.settings.integration.enabled {
         anyhow::bail!("integration.enabled is false: nothing is ingested");
     }
-    let subs = ctx.store.list_subscriptions().await.context("listing subscriptions")?;
+    let subs = ctx
+        .store
+        .list_subscriptions()
+        .await
+        .context("listing subscriptions")?;
     if let Some(m) = &only {
         match subs.iter().find(|s| &s.mailbox == m) {
             None => return Err(crate::cli::UsageError(format!("no subscription for {m}")).into()),
-            Some(s) if !matches!(s.status, SubscriptionStatus::Active | SubscriptionStatus::Suspended) => {
-                return Err(crate::cli::UsageError(format!("{m} is {}, not active", s.status)).into());
+            Some(s)
+                if !matches!(
+                    s.status,
+                    SubscriptionStatus::Active | SubscriptionStatus::Suspended
+                ) =>
+            {
+                return Err(
+                    crate::cli::UsageError(format!("{m} is {}, not active", s.status)).into(),
+                );
             }
             Some(_) => {}
         }
     }
     // Suspended subscriptions come back by themselves when their org unit is approved again.
-    for s in subs.iter().filter(|s| s.status == SubscriptionStatus::Suspended) {
+    for s in subs
+        .iter()
+        .filter(|s| s.status == SubscriptionStatus::Suspended)
+    {
         if only.as_ref().is_none_or(|m| m == &s.mailbox)
             && let Err(e) = gate::check_mailbox(ctx, &s.mailbox).await
         {
             tracing::warn!(mailbox = %s.mailbox, error = %format!("{e:#}"), "Org-unit re-check failed.");
         }
     }
-    let subs = ctx.store.list_subscriptions().await.context("listing subscriptions")?;
+    let subs = ctx
+        .store
+        .list_subscriptions()
+        .await
+        .context("listing subscriptions")?;
     let targets: Vec<MailboxAddress> = subs
         .into_iter()
         .filter(|s| s.status == SubscriptionStatus::Active)
@@ -172,18 +205,28 @@ pub async fn sync_with(
         .collect();
     let progress: Option<ProgressFn> = show_progress.then(|| {
         let f: ProgressFn = Arc::new(|m: &MailboxAddress, p: engine::Progress| {
-            output::progress(format!("{m}: listed {} fetched {} of ~{}", p.listed, p.fetched, p.estimated_total));
+            output::progress(format!(
+                "{m}: listed {} fetched {} of ~{}",
+                p.listed, p.fetched, p.estimated_total
+            ));
         });
         f
     });
-    let opts = PassOptions { force_full, progress };
+    let opts = PassOptions {
+        force_full,
+        progress,
+    };
     let concurrency = ctx.settings.sync.max_concurrent_mailboxes.max(1);
     let reports: Vec<anyhow::Result<Option<SyncReport>>> = futures::stream::iter(targets)
         .map(|m| {
             let opts = opts.clone();
             async move {
                 let lease_for = ctx.settings.sync.lease_duration;
-                let Some(lease) = ctx.store.claim_mailbox(&m, &ctx.replica, Utc::now(), lease_for).await? else {
+                let Some(lease) = ctx
+                    .store
+                    .claim_mailbox(&m, &ctx.replica, Utc::now(), lease_for)
+                    .await?
+                else {
                     output::notice(format!("{m}: skipped, another replica is syncing it"));
                     return Ok(None);
                 };
@@ -202,7 +245,9 @@ pub async fn sync_with(
                 let next = Utc::now()
                     + chrono::Duration::from_std(ctx.settings.sync.poll_interval)
                         .unwrap_or_else(|_| chrono::Duration::minutes(1));
-                if report.outcome.is_ok() || matches!(report.outcome, engine::Outcome::Suspended { .. }) {
+                if report.outcome.is_ok()
+                    || matches!(report.outcome, engine::Outcome::Suspended { .. })
+                {
                     ctx.store.release_lease(&lease, next).await?;
                 } else {
                     // Keep the failure's retry time; just free the lease.
@@ -248,7 +293,11 @@ impl From<&SyncReport> for ReportView {
         let kinds: Vec<&str> = r.kinds.iter().map(|k| k.as_str()).collect();
         ReportView {
             mailbox: r.mailbox.to_string(),
-            kind: if kinds.is_empty() { "-".to_owned() } else { kinds.join("+") },
+            kind: if kinds.is_empty() {
+                "-".to_owned()
+            } else {
+                kinds.join("+")
+            },
             added: r.added,
             updated: r.updated,
             deleted: r.deleted,
@@ -269,16 +318,20 @@ impl From<&SyncReport> for ReportView {
 
 /// The org-unit verdict for `subscriptions approve`, from the Directory when
 /// a key is configured; `Unverified` when it cannot be asked.
-pub async fn org_unit_verdict(settings: &Settings, policy: &Policy, mailbox: &MailboxAddress) -> OrgUnitVerdict {
+pub async fn org_unit_verdict(
+    settings: &Settings,
+    policy: &Policy,
+    mailbox: &MailboxAddress,
+) -> OrgUnitVerdict {
     let google = match Google::from_settings(settings) {
         Ok(g) => g,
         Err(e) => return OrgUnitVerdict::Unverified(format!("{e:#}")),
     };
     match google.directory_user(mailbox).await {
         Ok(user) => match gate::evaluate(policy, mailbox, user.as_ref()) {
-            GateDecision::Allowed => OrgUnitVerdict::Approved(
-                user.map(|u| u.org_unit.to_string()).unwrap_or_default(),
-            ),
+            GateDecision::Allowed => {
+                OrgUnitVerdict::Approved(user.map(|u| u.org_unit.to_string()).unwrap_or_default())
+            }
             GateDecision::Refused(r) => OrgUnitVerdict::Refused(r),
         },
         Err(e) => OrgUnitVerdict::Unverified(e.to_string()),
@@ -300,7 +353,10 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
 
     let store = match crate::cli::open_migrated_store(settings).await {
         Ok(s) => {
-            report(true, format!("database reachable ({}), migrations applied", s.backend()));
+            report(
+                true,
+                format!("database reachable ({}), migrations applied", s.backend()),
+            );
             Some(s)
         }
         Err(e) => {
@@ -335,10 +391,15 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
     match crate::google::auth::server_clock_skew(google.account().token_uri()).await {
         Ok(Some(skew)) if skew.abs() > 60 => report(
             false,
-            format!("clock skew of {skew}s against the token endpoint: synchronise this host's clock (NTP)"),
+            format!(
+                "clock skew of {skew}s against the token endpoint: synchronise this host's clock (NTP)"
+            ),
         ),
         Ok(Some(skew)) => report(true, format!("clock skew {skew}s")),
-        Ok(None) => report(true, "clock skew not measurable (no Date header)".to_owned()),
+        Ok(None) => report(
+            true,
+            "clock skew not measurable (no Date header)".to_owned(),
+        ),
         Err(e) => report(false, format!("token endpoint unreachable: {e}")),
     }
 
@@ -361,11 +422,26 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
 
     let Some(store) = store else { return Ok(1) };
     let subs = store.list_subscriptions().await?;
-    let approved: Vec<String> = policy.approved_org_units.iter().map(|o| o.to_string()).collect();
-    for sub in subs.iter().filter(|s| matches!(s.status, SubscriptionStatus::Active | SubscriptionStatus::Pending | SubscriptionStatus::Suspended)) {
+    let approved: Vec<String> = policy
+        .approved_org_units
+        .iter()
+        .map(|o| o.to_string())
+        .collect();
+    for sub in subs.iter().filter(|s| {
+        matches!(
+            s.status,
+            SubscriptionStatus::Active
+                | SubscriptionStatus::Pending
+                | SubscriptionStatus::Suspended
+        )
+    }) {
         let m = &sub.mailbox;
         for scope in google.scopes() {
-            match google.tokens().token(m.as_str(), std::slice::from_ref(scope)).await {
+            match google
+                .tokens()
+                .token(m.as_str(), std::slice::from_ref(scope))
+                .await
+            {
                 Ok(_) => report(true, format!("{m}: token for {scope}")),
                 Err(e) => report(
                     false,
@@ -379,7 +455,13 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
         let stats = Arc::new(crate::google::gmail::CallStats::default());
         match google.gmail(m, stats).await {
             Ok(g) => match g.get_profile().await {
-                Ok(p) => report(true, format!("{m}: profile ({} messages, historyId {})", p.messages_total, p.history_id)),
+                Ok(p) => report(
+                    true,
+                    format!(
+                        "{m}: profile ({} messages, historyId {})",
+                        p.messages_total, p.history_id
+                    ),
+                ),
                 Err(e) => report(false, format!("{m}: profile: {e}")),
             },
             Err(e) => report(false, format!("{m}: {e}")),
@@ -388,11 +470,17 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
             Ok(user) => match gate::evaluate(&policy, m, user.as_ref()) {
                 GateDecision::Allowed => report(
                     true,
-                    format!("{m}: org unit {}", user.map(|u| u.org_unit.to_string()).unwrap_or_default()),
+                    format!(
+                        "{m}: org unit {}",
+                        user.map(|u| u.org_unit.to_string()).unwrap_or_default()
+                    ),
                 ),
                 GateDecision::Refused(r) => report(
                     false,
-                    format!("{m}: {r}. Fix: move the mailbox into one of: {}", approved.join(", ")),
+                    format!(
+                        "{m}: {r}. Fix: move the mailbox into one of: {}",
+                        approved.join(", ")
+                    ),
                 ),
             },
             Err(e) => report(false, format!("{m}: directory look-up: {e}")),

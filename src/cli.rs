@@ -21,13 +21,23 @@ use crate::store::Store;
 use crate::subscriptions::{OrgUnitVerdict, Subscriptions};
 
 #[derive(Debug, Parser)]
-#[command(name = "gmail-ingest", version, about = "Copies Google Workspace mailboxes into SQL.")]
+#[command(
+    name = "gmail-ingest",
+    version,
+    about = "Copies Google Workspace mailboxes into SQL."
+)]
 pub struct Cli {
     /// Configuration file layered over config/default.toml and config/$GMAIL_INGEST_ENV.toml.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Directory holding default.toml and the per-environment files.
-    #[arg(long, global = true, value_name = "DIR", env = "GMAIL_INGEST_CONFIG_DIR", default_value = "config")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "GMAIL_INGEST_CONFIG_DIR",
+        default_value = "config"
+    )]
     pub config_dir: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -175,7 +185,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(s) = cause.downcast_ref::<crate::subscriptions::SubscriptionError>() {
             return if s.is_user_error() { 2 } else { 1 };
         }
-        if let Some(crate::store::StoreError::InvalidUrl(_)) = cause.downcast_ref::<crate::store::StoreError>() {
+        if let Some(crate::store::StoreError::InvalidUrl(_)) =
+            cause.downcast_ref::<crate::store::StoreError>()
+        {
             return 2;
         }
     }
@@ -191,7 +203,10 @@ fn operator(s: &str) -> anyhow::Result<Operator> {
 }
 
 fn fmt_time(t: Option<DateTime<Utc>>) -> String {
-    t.map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+    t.map_or_else(
+        || "-".to_owned(),
+        |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+    )
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
@@ -211,14 +226,21 @@ pub async fn open_migrated_store(settings: &Settings) -> anyhow::Result<Store> {
 }
 
 /// Runs a parsed command. `shutdown` resolves on SIGTERM/SIGINT.
-pub async fn run(cli: Cli, settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<u8> {
+pub async fn run(
+    cli: Cli,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run => app::run_daemon(settings, shutdown).await.map(|()| 0),
         Command::Migrate => {
             let store = open_store(&settings).await?;
             let pending = store.pending_migrations().await?;
             store.migrate().await.context("applying migrations")?;
-            output::line(format!("{pending} migration(s) applied; {} schema is up to date", store.backend()));
+            output::line(format!(
+                "{pending} migration(s) applied; {} schema is up to date",
+                store.backend()
+            ));
             Ok(0)
         }
         Command::Sync(args) => sync(settings, args, shutdown).await,
@@ -231,7 +253,10 @@ pub async fn run(cli: Cli, settings: Settings, shutdown: impl Future<Output = ()
 }
 
 #[cfg(feature = "emulator")]
-async fn emulator(args: EmulatorArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<u8> {
+async fn emulator(
+    args: EmulatorArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<u8> {
     crate::domain::Domain::parse(&args.domain).map_err(usage)?;
     let cfg = crate::emulator::EmulatorConfig {
         listen: args.listen,
@@ -246,7 +271,9 @@ async fn emulator(args: EmulatorArgs, shutdown: impl Future<Output = ()> + Send 
 
 #[cfg(not(feature = "emulator"))]
 async fn emulator(_: EmulatorArgs, _: impl Future<Output = ()>) -> anyhow::Result<u8> {
-    Err(usage("this build has no emulator (cargo feature `emulator`)"))
+    Err(usage(
+        "this build has no emulator (cargo feature `emulator`)",
+    ))
 }
 
 #[cfg(feature = "emulator")]
@@ -256,7 +283,9 @@ async fn demo(settings: Settings, args: DemoArgs) -> anyhow::Result<u8> {
 
 #[cfg(not(feature = "emulator"))]
 async fn demo(_: Settings, _: DemoArgs) -> anyhow::Result<u8> {
-    Err(usage("this build has no emulator (cargo feature `emulator`) and so no demo"))
+    Err(usage(
+        "this build has no emulator (cargo feature `emulator`) and so no demo",
+    ))
 }
 
 async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow::Result<u8> {
@@ -279,32 +308,66 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
     let store = open_migrated_store(&settings).await?;
     let subs = Subscriptions::new(&store, &policy);
     match cmd {
-        SubscriptionsCommand::Add { email, labels, note, by } => {
-            let s = subs.add(mailbox(&email)?, operator(&by)?, &labels, note).await?;
-            output::line(format!("{} is {} (requested by {})", s.mailbox, s.status, s.requested_by));
+        SubscriptionsCommand::Add {
+            email,
+            labels,
+            note,
+            by,
+        } => {
+            let s = subs
+                .add(mailbox(&email)?, operator(&by)?, &labels, note)
+                .await?;
+            output::line(format!(
+                "{} is {} (requested by {})",
+                s.mailbox, s.status, s.requested_by
+            ));
         }
         SubscriptionsCommand::Approve { email, by } => {
             let m = mailbox(&email)?;
             let verdict = app::org_unit_verdict(&settings, &policy, &m).await;
             if let OrgUnitVerdict::Unverified(why) = &verdict {
-                output::notice(format!("warning: org unit not verified ({why}); the daemon checks it before every sync"));
+                output::notice(format!(
+                    "warning: org unit not verified ({why}); the daemon checks it before every sync"
+                ));
             }
             let s = subs.approve(&m, operator(&by)?, verdict).await?;
-            output::line(format!("{} is {} (approved by {})", s.mailbox, s.status, by));
+            output::line(format!(
+                "{} is {} (approved by {})",
+                s.mailbox, s.status, by
+            ));
         }
         SubscriptionsCommand::Pause { email, by } => {
-            let s = subs.transition(&mailbox(&email)?, operator(&by)?, SubscriptionAction::Pause, None).await?;
+            let s = subs
+                .transition(
+                    &mailbox(&email)?,
+                    operator(&by)?,
+                    SubscriptionAction::Pause,
+                    None,
+                )
+                .await?;
             output::line(format!("{} is {}", s.mailbox, s.status));
         }
         SubscriptionsCommand::Resume { email, by } => {
-            let s = subs.transition(&mailbox(&email)?, operator(&by)?, SubscriptionAction::Resume, None).await?;
+            let s = subs
+                .transition(
+                    &mailbox(&email)?,
+                    operator(&by)?,
+                    SubscriptionAction::Resume,
+                    None,
+                )
+                .await?;
             output::line(format!("{} is {}", s.mailbox, s.status));
         }
         SubscriptionsCommand::Remove { email, by, purge } => {
-            let (s, counts) = subs.remove(&mailbox(&email)?, operator(&by)?, purge).await?;
+            let (s, counts) = subs
+                .remove(&mailbox(&email)?, operator(&by)?, purge)
+                .await?;
             match counts {
                 Some(c) => output::line(format!("{} is {}; purged {}", s.mailbox, s.status, c)),
-                None => output::line(format!("{} is {}; its ingested mail is kept (use --purge to delete it)", s.mailbox, s.status)),
+                None => output::line(format!(
+                    "{} is {}; its ingested mail is kept (use --purge to delete it)",
+                    s.mailbox, s.status
+                )),
             }
         }
         SubscriptionsCommand::List(f) => {
@@ -312,7 +375,16 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
             match f.format {
                 Format::Json => output::json(&list),
                 Format::Table => output::table(
-                    &["MAILBOX", "STATUS", "REQUESTED BY", "APPROVED BY", "LAST REVIEW", "ORG UNIT", "LABELS", "NOTE"],
+                    &[
+                        "MAILBOX",
+                        "STATUS",
+                        "REQUESTED BY",
+                        "APPROVED BY",
+                        "LAST REVIEW",
+                        "ORG UNIT",
+                        "LABELS",
+                        "NOTE",
+                    ],
                     &list
                         .iter()
                         .map(|s| {
@@ -320,10 +392,16 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
                                 s.mailbox.to_string(),
                                 s.status.to_string(),
                                 s.requested_by.to_string(),
-                                s.approved_by.as_ref().map_or("-".to_owned(), ToString::to_string),
+                                s.approved_by
+                                    .as_ref()
+                                    .map_or("-".to_owned(), ToString::to_string),
                                 fmt_time(s.last_reviewed_at),
                                 s.org_unit_seen.clone().unwrap_or_else(|| "-".to_owned()),
-                                if s.label_filter.is_empty() { "-".to_owned() } else { s.label_filter.join(",") },
+                                if s.label_filter.is_empty() {
+                                    "-".to_owned()
+                                } else {
+                                    s.label_filter.join(",")
+                                },
                                 s.note.clone().unwrap_or_default(),
                             ]
                         })
@@ -331,14 +409,20 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
                 ),
             }
         }
-        SubscriptionsCommand::Review { format, mark_reviewed, by } => {
+        SubscriptionsCommand::Review {
+            format,
+            mark_reviewed,
+            by,
+        } => {
             if mark_reviewed {
                 let by = operator(by.as_deref().unwrap_or_default())?;
                 let n = subs.mark_reviewed(by.clone()).await?;
                 output::line(format!("recorded a review of {n} subscription(s) by {by}"));
                 return Ok(0);
             }
-            let items = subs.review(Utc::now(), settings.sync.history_window_alert).await?;
+            let items = subs
+                .review(Utc::now(), settings.sync.history_window_alert)
+                .await?;
             match format {
                 Format::Json => output::json(&items),
                 Format::Table if items.is_empty() => output::line("nothing needs review"),
@@ -400,7 +484,10 @@ async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
             last_error: s.last_error,
         })
         .collect();
-    let report = StatusReport { integration_enabled: settings.integration.enabled, mailboxes: rows };
+    let report = StatusReport {
+        integration_enabled: settings.integration.enabled,
+        mailboxes: rows,
+    };
     match format {
         Format::Json => output::json(&report),
         Format::Table => {
@@ -408,7 +495,16 @@ async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
                 output::line("integration.enabled = false: the daemon ingests nothing");
             }
             output::table(
-                &["MAILBOX", "SUBSCRIPTION", "PHASE", "LAST SUCCESS", "LAG", "MESSAGES", "FAILURES", "LAST ERROR"],
+                &[
+                    "MAILBOX",
+                    "SUBSCRIPTION",
+                    "PHASE",
+                    "LAST SUCCESS",
+                    "LAG",
+                    "MESSAGES",
+                    "FAILURES",
+                    "LAST ERROR",
+                ],
                 &report
                     .mailboxes
                     .iter()
@@ -419,7 +515,10 @@ async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
                             r.phase.clone().unwrap_or_else(|| "-".to_owned()),
                             fmt_time(r.last_success_at),
                             r.lag_seconds.map_or("-".to_owned(), |s| {
-                                humantime::format_duration(std::time::Duration::from_secs(s.max(0) as u64)).to_string()
+                                humantime::format_duration(std::time::Duration::from_secs(
+                                    s.max(0) as u64
+                                ))
+                                .to_string()
                             }),
                             r.messages.to_string(),
                             r.consecutive_failures.to_string(),
@@ -433,16 +532,35 @@ async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-async fn sync(settings: Settings, args: SyncArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<u8> {
+async fn sync(
+    settings: Settings,
+    args: SyncArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<u8> {
     let only = args.mailbox.as_deref().map(mailbox).transpose()?;
     let settings = Arc::new(settings);
     let show_progress = args.format == Format::Table && output::is_terminal();
     let reports = app::sync_once(settings, only, args.full, show_progress, shutdown).await?;
     let failed = reports.iter().filter(|r| !r.outcome.is_ok()).count();
     match args.format {
-        Format::Json => output::json(&reports.iter().map(app::ReportView::from).collect::<Vec<_>>()),
+        Format::Json => output::json(
+            &reports
+                .iter()
+                .map(app::ReportView::from)
+                .collect::<Vec<_>>(),
+        ),
         Format::Table => output::table(
-            &["MAILBOX", "KIND", "ADDED", "UPDATED", "DELETED", "RELABELLED", "API CALLS", "UNITS", "OUTCOME"],
+            &[
+                "MAILBOX",
+                "KIND",
+                "ADDED",
+                "UPDATED",
+                "DELETED",
+                "RELABELLED",
+                "API CALLS",
+                "UNITS",
+                "OUTCOME",
+            ],
             &reports
                 .iter()
                 .map(|r| {

@@ -229,7 +229,9 @@ pub struct Policy {
 
 impl Policy {
     pub fn domain_allowed(&self, mailbox: &MailboxAddress) -> bool {
-        self.allowed_domains.iter().any(|d| d.as_str() == mailbox.domain())
+        self.allowed_domains
+            .iter()
+            .any(|d| d.as_str() == mailbox.domain())
     }
 
     pub fn org_unit_approved(&self, ou: &OrgUnitPath) -> bool {
@@ -256,7 +258,8 @@ impl Settings {
 
         let default_path = config_dir.join("default.toml");
         let mut builder = if default_path.is_file() {
-            Config::builder().add_source(File::from(default_path.as_path()).format(FileFormat::Toml))
+            Config::builder()
+                .add_source(File::from(default_path.as_path()).format(FileFormat::Toml))
         } else {
             Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
         };
@@ -295,7 +298,9 @@ impl Settings {
                 .source(Some(env_map)),
         );
 
-        let raw = builder.build().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        let raw = builder
+            .build()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
         let settings: Settings = raw
             .try_deserialize()
             .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
@@ -375,7 +380,8 @@ impl Settings {
 /// Used to reject unknown environment variables and by the tidy test that
 /// keeps `config/example.toml` complete.
 pub fn known_keys() -> BTreeSet<String> {
-    let value: toml::Value = toml::from_str(DEFAULT_TOML).unwrap_or(toml::Value::Table(Default::default()));
+    let value: toml::Value =
+        toml::from_str(DEFAULT_TOML).unwrap_or(toml::Value::Table(Default::default()));
     let mut keys = BTreeSet::new();
     collect_keys("", &value, &mut keys);
     // Optional keys absent from the defaults.
@@ -386,7 +392,11 @@ pub fn known_keys() -> BTreeSet<String> {
 fn collect_keys(prefix: &str, value: &toml::Value, out: &mut BTreeSet<String>) {
     if let toml::Value::Table(t) = value {
         for (k, v) in t {
-            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
             if v.is_table() {
                 collect_keys(&path, v, out);
             } else {
@@ -452,7 +462,10 @@ mod tests {
     fn env_lists_are_comma_separated() {
         let s = load(
             "",
-            &[("GMAIL_INGEST__POLICY__ALLOWED_DOMAINS", "a.example,b.example")],
+            &[(
+                "GMAIL_INGEST__POLICY__ALLOWED_DOMAINS",
+                "a.example,b.example",
+            )],
         )
         .unwrap();
         assert_eq!(s.policy.allowed_domains, vec!["a.example", "b.example"]);
@@ -460,7 +473,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected_by_name() {
-        let err = load("[sync]\npoll_intervall = \"5m\"\n", &[]).unwrap_err().to_string();
+        let err = load("[sync]\npoll_intervall = \"5m\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("poll_intervall"), "{err}");
         let err = load("[nosuch]\nx = 1\n", &[]).unwrap_err().to_string();
         assert!(err.contains("nosuch"), "{err}");
@@ -507,7 +522,10 @@ mod tests {
         .unwrap();
         let debug = format!("{s:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
-        assert!(debug.contains("postgres://app:***@db.internal/mail"), "{debug}");
+        assert!(
+            debug.contains("postgres://app:***@db.internal/mail"),
+            "{debug}"
+        );
     }
 
     #[test]

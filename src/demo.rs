@@ -21,7 +21,7 @@ use crate::config::{DatabaseUrl, Settings};
 use crate::domain::{MailboxAddress, Operator};
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::output;
-use crate::subscriptions::{OrgUnitVerdict, Subscriptions};
+use crate::subscriptions::Subscriptions;
 
 async fn call(method: http::Method, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -32,18 +32,33 @@ async fn call(method: http::Method, url: &str, body: Option<Value>) -> anyhow::R
         .uri(url)
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(bytes)))?;
-    let resp = client.request(req).await.with_context(|| format!("calling {url}"))?;
+    let resp = client
+        .request(req)
+        .await
+        .with_context(|| format!("calling {url}"))?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();
     if !status.is_success() {
-        anyhow::bail!("{url} answered {status}: {}", String::from_utf8_lossy(&body));
+        anyhow::bail!(
+            "{url} answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
 fn print_reports(reports: &[crate::sync::engine::SyncReport]) {
     output::table(
-        &["MAILBOX", "KIND", "ADDED", "DELETED", "RELABELLED", "API CALLS", "UNITS", "OUTCOME"],
+        &[
+            "MAILBOX",
+            "KIND",
+            "ADDED",
+            "DELETED",
+            "RELABELLED",
+            "API CALLS",
+            "UNITS",
+            "OUTCOME",
+        ],
         &reports
             .iter()
             .map(|r| {
@@ -75,7 +90,10 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
             (Some(t), p)
         }
     };
-    output::line(format!("== Starting the local Google emulator (seed {}, {} messages per mailbox)", args.seed, args.messages));
+    output::line(format!(
+        "== Starting the local Google emulator (seed {}, {} messages per mailbox)",
+        args.seed, args.messages
+    ));
     let emulator = Emulator::start(EmulatorConfig {
         listen: "127.0.0.1:0".parse()?,
         seed: args.seed,
@@ -87,7 +105,10 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let base = emulator.base_url();
     let key_path = dir.join("sa.json");
     let sa = emulator.write_service_account_key(&key_path)?;
-    output::line(format!("   emulator at {base}; service account {} (client ID {})", sa.client_email, sa.client_id));
+    output::line(format!(
+        "   emulator at {base}; service account {} (client ID {})",
+        sa.client_email, sa.client_id
+    ));
 
     let db_path = dir.join("gmail-ingest.db");
     settings.database.url = DatabaseUrl::new(format!("sqlite://{}", db_path.display()));
@@ -99,7 +120,12 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     settings.policy.approved_org_units = vec!["/Shared Mailboxes".to_owned()];
     settings.google.initial_backoff = std::time::Duration::from_millis(50);
     // The demo shows the product, not the 2026 quota ceiling.
-    call(http::Method::PUT, &format!("{base}emulator/v1/quota"), Some(json!({"enforce": false}))).await?;
+    call(
+        http::Method::PUT,
+        &format!("{base}emulator/v1/quota"),
+        Some(json!({"enforce": false})),
+    )
+    .await?;
     output::line(format!("   database sqlite://{}", db_path.display()));
 
     let state = call(http::Method::GET, &format!("{base}emulator/v1/state"), None).await?;
@@ -118,7 +144,9 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
         })
         .unwrap_or_default();
 
-    output::line("\n== Subscribing mailboxes (requested by ops-alice, approved by ops-bob: four-eyes)");
+    output::line(
+        "\n== Subscribing mailboxes (requested by ops-alice, approved by ops-bob: four-eyes)",
+    );
     let ctx = app::context(settings.clone()).await?;
     let policy = settings.policy()?;
     let subs = Subscriptions::new(&ctx.store, &policy);
@@ -127,7 +155,13 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     for (email, ou) in &users {
         let m = MailboxAddress::parse(email)?;
         if ctx.store.get_subscription(&m).await?.is_none() {
-            subs.add(m.clone(), alice.clone(), &[], Some(format!("demo mailbox in {ou}"))).await?;
+            subs.add(
+                m.clone(),
+                alice.clone(),
+                &[],
+                Some(format!("demo mailbox in {ou}")),
+            )
+            .await?;
         }
         let verdict = app::org_unit_verdict(&settings, &policy, &m).await;
         match subs.approve(&m, bob.clone(), verdict).await {
@@ -143,7 +177,9 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
 
     let active: Vec<MailboxAddress> = reports.iter().map(|r| r.mailbox.clone()).collect();
     if let Some(first) = active.first() {
-        output::line(format!("\n== Injecting changes into {first}: one new message, one deletion, one relabel"));
+        output::line(format!(
+            "\n== Injecting changes into {first}: one new message, one deletion, one relabel"
+        ));
         let raw = "From: Tenant <tenant@residents.example>\r\nTo: support@example.com\r\nSubject: Leaking radiator in flat 12B\r\nMessage-ID: <demo-1@residents.example>\r\nDate: Mon, 23 Nov 2026 09:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello, the radiator in flat 12B is leaking onto the parquet. Could maintenance come today?\r\n";
         let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
         call(
@@ -152,18 +188,37 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
             Some(json!({"raw": enc, "label_ids": ["INBOX", "UNREAD"]})),
         )
         .await?;
-        let truth = call(http::Method::GET, &format!("{base}emulator/v1/users/{first}/messages"), None).await?;
+        let truth = call(
+            http::Method::GET,
+            &format!("{base}emulator/v1/users/{first}/messages"),
+            None,
+        )
+        .await?;
         let ids: Vec<String> = truth
             .as_array()
             .or_else(|| truth["messages"].as_array())
-            .map(|a| a.iter().filter_map(|m| m["id"].as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default();
         if ids.len() > 2 {
-            call(http::Method::DELETE, &format!("{base}emulator/v1/users/{first}/messages/{}", ids[ids.len() - 1]), None)
-                .await?;
+            call(
+                http::Method::DELETE,
+                &format!(
+                    "{base}emulator/v1/users/{first}/messages/{}",
+                    ids[ids.len() - 1]
+                ),
+                None,
+            )
+            .await?;
             call(
                 http::Method::POST,
-                &format!("{base}emulator/v1/users/{first}/messages/{}/labels", ids[ids.len() - 2]),
+                &format!(
+                    "{base}emulator/v1/users/{first}/messages/{}/labels",
+                    ids[ids.len() - 2]
+                ),
                 Some(json!({"add": ["STARRED"], "remove": []})),
             )
             .await?;
@@ -196,7 +251,12 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     }
     output::line("\n== Full-text search for \"radiator\"");
     for hit in ctx.store.search(None, "radiator", 5).await? {
-        output::line(format!("   {}  {}  {}", hit.mailbox, hit.gmail_id, hit.subject.unwrap_or_default()));
+        output::line(format!(
+            "   {}  {}  {}",
+            hit.mailbox,
+            hit.gmail_id,
+            hit.subject.unwrap_or_default()
+        ));
     }
     output::line(format!(
         "\nDone. Query the data yourself: sqlite3 {} 'select subject from messages limit 5'",

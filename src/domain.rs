@@ -35,7 +35,11 @@ impl MailboxAddress {
             return Err(invalid("email address", input, "empty"));
         }
         if s.len() > 254 {
-            return Err(invalid("email address", input, "longer than 254 characters"));
+            return Err(invalid(
+                "email address",
+                input,
+                "longer than 254 characters",
+            ));
         }
         let (local, domain) = s
             .rsplit_once('@')
@@ -43,9 +47,10 @@ impl MailboxAddress {
         if local.is_empty() || local.len() > 64 {
             return Err(invalid("email address", input, "bad local part"));
         }
-        let local_ok = local.chars().all(|c| {
-            c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c)
-        }) && !local.starts_with('.')
+        let local_ok = local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c))
+            && !local.starts_with('.')
             && !local.ends_with('.')
             && !local.contains("..");
         if !local_ok {
@@ -62,7 +67,10 @@ impl MailboxAddress {
     /// The part after `@`, lower-cased.
     pub fn domain(&self) -> &str {
         // SAFETY of the expect: `parse` guarantees exactly one '@' split point exists.
-        self.0.rsplit_once('@').map(|(_, d)| d).expect("validated address has '@'")
+        self.0
+            .rsplit_once('@')
+            .map(|(_, d)| d)
+            .expect("validated address has '@'")
     }
 }
 
@@ -149,9 +157,15 @@ impl GmailMessageId {
     pub fn parse(input: &str) -> Result<Self, ParseError> {
         if input.is_empty()
             || input.len() > 64
-            || !input.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || !input
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(invalid("gmail message id", input, "expected a short alphanumeric id"));
+            return Err(invalid(
+                "gmail message id",
+                input,
+                "expected a short alphanumeric id",
+            ));
         }
         Ok(Self(input.to_owned()))
     }
@@ -254,7 +268,14 @@ impl OrgUnitPath {
             return Err(invalid("org unit path", input, "must start with '/'"));
         }
         let segments: Vec<&str> = s.split('/').skip(1).filter(|p| !p.is_empty()).collect();
-        if s.split('/').skip(1).collect::<Vec<_>>().iter().rev().skip(1).any(|p| p.is_empty()) {
+        if s.split('/')
+            .skip(1)
+            .collect::<Vec<_>>()
+            .iter()
+            .rev()
+            .skip(1)
+            .any(|p| p.is_empty())
+        {
             return Err(invalid("org unit path", input, "empty path segment"));
         }
         if segments.is_empty() {

@@ -17,27 +17,84 @@ use crate::google::error::{AuthCause, ErrorClass, GoogleError};
 /// Every metric this crate exports, with its help text. The README lists them
 /// (a tidy test checks).
 pub const METRICS: &[(&str, &str)] = &[
-    ("gmail_ingest_messages_ingested_total", "Messages added to the database."),
-    ("gmail_ingest_messages_deleted_total", "Messages marked deleted."),
-    ("gmail_ingest_messages_relabelled_total", "Label additions and removals applied."),
-    ("gmail_ingest_api_requests_total", "Google API requests by method and outcome class."),
-    ("gmail_ingest_api_quota_units_total", "Gmail quota units spent, by method."),
-    ("gmail_ingest_api_retries_total", "Google calls retried, by method and error type."),
-    ("gmail_ingest_quota_throttle_events_total", "Calls delayed by our own quota limiter, by scope."),
-    ("gmail_ingest_history_expirations_total", "Incremental syncs that found their history expired."),
-    ("gmail_ingest_resyncs_total", "Full resyncs started, by reason."),
-    ("gmail_ingest_sync_runs_total", "Sync passes finished, by kind and outcome."),
-    ("gmail_ingest_auth_failures_total", "Mailboxes put in auth_failed, by cause."),
-    ("gmail_ingest_org_unit_suspensions_total", "Subscriptions suspended by the org-unit gate."),
+    (
+        "gmail_ingest_messages_ingested_total",
+        "Messages added to the database.",
+    ),
+    (
+        "gmail_ingest_messages_deleted_total",
+        "Messages marked deleted.",
+    ),
+    (
+        "gmail_ingest_messages_relabelled_total",
+        "Label additions and removals applied.",
+    ),
+    (
+        "gmail_ingest_api_requests_total",
+        "Google API requests by method and outcome class.",
+    ),
+    (
+        "gmail_ingest_api_quota_units_total",
+        "Gmail quota units spent, by method.",
+    ),
+    (
+        "gmail_ingest_api_retries_total",
+        "Google calls retried, by method and error type.",
+    ),
+    (
+        "gmail_ingest_quota_throttle_events_total",
+        "Calls delayed by our own quota limiter, by scope.",
+    ),
+    (
+        "gmail_ingest_history_expirations_total",
+        "Incremental syncs that found their history expired.",
+    ),
+    (
+        "gmail_ingest_resyncs_total",
+        "Full resyncs started, by reason.",
+    ),
+    (
+        "gmail_ingest_sync_runs_total",
+        "Sync passes finished, by kind and outcome.",
+    ),
+    (
+        "gmail_ingest_auth_failures_total",
+        "Mailboxes put in auth_failed, by cause.",
+    ),
+    (
+        "gmail_ingest_org_unit_suspensions_total",
+        "Subscriptions suspended by the org-unit gate.",
+    ),
     ("gmail_ingest_lease_claims_total", "Mailbox leases claimed."),
-    ("gmail_ingest_lease_losses_total", "Fenced writes refused because the lease was lost."),
-    ("gmail_ingest_db_errors_total", "Database errors, by operation."),
+    (
+        "gmail_ingest_lease_losses_total",
+        "Fenced writes refused because the lease was lost.",
+    ),
+    (
+        "gmail_ingest_db_errors_total",
+        "Database errors, by operation.",
+    ),
     ("gmail_ingest_scheduler_ticks_total", "Scheduler ticks."),
-    ("gmail_ingest_mailboxes", "Subscribed mailboxes by sync phase."),
-    ("gmail_ingest_sync_lag_seconds", "Age of the oldest last successful sync among active mailboxes."),
-    ("gmail_ingest_reviews_overdue", "Subscriptions whose periodic review is overdue."),
-    ("gmail_ingest_history_window_at_risk", "Active mailboxes whose last success approaches the history window."),
-    ("gmail_ingest_mailboxes_in_flight", "Mailboxes being synced right now."),
+    (
+        "gmail_ingest_mailboxes",
+        "Subscribed mailboxes by sync phase.",
+    ),
+    (
+        "gmail_ingest_sync_lag_seconds",
+        "Age of the oldest last successful sync among active mailboxes.",
+    ),
+    (
+        "gmail_ingest_reviews_overdue",
+        "Subscriptions whose periodic review is overdue.",
+    ),
+    (
+        "gmail_ingest_history_window_at_risk",
+        "Active mailboxes whose last success approaches the history window.",
+    ),
+    (
+        "gmail_ingest_mailboxes_in_flight",
+        "Mailboxes being synced right now.",
+    ),
 ];
 
 /// Registers the help texts (called once when the recorder is installed).
@@ -94,7 +151,11 @@ pub struct QuotaThrottled {
 
 impl QuotaThrottled {
     pub fn emit(&self) {
-        tracing::trace!(scope = self.scope, wait_ms = self.wait.as_millis() as u64, "Waiting for quota.");
+        tracing::trace!(
+            scope = self.scope,
+            wait_ms = self.wait.as_millis() as u64,
+            "Waiting for quota."
+        );
         counter!("gmail_ingest_quota_throttle_events_total", "scope" => self.scope).increment(1);
     }
 }
@@ -137,7 +198,8 @@ impl MailboxSyncCompleted<'_> {
             elapsed_ms = self.elapsed.as_millis() as u64,
             "Mailbox sync completed."
         );
-        counter!("gmail_ingest_sync_runs_total", "kind" => self.kind, "outcome" => "ok").increment(1);
+        counter!("gmail_ingest_sync_runs_total", "kind" => self.kind, "outcome" => "ok")
+            .increment(1);
     }
 }
 
@@ -305,11 +367,15 @@ impl FleetSnapshot<'_> {
         for (phase, n) in self.by_phase {
             gauge!("gmail_ingest_mailboxes", "phase" => phase.as_str()).set(*n as f64);
         }
-        gauge!("gmail_ingest_sync_lag_seconds").set(self.oldest_lag.map_or(0.0, |d| d.as_secs_f64()));
+        gauge!("gmail_ingest_sync_lag_seconds")
+            .set(self.oldest_lag.map_or(0.0, |d| d.as_secs_f64()));
         gauge!("gmail_ingest_reviews_overdue").set(self.reviews_overdue as f64);
         gauge!("gmail_ingest_history_window_at_risk").set(self.history_window_at_risk as f64);
         if self.reviews_overdue > 0 {
-            tracing::warn!(count = self.reviews_overdue, "Subscription reviews are overdue; run `subscriptions review`.");
+            tracing::warn!(
+                count = self.reviews_overdue,
+                "Subscription reviews are overdue; run `subscriptions review`."
+            );
         }
         if self.history_window_at_risk > 0 {
             tracing::error!(

@@ -51,22 +51,37 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     } else {
         "unknown".to_owned()
     };
-    let scheduler = if state.health.scheduler_fresh() { "ok" } else { "stale" };
+    let scheduler = if state.health.scheduler_fresh() {
+        "ok"
+    } else {
+        "stale"
+    };
     let ready = database == "ok" && migrations == "ok" && scheduler == "ok";
     let body = Readiness {
         status: if ready { "ready" } else { "not ready" },
         database,
         migrations,
         scheduler,
-        integration: if state.health.integration_enabled { "enabled" } else { "disabled: ingesting nothing" },
+        integration: if state.health.integration_enabled {
+            "enabled"
+        } else {
+            "disabled: ingesting nothing"
+        },
     };
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, axum::Json(body)).into_response()
 }
 
 async fn metrics() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         crate::telemetry::render_metrics(),
     )
         .into_response()
@@ -86,5 +101,7 @@ pub async fn serve(
     state: HttpState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -11,7 +11,9 @@ use serde::Serialize;
 
 use crate::config::Policy;
 use crate::domain::{MailboxAddress, Operator, SubscriptionAction, SubscriptionStatus, SyncPhase};
-use crate::store::{NewSubscription, PurgeCounts, Store, StoreError, Subscription, SubscriptionUpdate};
+use crate::store::{
+    NewSubscription, PurgeCounts, Store, StoreError, Subscription, SubscriptionUpdate,
+};
 
 /// Why an operator request was refused (nothing was changed).
 #[derive(Debug, thiserror::Error)]
@@ -21,13 +23,23 @@ pub enum SubscriptionError {
     #[error("{0} is already subscribed")]
     AlreadySubscribed(MailboxAddress),
     #[error("cannot {action} {mailbox}: it is {from}")]
-    IllegalTransition { mailbox: MailboxAddress, from: SubscriptionStatus, action: &'static str },
+    IllegalTransition {
+        mailbox: MailboxAddress,
+        from: SubscriptionStatus,
+        action: &'static str,
+    },
     #[error("{mailbox} is not in an allowed domain (policy.allowed_domains: {allowed})")]
-    DomainNotAllowed { mailbox: MailboxAddress, allowed: String },
+    DomainNotAllowed {
+        mailbox: MailboxAddress,
+        allowed: String,
+    },
     #[error("four-eyes policy: {0} requested this subscription and cannot also approve it")]
     FourEyes(Operator),
     #[error("cannot approve {mailbox}: {reason}")]
-    OrgUnitRefused { mailbox: MailboxAddress, reason: String },
+    OrgUnitRefused {
+        mailbox: MailboxAddress,
+        reason: String,
+    },
     #[error("invalid label {0:?}: expected 1 to 225 printable characters")]
     BadLabel(String),
     #[error("note too long or has control characters (at most 2000 characters)")]
@@ -82,8 +94,16 @@ impl<'a> Subscriptions<'a> {
         if self.policy.domain_allowed(mailbox) {
             return Ok(());
         }
-        let allowed: Vec<&str> = self.policy.allowed_domains.iter().map(|d| d.as_str()).collect();
-        Err(SubscriptionError::DomainNotAllowed { mailbox: mailbox.clone(), allowed: allowed.join(", ") })
+        let allowed: Vec<&str> = self
+            .policy
+            .allowed_domains
+            .iter()
+            .map(|d| d.as_str())
+            .collect();
+        Err(SubscriptionError::DomainNotAllowed {
+            mailbox: mailbox.clone(),
+            allowed: allowed.join(", "),
+        })
     }
 
     async fn current(&self, mailbox: &MailboxAddress) -> Result<Subscription, SubscriptionError> {
@@ -103,11 +123,17 @@ impl<'a> Subscriptions<'a> {
         self.check_domain(&mailbox)?;
         let label_filter = parse_labels(labels)?;
         if let Some(n) = &note
-            && (n.chars().count() > 2000 || n.chars().any(|c| c.is_control() && c != '\n' && c != '\t'))
+            && (n.chars().count() > 2000
+                || n.chars().any(|c| c.is_control() && c != '\n' && c != '\t'))
         {
             return Err(SubscriptionError::BadNote);
         }
-        let new = NewSubscription { mailbox: mailbox.clone(), requested_by: by, label_filter, note };
+        let new = NewSubscription {
+            mailbox: mailbox.clone(),
+            requested_by: by,
+            label_filter,
+            note,
+        };
         match self.store.insert_subscription(&new).await {
             Ok(s) => Ok(s),
             Err(StoreError::Conflict(_)) => Err(SubscriptionError::AlreadySubscribed(mailbox)),
@@ -125,19 +151,29 @@ impl<'a> Subscriptions<'a> {
         self.check_domain(mailbox)?;
         let sub = self.current(mailbox).await?;
         let new_status = sub.status.apply(SubscriptionAction::Approve).ok_or(
-            SubscriptionError::IllegalTransition { mailbox: mailbox.clone(), from: sub.status, action: "approve" },
+            SubscriptionError::IllegalTransition {
+                mailbox: mailbox.clone(),
+                from: sub.status,
+                action: "approve",
+            },
         )?;
         if self.policy.four_eyes && sub.requested_by == by {
             return Err(SubscriptionError::FourEyes(by));
         }
         let (reason, seen) = match org_unit {
             OrgUnitVerdict::Refused(reason) => {
-                return Err(SubscriptionError::OrgUnitRefused { mailbox: mailbox.clone(), reason });
+                return Err(SubscriptionError::OrgUnitRefused {
+                    mailbox: mailbox.clone(),
+                    reason,
+                });
             }
             OrgUnitVerdict::Approved(ou) => (Some(format!("org unit {ou} verified")), Some(ou)),
-            OrgUnitVerdict::Unverified(why) => {
-                (Some(format!("org unit not verified at approval ({why}); checked before every sync")), None)
-            }
+            OrgUnitVerdict::Unverified(why) => (
+                Some(format!(
+                    "org unit not verified at approval ({why}); checked before every sync"
+                )),
+                None,
+            ),
         };
         let update = SubscriptionUpdate {
             mailbox: mailbox.clone(),
@@ -162,11 +198,14 @@ impl<'a> Subscriptions<'a> {
         reason: Option<String>,
     ) -> Result<Subscription, SubscriptionError> {
         let sub = self.current(mailbox).await?;
-        let new_status = sub.status.apply(action).ok_or(SubscriptionError::IllegalTransition {
-            mailbox: mailbox.clone(),
-            from: sub.status,
-            action: action.as_str(),
-        })?;
+        let new_status = sub
+            .status
+            .apply(action)
+            .ok_or(SubscriptionError::IllegalTransition {
+                mailbox: mailbox.clone(),
+                from: sub.status,
+                action: action.as_str(),
+            })?;
         let update = SubscriptionUpdate {
             mailbox: mailbox.clone(),
             expected: sub.status,
@@ -189,12 +228,21 @@ impl<'a> Subscriptions<'a> {
         purge: bool,
     ) -> Result<(Subscription, Option<PurgeCounts>), SubscriptionError> {
         let reason = purge.then(|| "removed with --purge".to_owned());
-        let sub = self.transition(mailbox, by, SubscriptionAction::Remove, reason).await?;
-        let counts = if purge { Some(self.store.purge_mailbox(mailbox).await?) } else { None };
+        let sub = self
+            .transition(mailbox, by, SubscriptionAction::Remove, reason)
+            .await?;
+        let counts = if purge {
+            Some(self.store.purge_mailbox(mailbox).await?)
+        } else {
+            None
+        };
         Ok((sub, counts))
     }
 
-    async fn apply_update(&self, update: SubscriptionUpdate) -> Result<Subscription, SubscriptionError> {
+    async fn apply_update(
+        &self,
+        update: SubscriptionUpdate,
+    ) -> Result<Subscription, SubscriptionError> {
         match self.store.update_subscription(&update).await {
             Ok(s) => Ok(s),
             Err(StoreError::Conflict(_)) => {
@@ -212,22 +260,37 @@ impl<'a> Subscriptions<'a> {
     }
 
     /// What needs an operator's eyes.
-    pub async fn review(&self, now: DateTime<Utc>, stale_after: std::time::Duration) -> Result<Vec<ReviewItem>, SubscriptionError> {
+    pub async fn review(
+        &self,
+        now: DateTime<Utc>,
+        stale_after: std::time::Duration,
+    ) -> Result<Vec<ReviewItem>, SubscriptionError> {
         let subs = self.store.list_subscriptions().await?;
         let states = self.store.list_sync_states().await?;
         let stale_after = ChronoDuration::from_std(stale_after).unwrap_or(ChronoDuration::days(5));
         let interval = ChronoDuration::days(i64::from(self.policy.review_interval_days));
         let mut items = Vec::new();
-        for sub in subs.iter().filter(|s| s.status != SubscriptionStatus::Removed) {
+        for sub in subs
+            .iter()
+            .filter(|s| s.status != SubscriptionStatus::Removed)
+        {
             let mut issues = Vec::new();
-            let last_review = sub.last_reviewed_at.or(sub.approved_at).unwrap_or(sub.requested_at);
+            let last_review = sub
+                .last_reviewed_at
+                .or(sub.approved_at)
+                .unwrap_or(sub.requested_at);
             if now - last_review > interval {
-                issues.push(format!("review overdue (last {})", last_review.format("%Y-%m-%d")));
+                issues.push(format!(
+                    "review overdue (last {})",
+                    last_review.format("%Y-%m-%d")
+                ));
             }
             if sub.status == SubscriptionStatus::Suspended {
                 issues.push(format!(
                     "suspended: {}",
-                    sub.status_reason.as_deref().unwrap_or("outside the approved org units")
+                    sub.status_reason
+                        .as_deref()
+                        .unwrap_or("outside the approved org units")
                 ));
             } else if let Some(ou) = &sub.org_unit_seen
                 && let Ok(path) = crate::domain::OrgUnitPath::parse(ou)
@@ -247,9 +310,10 @@ impl<'a> Subscriptions<'a> {
                     )),
                     Some(st) => match st.last_success_at {
                         None => issues.push("never synced".to_owned()),
-                        Some(t) if now - t > stale_after => {
-                            issues.push(format!("stale: last success {}", t.format("%Y-%m-%d %H:%M")))
-                        }
+                        Some(t) if now - t > stale_after => issues.push(format!(
+                            "stale: last success {}",
+                            t.format("%Y-%m-%d %H:%M")
+                        )),
                         Some(_) => {}
                     },
                     None => issues.push("never synced".to_owned()),
@@ -271,7 +335,10 @@ impl<'a> Subscriptions<'a> {
     pub async fn mark_reviewed(&self, by: Operator) -> Result<usize, SubscriptionError> {
         let subs = self.store.list_subscriptions().await?;
         let mut n = 0;
-        for sub in subs.iter().filter(|s| s.status != SubscriptionStatus::Removed) {
+        for sub in subs
+            .iter()
+            .filter(|s| s.status != SubscriptionStatus::Removed)
+        {
             let update = SubscriptionUpdate {
                 mailbox: sub.mailbox.clone(),
                 expected: sub.status,

@@ -18,7 +18,13 @@ use crate::store::{Lease, Store, StoreError};
 
 /// Renews `lease` every third of `lease_for` until `done` fires; cancels
 /// `lost` when the lease cannot be kept.
-pub async fn keep_alive(store: Store, lease: Lease, lease_for: Duration, done: CancellationToken, lost: CancellationToken) {
+pub async fn keep_alive(
+    store: Store,
+    lease: Lease,
+    lease_for: Duration,
+    done: CancellationToken,
+    lost: CancellationToken,
+) {
     let period = (lease_for / 3).max(Duration::from_millis(500));
     let mut failures = 0u32;
     loop {
@@ -29,7 +35,10 @@ pub async fn keep_alive(store: Store, lease: Lease, lease_for: Duration, done: C
         match store.renew_lease(&lease, Utc::now(), lease_for).await {
             Ok(_) => failures = 0,
             Err(StoreError::LeaseLost { .. }) => {
-                events::LeaseLost { mailbox: &lease.mailbox }.emit();
+                events::LeaseLost {
+                    mailbox: &lease.mailbox,
+                }
+                .emit();
                 lost.cancel();
                 return;
             }
@@ -37,9 +46,14 @@ pub async fn keep_alive(store: Store, lease: Lease, lease_for: Duration, done: C
                 // The database is unreachable: keep trying until the lease
                 // would have expired, then stop the sync (its writes would be
                 // refused anyway).
-                events::DbError { operation: "renew_lease", error: &e }.emit();
+                events::DbError {
+                    operation: "renew_lease",
+                    error: &e,
+                }
+                .emit();
                 failures += 1;
-                if Duration::from_secs_f64(period.as_secs_f64() * f64::from(failures)) >= lease_for {
+                if Duration::from_secs_f64(period.as_secs_f64() * f64::from(failures)) >= lease_for
+                {
                     lost.cancel();
                     return;
                 }

@@ -40,7 +40,8 @@ pub struct Health {
 
 impl Health {
     pub fn ticked(&self) {
-        self.last_tick_ms.store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+        self.last_tick_ms
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
     }
 
     pub fn scheduler_fresh(&self) -> bool {
@@ -68,7 +69,10 @@ pub async fn run(
     }
 
     let http_token = token.clone();
-    let http_state = crate::http::HttpState { store: ctx.store.clone(), health: health.clone() };
+    let http_state = crate::http::HttpState {
+        store: ctx.store.clone(),
+        health: health.clone(),
+    };
     let http_task = tokio::spawn(async move {
         crate::http::serve(listener, http_state, http_token.cancelled_owned()).await
     });
@@ -127,7 +131,11 @@ async fn handle_tick(tick: Tick, pool: &Pool, health: &Health, tracker: &TaskTra
             }
             if let Err(e) = pool.dispatch().await {
                 let e: &(dyn std::error::Error + 'static) = e.as_ref();
-                events::DbError { operation: "claim_due", error: e }.emit();
+                events::DbError {
+                    operation: "claim_due",
+                    error: e,
+                }
+                .emit();
             }
         }
         Tick::FullResync => {
@@ -191,7 +199,13 @@ async fn fleet_snapshot(ctx: &SyncContext) -> anyhow::Result<()> {
     let overdue = subs
         .iter()
         .filter(|s| s.status != SubscriptionStatus::Removed)
-        .filter(|s| now - s.last_reviewed_at.or(s.approved_at).unwrap_or(s.requested_at) > interval)
+        .filter(|s| {
+            now - s
+                .last_reviewed_at
+                .or(s.approved_at)
+                .unwrap_or(s.requested_at)
+                > interval
+        })
         .count() as u64;
     events::FleetSnapshot {
         by_phase: &by_phase,

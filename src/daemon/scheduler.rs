@@ -41,10 +41,22 @@ fn repeated(every: Duration, tx: &mpsc::Sender<Tick>, tick: Tick) -> anyhow::Res
 
 /// Builds and starts the scheduler. The caller shuts it down.
 pub async fn start(settings: &Settings, tx: mpsc::Sender<Tick>) -> anyhow::Result<JobScheduler> {
-    let sched = JobScheduler::new().await.context("creating the scheduler")?;
-    sched.add(repeated(poll_tick(settings), &tx, Tick::Poll)?).await?;
-    sched.add(repeated(settings.sync.org_unit_recheck_interval, &tx, Tick::OrgUnitRecheck)?).await?;
-    sched.add(repeated(Duration::from_secs(30), &tx, Tick::Fleet)?).await?;
+    let sched = JobScheduler::new()
+        .await
+        .context("creating the scheduler")?;
+    sched
+        .add(repeated(poll_tick(settings), &tx, Tick::Poll)?)
+        .await?;
+    sched
+        .add(repeated(
+            settings.sync.org_unit_recheck_interval,
+            &tx,
+            Tick::OrgUnitRecheck,
+        )?)
+        .await?;
+    sched
+        .add(repeated(Duration::from_secs(30), &tx, Tick::Fleet)?)
+        .await?;
     let resync_tx = tx.clone();
     let cron = Job::new_async(settings.sync.full_resync_cron.as_str(), move |_, _| {
         let tx = resync_tx.clone();

@@ -86,17 +86,28 @@ impl Pool {
         let leases = self
             .ctx
             .store
-            .claim_due(&self.ctx.replica, Utc::now(), self.ctx.settings.sync.lease_duration, permits.len())
+            .claim_due(
+                &self.ctx.replica,
+                Utc::now(),
+                self.ctx.settings.sync.lease_duration,
+                permits.len(),
+            )
             .await?;
         if !leases.is_empty() {
-            events::LeasesClaimed { count: leases.len() }.emit();
+            events::LeasesClaimed {
+                count: leases.len(),
+            }
+            .emit();
         }
         let n = leases.len();
-        for (lease, permit) in leases.into_iter().zip(permits.into_iter()) {
+        for (lease, permit) in leases.into_iter().zip(permits) {
             self.spawn(lease, permit);
         }
-        events::InFlight { count: self.ctx.settings.sync.max_concurrent_mailboxes - self.permits.available_permits() }
-            .emit();
+        events::InFlight {
+            count: self.ctx.settings.sync.max_concurrent_mailboxes
+                - self.permits.available_permits(),
+        }
+        .emit();
         Ok(n)
     }
 
@@ -112,7 +123,12 @@ impl Pool {
 }
 
 /// Syncs one leased mailbox and releases it.
-pub async fn run_one(ctx: SyncContext, lease: Lease, force_full: bool, shutdown: CancellationToken) {
+pub async fn run_one(
+    ctx: SyncContext,
+    lease: Lease,
+    force_full: bool,
+    shutdown: CancellationToken,
+) {
     let stop = shutdown.child_token();
     let keeper_done = CancellationToken::new();
     let keeper = tokio::spawn(lease::keep_alive(
@@ -122,7 +138,10 @@ pub async fn run_one(ctx: SyncContext, lease: Lease, force_full: bool, shutdown:
         keeper_done.clone(),
         stop.clone(),
     ));
-    let opts = PassOptions { force_full, progress: None };
+    let opts = PassOptions {
+        force_full,
+        progress: None,
+    };
     let report = engine::sync_mailbox(&ctx, &lease, &opts, &stop).await;
     keeper_done.cancel();
     let _ = keeper.await;
@@ -139,7 +158,15 @@ pub async fn run_one(ctx: SyncContext, lease: Lease, force_full: bool, shutdown:
             .map_or(1, |s| s.consecutive_failures),
         _ => 0,
     };
-    if let Err(e) = ctx.store.release_lease(&lease, next_poll(&ctx, &report.outcome, failures)).await {
-        events::DbError { operation: "release_lease", error: &e }.emit();
+    if let Err(e) = ctx
+        .store
+        .release_lease(&lease, next_poll(&ctx, &report.outcome, failures))
+        .await
+    {
+        events::DbError {
+            operation: "release_lease",
+            error: &e,
+        }
+        .emit();
     }
 }

@@ -21,7 +21,6 @@ use yup_oauth2::{
 };
 
 use super::error::{ErrorClass, GoogleError, classify_auth_error};
-use crate::domain::MailboxAddress;
 
 /// The HTTPS (and, for the emulator, plain HTTP) connector every Google call uses.
 pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -97,7 +96,11 @@ impl ServiceAccount {
                 e.column()
             )
         })?;
-        if key.key_type.as_deref().is_some_and(|t| t != "service_account") {
+        if key
+            .key_type
+            .as_deref()
+            .is_some_and(|t| t != "service_account")
+        {
             bail!("key type is not \"service_account\"");
         }
         if !key.private_key.contains("PRIVATE KEY") {
@@ -112,7 +115,10 @@ impl ServiceAccount {
 
     /// The numeric client ID the Workspace admin authorizes for DWD.
     pub fn client_id(&self) -> &str {
-        self.key.client_id.as_deref().unwrap_or("(missing client_id in key file)")
+        self.key
+            .client_id
+            .as_deref()
+            .unwrap_or("(missing client_id in key file)")
     }
 
     pub fn token_uri(&self) -> &str {
@@ -141,11 +147,10 @@ impl fmt::Debug for TokenSource {
 
 impl TokenSource {
     pub fn new(account: ServiceAccount, scopes: Vec<String>, timeout: Duration) -> TokenSource {
-        let client = hyper_util::client::legacy::Client::builder(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build::<_, String>(connector());
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build::<_, String>(connector());
         let http = match CustomHyperClientBuilder::from(client)
             .with_timeout(timeout)
             .build_hyper_client()
@@ -154,7 +159,12 @@ impl TokenSource {
             // SAFETY of the unreachable: a custom builder only wraps the client it was given.
             Err(e) => unreachable!("wrapping an existing client cannot fail: {e}"),
         };
-        TokenSource { account, http, scopes, cache: Mutex::new(HashMap::new()) }
+        TokenSource {
+            account,
+            http,
+            scopes,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn account(&self) -> &ServiceAccount {
@@ -166,22 +176,31 @@ impl TokenSource {
     }
 
     /// The cached authenticator impersonating `subject`, built on first use.
-    pub async fn authenticator(&self, subject: &str) -> Result<Arc<MailboxAuthenticator>, GoogleError> {
+    pub async fn authenticator(
+        &self,
+        subject: &str,
+    ) -> Result<Arc<MailboxAuthenticator>, GoogleError> {
         if let Some(a) = self.lock().get(subject) {
             return Ok(a.clone());
         }
-        let built = ServiceAccountAuthenticator::with_client(
-            self.account.key.clone(),
-            self.http.clone(),
-        )
-        .subject(subject)
-        .build()
-        .await
-        .map_err(|e| {
-            GoogleError::new(ErrorClass::Fatal, TOKEN_METHOD, format!("building authenticator: {e}"))
-        })?;
+        let built =
+            ServiceAccountAuthenticator::with_client(self.account.key.clone(), self.http.clone())
+                .subject(subject)
+                .build()
+                .await
+                .map_err(|e| {
+                    GoogleError::new(
+                        ErrorClass::Fatal,
+                        TOKEN_METHOD,
+                        format!("building authenticator: {e}"),
+                    )
+                })?;
         let built = Arc::new(built);
-        Ok(self.lock().entry(subject.to_owned()).or_insert(built).clone())
+        Ok(self
+            .lock()
+            .entry(subject.to_owned())
+            .or_insert(built)
+            .clone())
     }
 
     /// Forgets `subject`'s authenticator (after a 401 or a revocation), so the
@@ -198,9 +217,13 @@ impl TokenSource {
             .token(&scopes)
             .await
             .map_err(|e| classify_auth_error(TOKEN_METHOD, &e))?;
-        tok.token()
-            .map(str::to_owned)
-            .ok_or_else(|| GoogleError::new(ErrorClass::Retryable, TOKEN_METHOD, "token response without access_token"))
+        tok.token().map(str::to_owned).ok_or_else(|| {
+            GoogleError::new(
+                ErrorClass::Retryable,
+                TOKEN_METHOD,
+                "token response without access_token",
+            )
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<MailboxAuthenticator>>> {
@@ -237,6 +260,30 @@ impl google_gmail1::common::GetToken for HubAuth {
     }
 }
 
+/// Seconds by which our clock is ahead (+) or behind (−) the token endpoint's,
+/// from its `Date` header; `None` when it sends none.
+pub async fn server_clock_skew(token_uri: &str) -> Result<Option<i64>, String> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, http_body_util::Empty<hyper::body::Bytes>>(connector());
+    let uri: http::Uri = token_uri
+        .parse()
+        .map_err(|e| format!("token_uri {token_uri:?}: {e}"))?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
+        .await
+        .map_err(|_| "no answer within 10s".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let Some(date) = resp
+        .headers()
+        .get(http::header::DATE)
+        .and_then(|d| d.to_str().ok())
+    else {
+        return Ok(None);
+    };
+    let server = chrono::DateTime::parse_from_rfc2822(date)
+        .map_err(|e| format!("Date header {date:?}: {e}"))?;
+    Ok(Some(chrono::Utc::now().timestamp() - server.timestamp()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,7 +299,9 @@ mod tests {
 
     #[test]
     fn malformed_keys_are_refused_without_echoing_content() {
-        let err = ServiceAccount::parse(b"{\"private_key\": \"SECRET").unwrap_err().to_string();
+        let err = ServiceAccount::parse(b"{\"private_key\": \"SECRET")
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("SECRET"), "{err}");
         assert!(ServiceAccount::parse(br#"{"type":"authorized_user","private_key":"x","client_email":"a","token_uri":"t"}"#).is_err());
     }
@@ -269,21 +318,4 @@ mod tests {
         assert!(err.contains("readable by group or others"), "{err}");
         assert!(err.contains("chmod 600"), "{err}");
     }
-}
-
-/// Seconds by which our clock is ahead (+) or behind (−) the token endpoint's,
-/// from its `Date` header; `None` when it sends none.
-pub async fn server_clock_skew(token_uri: &str) -> Result<Option<i64>, String> {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build::<_, http_body_util::Empty<hyper::body::Bytes>>(connector());
-    let uri: http::Uri = token_uri.parse().map_err(|e| format!("token_uri {token_uri:?}: {e}"))?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
-        .await
-        .map_err(|_| "no answer within 10s".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let Some(date) = resp.headers().get(http::header::DATE).and_then(|d| d.to_str().ok()) else {
-        return Ok(None);
-    };
-    let server = chrono::DateTime::parse_from_rfc2822(date).map_err(|e| format!("Date header {date:?}: {e}"))?;
-    Ok(Some(chrono::Utc::now().timestamp() - server.timestamp()))
 }

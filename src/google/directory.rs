@@ -71,11 +71,9 @@ impl Google {
                 .header(http::header::ACCEPT, "application/json")
                 .body(Full::new(Bytes::new()))
                 .map_err(|e| GoogleError::new(ErrorClass::Fatal, USERS_GET, e.to_string()))?;
-            let resp = self
-                .directory_http()
-                .request(req)
-                .await
-                .map_err(|e| GoogleError::new(ErrorClass::Retryable, USERS_GET, format!("transport: {e}")))?;
+            let resp = self.directory_http().request(req).await.map_err(|e| {
+                GoogleError::new(ErrorClass::Retryable, USERS_GET, format!("transport: {e}"))
+            })?;
             let status = resp.status().as_u16();
             let retry_after = resp
                 .headers()
@@ -87,15 +85,25 @@ impl Google {
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| GoogleError::new(ErrorClass::Retryable, USERS_GET, format!("transport: {e}")))?
+                .map_err(|e| {
+                    GoogleError::new(ErrorClass::Retryable, USERS_GET, format!("transport: {e}"))
+                })?
                 .to_bytes();
             if (200..300).contains(&status) {
-                events::GoogleRequest { method: USERS_GET, outcome: "ok" }.emit();
+                events::GoogleRequest {
+                    method: USERS_GET,
+                    outcome: "ok",
+                }
+                .emit();
                 return Ok(Some(body));
             }
             let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
             let err = classify_http(USERS_GET, Some(status), json.as_ref(), retry_after);
-            events::GoogleRequest { method: USERS_GET, outcome: err.class.as_str() }.emit();
+            events::GoogleRequest {
+                method: USERS_GET,
+                outcome: err.class.as_str(),
+            }
+            .emit();
             match err.class {
                 ErrorClass::NotFound => Ok(None),
                 _ => Err(err),
@@ -104,7 +112,11 @@ impl Google {
         .await?;
         let Some(body) = result else { return Ok(None) };
         let user: UserResource = serde_json::from_slice(&body).map_err(|e| {
-            GoogleError::new(ErrorClass::Fatal, USERS_GET, format!("malformed user resource: {e}"))
+            GoogleError::new(
+                ErrorClass::Fatal,
+                USERS_GET,
+                format!("malformed user resource: {e}"),
+            )
         })?;
         let org_unit = OrgUnitPath::parse(user.org_unit_path.as_deref().unwrap_or("/"))
             .map_err(|e| GoogleError::new(ErrorClass::Fatal, USERS_GET, e.to_string()))?;

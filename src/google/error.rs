@@ -87,13 +87,17 @@ impl AuthCause {
                 "authorize the service account's client ID for the configured scopes under domain-wide delegation"
             }
             Self::UserUnknown => "the mailbox does not exist in the directory: check the address",
-            Self::UserSuspended => "the user is suspended or archived: restore it in the Admin console",
+            Self::UserSuspended => {
+                "the user is suspended or archived: restore it in the Admin console"
+            }
             Self::NoGmailService => "the user has no Gmail service: assign a licence with Gmail",
             Self::AdminPolicy => {
                 "a Workspace admin policy blocks this app or scope: allow it under API controls"
             }
             Self::DelegationDenied => "the token belongs to another mailbox (a bug: report it)",
-            Self::KeyRejected => "the service-account key was refused: create a new key and update the key file",
+            Self::KeyRejected => {
+                "the service-account key was refused: create a new key and update the key file"
+            }
             Self::ClockSkew => "the JWT times were refused: synchronise this host's clock (NTP)",
         }
     }
@@ -207,15 +211,19 @@ pub fn classify_http(
         .and_then(|v| v.get("reason"))
         .and_then(Value::as_str)
         .map(str::to_owned);
-    let grpc_status = err.and_then(|e| e.get("status")).and_then(Value::as_str).unwrap_or("");
+    let grpc_status = err
+        .and_then(|e| e.get("status"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let lower = message.to_ascii_lowercase();
     let r = reason.as_deref().unwrap_or("");
     let is_history = method == "gmail.users.history.list";
 
     let (class, cause) = match (code, r) {
-        (_, "userRateLimitExceeded" | "rateLimitExceeded" | "quotaExceeded" | "dailyLimitExceeded") => {
-            (ErrorClass::RateLimited, None)
-        }
+        (
+            _,
+            "userRateLimitExceeded" | "rateLimitExceeded" | "quotaExceeded" | "dailyLimitExceeded",
+        ) => (ErrorClass::RateLimited, None),
         (Some(429), _) => (ErrorClass::RateLimited, None),
         (Some(403), _) if lower.contains("quota exceeded") || lower.contains("rate limit") => {
             (ErrorClass::RateLimited, None)
@@ -226,7 +234,9 @@ pub fn classify_http(
         (Some(400), _) if lower.contains("mail service not enabled") => {
             (ErrorClass::AuthRevoked, Some(AuthCause::NoGmailService))
         }
-        (Some(400), "failedPrecondition") | (Some(400), _) if grpc_status == "FAILED_PRECONDITION" => {
+        (Some(400), "failedPrecondition") | (Some(400), _)
+            if grpc_status == "FAILED_PRECONDITION" =>
+        {
             (ErrorClass::Retryable, None)
         }
         (Some(400), "failedPrecondition") => (ErrorClass::Retryable, None),
@@ -291,7 +301,9 @@ pub fn classify_token_error(
             (ErrorClass::AuthRevoked, Some(AuthCause::KeyRejected))
         }
         "invalid_scope" => (ErrorClass::Fatal, None),
-        "temporarily_unavailable" | "server_error" | "internal_failure" => (ErrorClass::Retryable, None),
+        "temporarily_unavailable" | "server_error" | "internal_failure" => {
+            (ErrorClass::Retryable, None)
+        }
         _ => (ErrorClass::Fatal, None),
     };
     GoogleError {
@@ -334,9 +346,11 @@ pub fn classify_auth_error(method: &'static str, e: &yup_oauth2::Error) -> Googl
             method,
             format!("token endpoint: {}", e),
         ),
-        yup_oauth2::Error::LowLevelError(io) => {
-            GoogleError::new(ErrorClass::Retryable, method, format!("token endpoint: {io}"))
-        }
+        yup_oauth2::Error::LowLevelError(io) => GoogleError::new(
+            ErrorClass::Retryable,
+            method,
+            format!("token endpoint: {io}"),
+        ),
         other => GoogleError::new(ErrorClass::Fatal, method, format!("token: {other}")),
     }
 }
@@ -362,11 +376,15 @@ pub fn classify_gmail_error(
             Some(y) => classify_auth_error(method, y),
             None => GoogleError::new(ErrorClass::Retryable, method, format!("token: {inner}")),
         },
-        E::HttpError(h) => GoogleError::new(ErrorClass::Retryable, method, format!("transport: {h}")),
-        E::Io(io) => GoogleError::new(ErrorClass::Retryable, method, format!("transport: {io}")),
-        E::JsonDecodeError(_, err) => {
-            GoogleError::new(ErrorClass::Retryable, method, format!("undecodable response: {err}"))
+        E::HttpError(h) => {
+            GoogleError::new(ErrorClass::Retryable, method, format!("transport: {h}"))
         }
+        E::Io(io) => GoogleError::new(ErrorClass::Retryable, method, format!("transport: {io}")),
+        E::JsonDecodeError(_, err) => GoogleError::new(
+            ErrorClass::Retryable,
+            method,
+            format!("undecodable response: {err}"),
+        ),
         other => GoogleError::new(ErrorClass::Fatal, method, other.to_string()),
     }
 }
@@ -387,8 +405,16 @@ mod tests {
         for (code, reason, msg) in [
             (403, "userRateLimitExceeded", "User Rate Limit Exceeded"),
             (403, "rateLimitExceeded", "Rate Limit Exceeded"),
-            (429, "rateLimitExceeded", "Too many concurrent requests for user"),
-            (403, "forbidden", "Quota exceeded for quota metric 'Queries'"),
+            (
+                429,
+                "rateLimitExceeded",
+                "Too many concurrent requests for user",
+            ),
+            (
+                403,
+                "forbidden",
+                "Quota exceeded for quota metric 'Queries'",
+            ),
             (429, "", "Resource has been exhausted (e.g. check quota)."),
         ] {
             let e = classify_http(get, Some(code), Some(&body(code, reason, msg)), None);
@@ -422,7 +448,11 @@ mod tests {
         let e = classify_http(
             "gmail.users.getProfile",
             Some(403),
-            Some(&body(403, "forbidden", "Delegation denied for a@example.com")),
+            Some(&body(
+                403,
+                "forbidden",
+                "Delegation denied for a@example.com",
+            )),
             None,
         );
         assert_eq!(e.auth_cause, Some(AuthCause::DelegationDenied));
@@ -443,18 +473,41 @@ mod tests {
     fn server_errors_retry_and_bad_arguments_do_not() {
         let m = "gmail.users.messages.list";
         assert_eq!(
-            classify_http(m, Some(500), Some(&body(500, "backendError", "Backend Error")), None)
-                .class,
+            classify_http(
+                m,
+                Some(500),
+                Some(&body(500, "backendError", "Backend Error")),
+                None
+            )
+            .class,
             ErrorClass::Retryable
         );
-        assert_eq!(classify_http(m, Some(503), None, None).class, ErrorClass::Retryable);
         assert_eq!(
-            classify_http(m, Some(400), Some(&body(400, "invalidArgument", "bad")), None).class,
+            classify_http(m, Some(503), None, None).class,
+            ErrorClass::Retryable
+        );
+        assert_eq!(
+            classify_http(
+                m,
+                Some(400),
+                Some(&body(400, "invalidArgument", "bad")),
+                None
+            )
+            .class,
             ErrorClass::Fatal
         );
         assert_eq!(
-            classify_http(m, Some(400), Some(&body(400, "failedPrecondition", "Precondition check failed.")), None)
-                .class,
+            classify_http(
+                m,
+                Some(400),
+                Some(&body(
+                    400,
+                    "failedPrecondition",
+                    "Precondition check failed."
+                )),
+                None
+            )
+            .class,
             ErrorClass::Retryable
         );
     }

@@ -14,7 +14,7 @@ use google_gmail1::Gmail;
 use google_gmail1::common::{Delegate, Retry};
 
 use super::Google;
-use super::auth::{Connector, HubAuth};
+use super::auth::Connector;
 use super::error::{ErrorClass, GoogleError, classify_gmail_error};
 use super::quota::Method;
 use super::retry::call_with_retry;
@@ -128,14 +128,24 @@ pub struct MailboxGmail {
 
 fn parse_id(method: &'static str, id: Option<String>) -> Result<GmailMessageId, GoogleError> {
     let id = id.unwrap_or_default();
-    GmailMessageId::parse(&id)
-        .map_err(|e| GoogleError::new(ErrorClass::Fatal, method, format!("malformed response: {e}")))
+    GmailMessageId::parse(&id).map_err(|e| {
+        GoogleError::new(
+            ErrorClass::Fatal,
+            method,
+            format!("malformed response: {e}"),
+        )
+    })
 }
 
 fn history_id(method: &'static str, v: Option<u64>) -> Result<Option<HistoryId>, GoogleError> {
     v.map(|h| {
-        HistoryId::new(h)
-            .map_err(|e| GoogleError::new(ErrorClass::Fatal, method, format!("malformed response: {e}")))
+        HistoryId::new(h).map_err(|e| {
+            GoogleError::new(
+                ErrorClass::Fatal,
+                method,
+                format!("malformed response: {e}"),
+            )
+        })
     })
     .transpose()
 }
@@ -155,7 +165,12 @@ fn convert_part(p: google_gmail1::api::MessagePart) -> PayloadPart {
         body_size: i64::from(body.size.unwrap_or(0)),
         body: body.data,
         attachment_id: body.attachment_id,
-        parts: p.parts.unwrap_or_default().into_iter().map(convert_part).collect(),
+        parts: p
+            .parts
+            .unwrap_or_default()
+            .into_iter()
+            .map(convert_part)
+            .collect(),
     }
 }
 
@@ -177,7 +192,12 @@ impl MailboxGmail {
         hub: Arc<Gmail<Connector>>,
         stats: Arc<CallStats>,
     ) -> Self {
-        MailboxGmail { google, mailbox, hub, stats }
+        MailboxGmail {
+            google,
+            mailbox,
+            hub,
+            stats,
+        }
     }
 
     pub fn mailbox(&self) -> &MailboxAddress {
@@ -196,19 +216,33 @@ impl MailboxGmail {
     {
         let id = method.id();
         let result = call_with_retry(&self.google.retry, id, || async {
-            let permit = self.google.quota.acquire(self.mailbox.as_str(), method).await?;
+            let permit = self
+                .google
+                .quota
+                .acquire(self.mailbox.as_str(), method)
+                .await?;
             self.stats.calls.fetch_add(1, Ordering::Relaxed);
-            self.stats.units.fetch_add(u64::from(permit.units), Ordering::Relaxed);
+            self.stats
+                .units
+                .fetch_add(u64::from(permit.units), Ordering::Relaxed);
             let (capture, res) = op(self.hub.clone(), self.google.scopes.clone()).await;
             drop(permit);
             match res {
                 Ok(v) => {
-                    events::GoogleRequest { method: id, outcome: "ok" }.emit();
+                    events::GoogleRequest {
+                        method: id,
+                        outcome: "ok",
+                    }
+                    .emit();
                     Ok(v)
                 }
                 Err(e) => {
                     let ge = classify_gmail_error(id, &e, capture.status, capture.retry_after);
-                    events::GoogleRequest { method: id, outcome: ge.class.as_str() }.emit();
+                    events::GoogleRequest {
+                        method: id,
+                        outcome: ge.class.as_str(),
+                    }
+                    .emit();
                     if ge.status == Some(401) {
                         // A refused bearer: sign a fresh JWT next time.
                         self.google.tokens.evict(self.mailbox.as_str());
@@ -218,10 +252,10 @@ impl MailboxGmail {
             }
         })
         .await;
-        if let Err(e) = &result {
-            if e.class == ErrorClass::AuthRevoked {
-                self.google.tokens.evict(self.mailbox.as_str());
-            }
+        if let Err(e) = &result
+            && e.class == ErrorClass::AuthRevoked
+        {
+            self.google.tokens.evict(self.mailbox.as_str());
         }
         result
     }
@@ -283,10 +317,16 @@ impl MailboxGmail {
             .unwrap_or_default()
             .into_iter()
             .map(|msg| {
-                Ok(MessageRef { id: parse_id(m.id(), msg.id)?, thread_id: msg.thread_id.unwrap_or_default() })
+                Ok(MessageRef {
+                    id: parse_id(m.id(), msg.id)?,
+                    thread_id: msg.thread_id.unwrap_or_default(),
+                })
             })
             .collect::<Result<Vec<_>, GoogleError>>()?;
-        Ok(IdPage { messages, next_page_token: resp.next_page_token.filter(|t| !t.is_empty()) })
+        Ok(IdPage {
+            messages,
+            next_page_token: resp.next_page_token.filter(|t| !t.is_empty()),
+        })
     }
 
     /// Fetches one message in the configured format.
@@ -312,7 +352,8 @@ impl MailboxGmail {
         let meta = GmailMessageMeta {
             gmail_id: parse_id(m.id(), msg.id)?,
             thread_id: msg.thread_id.unwrap_or_default(),
-            history_id: history_id(m.id(), msg.history_id)?.unwrap_or(HistoryId::new(0).unwrap_or_else(|_| unreachable!())),
+            history_id: history_id(m.id(), msg.history_id)?
+                .unwrap_or(HistoryId::new(0).unwrap_or_else(|_| unreachable!())),
             internal_date_ms: msg.internal_date.unwrap_or(0),
             size_estimate: i64::from(msg.size_estimate.unwrap_or(0)),
             snippet: msg.snippet.filter(|s| !s.is_empty()),

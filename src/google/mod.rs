@@ -45,8 +45,16 @@ pub struct Google {
 }
 
 fn with_slash(url: &str, default: &str) -> String {
-    let url = if url.trim().is_empty() { default } else { url.trim() };
-    if url.ends_with('/') { url.to_owned() } else { format!("{url}/") }
+    let url = if url.trim().is_empty() {
+        default
+    } else {
+        url.trim()
+    };
+    if url.ends_with('/') {
+        url.to_owned()
+    } else {
+        format!("{url}/")
+    }
 }
 
 impl Google {
@@ -63,8 +71,8 @@ impl Google {
         let gmail_client = hyper_util::client::legacy::Client::builder(executor.clone())
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .build(auth::connector());
-        let directory_client = hyper_util::client::legacy::Client::builder(executor)
-            .build(auth::connector());
+        let directory_client =
+            hyper_util::client::legacy::Client::builder(executor).build(auth::connector());
         Arc::new(Google {
             tokens,
             quota: QuotaLimiter::new(&settings.sync),
@@ -122,12 +130,16 @@ impl Google {
                 let auth = self.tokens.authenticator(mailbox.as_str()).await?;
                 let mut hub = Gmail::new(
                     self.gmail_client.clone(),
-                    HubAuth { auth, scopes: Arc::new(self.scopes.clone()) },
+                    HubAuth {
+                        auth,
+                        scopes: Arc::new(self.scopes.clone()),
+                    },
                 );
                 hub.base_url(self.gmail_base_url.clone());
                 hub.root_url(self.gmail_base_url.clone());
                 let hub = Arc::new(hub);
-                self.lock_hubs().insert(mailbox.as_str().to_owned(), hub.clone());
+                self.lock_hubs()
+                    .insert(mailbox.as_str().to_owned(), hub.clone());
                 hub
             }
         };

@@ -73,9 +73,16 @@ struct Bucket {
 impl Bucket {
     fn per_minute(limit: u32, max_cost: u32) -> Bucket {
         let limit = f64::from(limit.max(1));
-        let burst = (limit * 0.01).max(f64::from(max_cost) * 2.0).min(limit / 2.0);
+        let burst = (limit * 0.01)
+            .max(f64::from(max_cost) * 2.0)
+            .min(limit / 2.0);
         let rate = ((limit * (1.0 - SAFETY_MARGIN) - burst) / 60.0).max(limit * 0.001);
-        Bucket { tokens: burst, burst, rate, updated: Instant::now() }
+        Bucket {
+            tokens: burst,
+            burst,
+            rate,
+            updated: Instant::now(),
+        }
     }
 
     /// Debits `cost` and returns how long the caller must wait for it.
@@ -144,7 +151,10 @@ impl QuotaLimiter {
         QuotaLimiter {
             user_limit: sync.user_quota_units_per_minute,
             per_mailbox_concurrency: sync.per_mailbox_concurrency,
-            project: Mutex::new(Bucket::per_minute(sync.project_quota_units_per_minute, max_cost)),
+            project: Mutex::new(Bucket::per_minute(
+                sync.project_quota_units_per_minute,
+                max_cost,
+            )),
             day_limit: sync.project_quota_units_per_day,
             day: Mutex::new(DayCounter::default()),
             mailboxes: Mutex::new(HashMap::new()),
@@ -175,12 +185,9 @@ impl QuotaLimiter {
     pub async fn acquire(&self, mailbox: &str, method: Method) -> Result<QuotaPermit, GoogleError> {
         let units = self.cost(method);
         let mq = self.mailbox(mailbox);
-        let in_flight = mq
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| GoogleError::new(ErrorClass::Fatal, method.id(), "quota limiter closed"))?;
+        let in_flight = mq.in_flight.clone().acquire_owned().await.map_err(|_| {
+            GoogleError::new(ErrorClass::Fatal, method.id(), "quota limiter closed")
+        })?;
         self.charge_day(method, units, Utc::now())?;
         let now = Instant::now();
         let user_wait = lock(&mq.bucket).reserve(now, f64::from(units));
@@ -188,21 +195,40 @@ impl QuotaLimiter {
         let wait = user_wait.max(project_wait);
         if !wait.is_zero() {
             events::QuotaThrottled {
-                scope: if project_wait > user_wait { "project" } else { "user" },
+                scope: if project_wait > user_wait {
+                    "project"
+                } else {
+                    "user"
+                },
                 wait,
             }
             .emit();
             tokio::time::sleep(wait).await;
         }
-        events::QuotaUnitsSpent { method: method.id(), units }.emit();
-        Ok(QuotaPermit { _in_flight: in_flight, units })
+        events::QuotaUnitsSpent {
+            method: method.id(),
+            units,
+        }
+        .emit();
+        Ok(QuotaPermit {
+            _in_flight: in_flight,
+            units,
+        })
     }
 
-    fn charge_day(&self, method: Method, units: u32, now: DateTime<Utc>) -> Result<(), GoogleError> {
+    fn charge_day(
+        &self,
+        method: Method,
+        units: u32,
+        now: DateTime<Utc>,
+    ) -> Result<(), GoogleError> {
         let today = now.date_naive();
         let mut day = lock(&self.day);
         if day.day != Some(today) {
-            *day = DayCounter { day: Some(today), units: 0 };
+            *day = DayCounter {
+                day: Some(today),
+                units: 0,
+            };
         }
         if day.units + u64::from(units) > self.day_limit {
             let tomorrow = today
@@ -258,28 +284,49 @@ mod tests {
         // And it runs close to the ceiling: 2000 calls × 20 units at ≥ 95 %.
         let span = (*grants.last().unwrap() - grants[0]).as_secs_f64();
         let rate_per_min = (2000.0 * 20.0) / span * 60.0;
-        assert!(rate_per_min >= 0.95 * 6000.0, "only {rate_per_min} units/min");
+        assert!(
+            rate_per_min >= 0.95 * 6000.0,
+            "only {rate_per_min} units/min"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn in_flight_requests_per_mailbox_are_capped() {
-        let settings = crate::config::Settings::load_from(std::path::Path::new("/nonexistent"), None, &[]).unwrap();
+        let settings =
+            crate::config::Settings::load_from(std::path::Path::new("/nonexistent"), None, &[])
+                .unwrap();
         let mut sync = settings.sync;
         sync.per_mailbox_concurrency = 2;
         let q = QuotaLimiter::new(&sync);
-        let a = q.acquire("a@example.com", Method::GetProfile).await.unwrap();
-        let _b = q.acquire("a@example.com", Method::GetProfile).await.unwrap();
-        let third = tokio::time::timeout(Duration::from_secs(1), q.acquire("a@example.com", Method::GetProfile)).await;
+        let a = q
+            .acquire("a@example.com", Method::GetProfile)
+            .await
+            .unwrap();
+        let _b = q
+            .acquire("a@example.com", Method::GetProfile)
+            .await
+            .unwrap();
+        let third = tokio::time::timeout(
+            Duration::from_secs(1),
+            q.acquire("a@example.com", Method::GetProfile),
+        )
+        .await;
         assert!(third.is_err(), "a third request went in flight");
         // Another mailbox is not affected.
-        q.acquire("b@example.com", Method::GetProfile).await.unwrap();
+        q.acquire("b@example.com", Method::GetProfile)
+            .await
+            .unwrap();
         drop(a);
-        q.acquire("a@example.com", Method::GetProfile).await.unwrap();
+        q.acquire("a@example.com", Method::GetProfile)
+            .await
+            .unwrap();
     }
 
     #[test]
     fn the_daily_budget_refuses_with_a_retry_hint() {
-        let settings = crate::config::Settings::load_from(std::path::Path::new("/nonexistent"), None, &[]).unwrap();
+        let settings =
+            crate::config::Settings::load_from(std::path::Path::new("/nonexistent"), None, &[])
+                .unwrap();
         let mut sync = settings.sync;
         sync.project_quota_units_per_day = 30;
         let q = QuotaLimiter::new(&sync);

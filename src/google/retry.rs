@@ -63,13 +63,20 @@ where
         };
         if attempt + 1 < policy.max_attempts {
             let delay = policy.backoff(attempt, &err);
-            events::GoogleRetry { method, class: err.class, attempt: attempt + 1, delay, error: &err }
-                .emit();
+            events::GoogleRetry {
+                method,
+                class: err.class,
+                attempt: attempt + 1,
+                delay,
+                error: &err,
+            }
+            .emit();
             tokio::time::sleep(delay).await;
         }
         last = Some(err);
     }
-    Err(last.unwrap_or_else(|| GoogleError::new(ErrorClass::Fatal, method, "no attempt was allowed")))
+    Err(last
+        .unwrap_or_else(|| GoogleError::new(ErrorClass::Fatal, method, "no attempt was allowed")))
 }
 
 #[cfg(test)]
@@ -108,19 +115,32 @@ mod tests {
         let start = tokio::time::Instant::now();
         let err = call_with_retry(&policy(3), "m", || async {
             let n = calls.fetch_add(1, Ordering::SeqCst);
-            Err::<(), _>(GoogleError::new(ErrorClass::Retryable, "m", format!("attempt {n}")))
+            Err::<(), _>(GoogleError::new(
+                ErrorClass::Retryable,
+                "m",
+                format!("attempt {n}"),
+            ))
         })
         .await
         .unwrap_err();
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         assert_eq!(err.message, "attempt 2");
         // Two sleeps: <= (100+100) + (200+100) ms.
-        assert!(start.elapsed() <= Duration::from_millis(500), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() <= Duration::from_millis(500),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn answers_are_not_retried() {
-        for class in [ErrorClass::NotFound, ErrorClass::AuthRevoked, ErrorClass::HistoryExpired, ErrorClass::Fatal] {
+        for class in [
+            ErrorClass::NotFound,
+            ErrorClass::AuthRevoked,
+            ErrorClass::HistoryExpired,
+            ErrorClass::Fatal,
+        ] {
             let calls = AtomicU32::new(0);
             let err = call_with_retry(&policy(5), "m", || async {
                 calls.fetch_add(1, Ordering::SeqCst);
@@ -144,7 +164,7 @@ mod tests {
     async fn hung_requests_time_out_and_count_as_attempts() {
         let mut p = policy(2);
         p.request_timeout = Duration::from_secs(1);
-        let err = call_with_retry(&p, "m", || std::future::pending::<Result<(), GoogleError>>())
+        let err = call_with_retry(&p, "m", std::future::pending::<Result<(), GoogleError>>)
             .await
             .unwrap_err();
         assert_eq!(err.class, ErrorClass::Retryable);

@@ -83,11 +83,18 @@ impl SyncKind {
 pub enum Outcome {
     Ok,
     /// The mailbox failed; it is retried later. `error_type` is bounded.
-    Failed { error_type: &'static str, error: String },
+    Failed {
+        error_type: &'static str,
+        error: String,
+    },
     /// Access refused: the mailbox is in `auth_failed` with this remedy.
-    AuthFailed { cause: String },
+    AuthFailed {
+        cause: String,
+    },
     /// The org-unit gate refused the mailbox; it is not impersonated.
-    Suspended { reason: String },
+    Suspended {
+        reason: String,
+    },
     /// Another replica owns the mailbox now; nothing was written.
     LeaseLost,
     /// Shutdown interrupted the pass between two committed batches.
@@ -157,8 +164,12 @@ impl Totals {
         self.stats.updated += s.updated;
         self.stats.deleted += s.deleted;
         self.stats.label_changes += s.label_changes;
-        events::BatchCommitted { added: s.added, deleted: s.deleted, label_changes: s.label_changes }
-            .emit();
+        events::BatchCommitted {
+            added: s.added,
+            deleted: s.deleted,
+            label_changes: s.label_changes,
+        }
+        .emit();
     }
 }
 
@@ -207,8 +218,18 @@ async fn run_pass(
         }
         Err(e) => {
             let error = format!("org-unit check failed: {e:#}");
-            fail(ctx, lease, &mut report, SyncKind::Incremental, started, SyncPhase::Error, "directory", error, None)
-                .await;
+            fail(
+                ctx,
+                lease,
+                &mut report,
+                SyncKind::Incremental,
+                started,
+                SyncPhase::Error,
+                "directory",
+                error,
+                None,
+            )
+            .await;
             return report;
         }
     }
@@ -222,15 +243,31 @@ async fn run_pass(
     };
 
     let mut totals = Totals::default();
-    let result = drive(ctx, lease, &gmail, opts, cancel, &mut report, &mut totals, started).await;
+    let result = drive(
+        ctx,
+        lease,
+        &gmail,
+        opts,
+        cancel,
+        &mut report,
+        &mut totals,
+        started,
+    )
+    .await;
     report.added = totals.stats.added;
     report.updated = totals.stats.updated;
     report.deleted = totals.stats.deleted;
     report.label_changes = totals.stats.label_changes;
     report.api_calls = stats.calls();
     report.quota_units = stats.units();
-    report.message_gets = stats.message_gets.load(std::sync::atomic::Ordering::Relaxed);
-    let kind = report.kinds.last().copied().unwrap_or(SyncKind::Incremental);
+    report.message_gets = stats
+        .message_gets
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let kind = report
+        .kinds
+        .last()
+        .copied()
+        .unwrap_or(SyncKind::Incremental);
     match result {
         Ok(()) => {
             events::MailboxSyncCompleted {
@@ -254,12 +291,38 @@ async fn run_pass(
             report.outcome = Outcome::LeaseLost;
         }
         Err(PassError::Store(e)) => {
-            events::DbError { operation: "sync_commit", error: &e }.emit();
+            events::DbError {
+                operation: "sync_commit",
+                error: &e,
+            }
+            .emit();
             let error = format!("database: {e}");
-            fail(ctx, lease, &mut report, kind, started, SyncPhase::Error, "database", error, None).await;
+            fail(
+                ctx,
+                lease,
+                &mut report,
+                kind,
+                started,
+                SyncPhase::Error,
+                "database",
+                error,
+                None,
+            )
+            .await;
         }
         Err(PassError::Incomplete(msg)) => {
-            fail(ctx, lease, &mut report, kind, started, SyncPhase::Error, "incomplete", msg, None).await;
+            fail(
+                ctx,
+                lease,
+                &mut report,
+                kind,
+                started,
+                SyncPhase::Error,
+                "incomplete",
+                msg,
+                None,
+            )
+            .await;
         }
         Err(PassError::Interrupted) => {
             report.outcome = Outcome::Interrupted;
@@ -284,30 +347,90 @@ async fn drive(
     let full_in_progress = state.full_sync_history_id.is_some();
     let needs_full = opts.force_full || state.history_id.is_none() || full_in_progress;
     if needs_full {
-        let kind = if state.history_id.is_some() { SyncKind::Resync } else { SyncKind::Full };
+        let kind = if state.history_id.is_some() {
+            SyncKind::Resync
+        } else {
+            SyncKind::Full
+        };
         if opts.force_full && !full_in_progress {
-            events::ResyncStarted { mailbox: &lease.mailbox, reason: "scheduled" }.emit();
+            events::ResyncStarted {
+                mailbox: &lease.mailbox,
+                reason: "scheduled",
+            }
+            .emit();
         }
         report.kinds.push(kind);
-        let state = full_sync(ctx, lease, gmail, &state, kind, opts, cancel, totals, report, started, opts.force_full).await?;
+        let state = full_sync(
+            ctx,
+            lease,
+            gmail,
+            &state,
+            kind,
+            opts,
+            cancel,
+            totals,
+            report,
+            started,
+            opts.force_full,
+        )
+        .await?;
         report.kinds.push(SyncKind::Incremental);
-        return incremental(ctx, lease, gmail, &state, cancel, totals, report, Utc::now()).await.map(|_| ());
+        return incremental(
+            ctx,
+            lease,
+            gmail,
+            &state,
+            cancel,
+            totals,
+            report,
+            Utc::now(),
+        )
+        .await
+        .map(|_| ());
     }
     report.kinds.push(SyncKind::Incremental);
     match incremental(ctx, lease, gmail, &state, cancel, totals, report, started).await {
         Err(PassError::Google(e)) if e.class == ErrorClass::HistoryExpired => {
             let hid = state.history_id.map_or(0, HistoryId::get);
-            events::HistoryExpired { mailbox: &lease.mailbox, history_id: hid }.emit();
+            events::HistoryExpired {
+                mailbox: &lease.mailbox,
+                history_id: hid,
+            }
+            .emit();
             report.kinds.push(SyncKind::Resync);
-            let state = full_sync(ctx, lease, gmail, &state, SyncKind::Resync, opts, cancel, totals, report, Utc::now(), true)
-                .await?;
+            let state = full_sync(
+                ctx,
+                lease,
+                gmail,
+                &state,
+                SyncKind::Resync,
+                opts,
+                cancel,
+                totals,
+                report,
+                Utc::now(),
+                true,
+            )
+            .await?;
             report.kinds.push(SyncKind::Incremental);
-            incremental(ctx, lease, gmail, &state, cancel, totals, report, Utc::now()).await.map(|_| ())
+            incremental(
+                ctx,
+                lease,
+                gmail,
+                &state,
+                cancel,
+                totals,
+                report,
+                Utc::now(),
+            )
+            .await
+            .map(|_| ())
         }
         other => other.map(|_| ()),
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_row(
     ctx: &SyncContext,
     lease: &Lease,
@@ -347,14 +470,15 @@ async fn fetch_many(
     let concurrency = ctx.settings.sync.per_mailbox_concurrency.max(1);
     let limits = ctx.limits();
     let store_raw = ctx.settings.sync.store_raw;
-    let results: Vec<(GmailMessageId, Result<FetchedMessage, GoogleError>)> = futures::stream::iter(ids)
-        .map(|id| async move {
-            let r = gmail.get_message(&id).await;
-            (id, r)
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
+    let results: Vec<(GmailMessageId, Result<FetchedMessage, GoogleError>)> =
+        futures::stream::iter(ids)
+            .map(|id| async move {
+                let r = gmail.get_message(&id).await;
+                (id, r)
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
     let mut ok = Vec::with_capacity(results.len());
     let mut failed = Vec::new();
     for (id, r) in results {
@@ -387,7 +511,11 @@ async fn to_upsert(m: FetchedMessage, limits: &NormalizeLimits, store_raw: bool)
             ..Default::default()
         },
     };
-    MessageUpsert { meta, content, raw: if store_raw { raw } else { None } }
+    MessageUpsert {
+        meta,
+        content,
+        raw: if store_raw { raw } else { None },
+    }
 }
 
 /// Full sync (or resync): resumable from the stored page token.
@@ -419,14 +547,30 @@ async fn full_sync(
         state.page_token = None;
         state.phase = SyncPhase::FullSync;
         let batch = SyncBatch {
-            labels: Some(labels.into_iter().map(|l| LabelRow { label_id: l.id, name: l.name, label_type: l.label_type }).collect()),
-            checkpoint: checkpoint(&state, false),
-            ..SyncBatch::default()
+            labels: Some(
+                labels
+                    .into_iter()
+                    .map(|l| LabelRow {
+                        label_id: l.id,
+                        name: l.name,
+                        label_type: l.label_type,
+                    })
+                    .collect(),
+            ),
+            ..empty_batch(&state, false)
         };
         totals.add(&ctx.store.commit_batch(lease, &batch).await?);
     }
-    let estimated_total = gmail.get_profile().await.map(|p| p.messages_total.max(0) as u64).unwrap_or(0);
-    let mut progress = Progress { listed: 0, fetched: 0, estimated_total };
+    let estimated_total = gmail
+        .get_profile()
+        .await
+        .map(|p| p.messages_total.max(0) as u64)
+        .unwrap_or(0);
+    let mut progress = Progress {
+        listed: 0,
+        fetched: 0,
+        estimated_total,
+    };
     // The token of the first page that still misses a message: the resume point.
     let mut resume_from: Option<Option<String>> = None;
     let mut failures: Vec<String> = Vec::new();
@@ -436,14 +580,21 @@ async fn full_sync(
         if cancel.is_cancelled() {
             return Err(PassError::Interrupted);
         }
-        let page = gmail.list_message_ids(page_token.as_deref(), None, LIST_PAGE_SIZE).await?;
+        let page = gmail
+            .list_message_ids(page_token.as_deref(), None, LIST_PAGE_SIZE)
+            .await?;
         progress.listed += page.messages.len() as u64;
         let ids: Vec<GmailMessageId> = page.messages.iter().map(|m| m.id.clone()).collect();
         let known = ctx.store.known_message_ids(&lease.mailbox, &ids).await?;
-        let new: Vec<GmailMessageId> = ids.iter().filter(|id| !known.contains(*id)).cloned().collect();
+        let new: Vec<GmailMessageId> = ids
+            .iter()
+            .filter(|id| !known.contains(*id))
+            .cloned()
+            .collect();
 
         let mut page_failed = false;
-        let chunks: Vec<Vec<GmailMessageId>> = new.chunks(batch_size.max(1)).map(<[_]>::to_vec).collect();
+        let chunks: Vec<Vec<GmailMessageId>> =
+            new.chunks(batch_size.max(1)).map(<[_]>::to_vec).collect();
         let n_chunks = chunks.len();
         for (i, chunk) in chunks.into_iter().enumerate() {
             let (upserts, failed) = fetch_many(ctx, gmail, chunk).await;
@@ -456,7 +607,10 @@ async fn full_sync(
             page_failed |= !failed.is_empty();
             progress.fetched += upserts.len() as u64;
             let last_chunk = i + 1 == n_chunks;
-            let mut batch = SyncBatch { upserts, ..SyncBatch::default() };
+            let mut batch = SyncBatch {
+                upserts,
+                ..empty_batch(&state, false)
+            };
             if last_chunk {
                 batch.mark_seen = ids.clone();
             }
@@ -485,7 +639,10 @@ async fn full_sync(
             if resume_from.is_none() {
                 state.page_token = page.next_page_token.clone();
             }
-            let batch = SyncBatch { mark_seen: ids, checkpoint: checkpoint(&state, false), ..SyncBatch::default() };
+            let batch = SyncBatch {
+                mark_seen: ids,
+                ..empty_batch(&state, false)
+            };
             totals.add(&ctx.store.commit_batch(lease, &batch).await?);
             if let Some(p) = &opts.progress {
                 p(&lease.mailbox, progress);
@@ -516,7 +673,9 @@ async fn full_sync(
             let mut members = Vec::new();
             let mut token: Option<String> = None;
             loop {
-                let page = gmail.list_message_ids(token.as_deref(), Some(&label.id), LIST_PAGE_SIZE).await?;
+                let page = gmail
+                    .list_message_ids(token.as_deref(), Some(&label.id), LIST_PAGE_SIZE)
+                    .await?;
                 members.extend(page.messages.into_iter().map(|m| m.id));
                 match page.next_page_token {
                     Some(t) => token = Some(t),
@@ -525,8 +684,7 @@ async fn full_sync(
             }
             let batch = SyncBatch {
                 label_reconcile: Some((label.id.clone(), members)),
-                checkpoint: checkpoint(&state, false),
-                ..SyncBatch::default()
+                ..empty_batch(&state, false)
             };
             totals.add(&ctx.store.commit_batch(lease, &batch).await?);
         }
@@ -538,13 +696,39 @@ async fn full_sync(
     state.phase = SyncPhase::Incremental;
     let batch = SyncBatch {
         delete_unseen: true,
-        checkpoint: checkpoint(&state, true),
-        run: Some(run_row(ctx, lease, kind, started, &totals.stats, gmail, "ok", None)),
-        ..SyncBatch::default()
+        run: Some(run_row(
+            ctx,
+            lease,
+            kind,
+            started,
+            &totals.stats,
+            gmail,
+            "ok",
+            None,
+        )),
+        ..empty_batch(&state, true)
     };
     totals.add(&ctx.store.commit_batch(lease, &batch).await?);
-    report.message_gets = gmail.stats().message_gets.load(std::sync::atomic::Ordering::Relaxed);
+    report.message_gets = gmail
+        .stats()
+        .message_gets
+        .load(std::sync::atomic::Ordering::Relaxed);
     Ok(state)
+}
+
+/// An empty batch carrying `state` as its checkpoint.
+fn empty_batch(state: &SyncState, success: bool) -> SyncBatch {
+    SyncBatch {
+        upserts: Vec::new(),
+        deletes: Vec::new(),
+        label_changes: Vec::new(),
+        label_reconcile: None,
+        mark_seen: Vec::new(),
+        delete_unseen: false,
+        labels: None,
+        checkpoint: checkpoint(state, success),
+        run: None,
+    }
 }
 
 fn checkpoint(state: &SyncState, success: bool) -> Checkpoint {
@@ -607,7 +791,9 @@ async fn incremental(
 ) -> Result<SyncState, PassError> {
     tracing::Span::current().record("phase", "incremental");
     let Some(start) = state.history_id else {
-        return Err(PassError::Incomplete("no history position to continue from".to_owned()));
+        return Err(PassError::Incomplete(
+            "no history position to continue from".to_owned(),
+        ));
     };
     let mut collapsed = Collapsed::default();
     let mut token: Option<String> = None;
@@ -634,10 +820,20 @@ async fn incremental(
     }
 
     // Fetch what was added and is not deleted since and not stored already.
-    let candidates: Vec<GmailMessageId> =
-        collapsed.added.iter().filter(|id| !collapsed.deleted.contains(*id)).cloned().collect();
-    let known = ctx.store.known_message_ids(&lease.mailbox, &candidates).await?;
-    let to_fetch: Vec<GmailMessageId> = candidates.into_iter().filter(|id| !known.contains(id)).collect();
+    let candidates: Vec<GmailMessageId> = collapsed
+        .added
+        .iter()
+        .filter(|id| !collapsed.deleted.contains(*id))
+        .cloned()
+        .collect();
+    let known = ctx
+        .store
+        .known_message_ids(&lease.mailbox, &candidates)
+        .await?;
+    let to_fetch: Vec<GmailMessageId> = candidates
+        .into_iter()
+        .filter(|id| !known.contains(id))
+        .collect();
 
     let mut state = state.clone();
     let batch_size = ctx.settings.sync.batch_size.max(1);
@@ -662,7 +858,10 @@ async fn incremental(
         }
         // Intermediate batches keep the old checkpoint: upserts are idempotent
         // and already-stored IDs are skipped on a retry.
-        let batch = SyncBatch { upserts, checkpoint: checkpoint(&state, false), ..SyncBatch::default() };
+        let batch = SyncBatch {
+            upserts,
+            ..empty_batch(&state, false)
+        };
         totals.add(&ctx.store.commit_batch(lease, &batch).await?);
         if cancel.is_cancelled() {
             return Err(PassError::Interrupted);
@@ -682,13 +881,24 @@ async fn incremental(
         .filter(|(id, _)| !fetched.contains(*id) && !collapsed.deleted.contains(*id))
         .map(|(id, delta)| LabelChange {
             gmail_id: id.clone(),
-            added: delta.iter().filter(|(_, on)| **on).map(|(l, _)| l.clone()).collect(),
-            removed: delta.iter().filter(|(_, on)| !**on).map(|(l, _)| l.clone()).collect(),
+            added: delta
+                .iter()
+                .filter(|(_, on)| **on)
+                .map(|(l, _)| l.clone())
+                .collect(),
+            removed: delta
+                .iter()
+                .filter(|(_, on)| !**on)
+                .map(|(l, _)| l.clone())
+                .collect(),
             history_id: Some(newest),
         })
         .collect();
-    let deletes: Vec<(GmailMessageId, Option<HistoryId>)> =
-        collapsed.deleted.iter().map(|id| (id.clone(), Some(newest))).collect();
+    let deletes: Vec<(GmailMessageId, Option<HistoryId>)> = collapsed
+        .deleted
+        .iter()
+        .map(|id| (id.clone(), Some(newest)))
+        .collect();
 
     state.history_id = Some(newest);
     state.phase = SyncPhase::Incremental;
@@ -701,8 +911,7 @@ async fn incremental(
     let mut batch = SyncBatch {
         deletes,
         label_changes,
-        checkpoint: checkpoint(&state, true),
-        ..SyncBatch::default()
+        ..empty_batch(&state, true)
     };
     // The run row counts this batch too; it is written in the same transaction.
     let pending = BatchStats {
@@ -711,7 +920,16 @@ async fn incremental(
         deleted: stats_so_far.deleted + batch.deletes.len() as u64,
         label_changes: stats_so_far.label_changes,
     };
-    batch.run = Some(run_row(ctx, lease, SyncKind::Incremental, started, &pending, gmail, "ok", None));
+    batch.run = Some(run_row(
+        ctx,
+        lease,
+        SyncKind::Incremental,
+        started,
+        &pending,
+        gmail,
+        "ok",
+        None,
+    ));
     totals.add(&ctx.store.commit_batch(lease, &batch).await?);
     Ok(state)
 }
@@ -736,19 +954,45 @@ async fn handle_google_failure(
     e: GoogleError,
 ) {
     if e.class == ErrorClass::AuthRevoked {
-        events::AuthRevoked { mailbox: &lease.mailbox, cause: e.auth_cause, error: &e }.emit();
+        events::AuthRevoked {
+            mailbox: &lease.mailbox,
+            cause: e.auth_cause,
+            error: &e,
+        }
+        .emit();
         let cause = match e.auth_cause {
             Some(c) => format!("{} ({})", c.remedy(), e),
             None => e.to_string(),
         };
-        fail(ctx, lease, report, kind, started, SyncPhase::AuthFailed, "auth_revoked", cause.clone(), Some(ctx.settings.sync.auth_failed_retry))
-            .await;
+        fail(
+            ctx,
+            lease,
+            report,
+            kind,
+            started,
+            SyncPhase::AuthFailed,
+            "auth_revoked",
+            cause.clone(),
+            Some(ctx.settings.sync.auth_failed_retry),
+        )
+        .await;
         report.outcome = Outcome::AuthFailed { cause };
         ctx.google.forget(&lease.mailbox);
         return;
     }
     let error_type = e.class.as_str();
-    fail(ctx, lease, report, kind, started, SyncPhase::Error, error_type, e.to_string(), None).await;
+    fail(
+        ctx,
+        lease,
+        report,
+        kind,
+        started,
+        SyncPhase::Error,
+        error_type,
+        e.to_string(),
+        None,
+    )
+    .await;
 }
 
 /// Records a failed pass (fenced) and sets the outcome.
@@ -771,11 +1015,13 @@ async fn fail(
         .ok()
         .flatten()
         .map_or(0, |s| s.consecutive_failures);
-    let delay = retry_after.unwrap_or_else(|| failure_backoff(ctx.settings.sync.poll_interval, failures));
+    let delay =
+        retry_after.unwrap_or_else(|| failure_backoff(ctx.settings.sync.poll_interval, failures));
     let record = FailureRecord {
         phase,
         error: error.clone(),
-        next_poll_at: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::minutes(30)),
+        next_poll_at: Utc::now()
+            + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::minutes(30)),
         run: Some(SyncRunRow {
             mailbox: lease.mailbox.clone(),
             kind: kind.as_str().to_owned(),
@@ -788,20 +1034,37 @@ async fn fail(
             label_changes: report.label_changes as i64,
             api_calls: report.api_calls as i64,
             quota_units: report.quota_units as i64,
-            outcome: if phase == SyncPhase::AuthFailed { "auth_failed".to_owned() } else { "error".to_owned() },
+            outcome: if phase == SyncPhase::AuthFailed {
+                "auth_failed".to_owned()
+            } else {
+                "error".to_owned()
+            },
             error: Some(error.clone()),
         }),
     };
     let anyhow_err = anyhow::anyhow!(error.clone());
-    events::MailboxSyncFailed { mailbox: &lease.mailbox, kind: kind.as_str(), error_type, error: &anyhow_err }.emit();
+    events::MailboxSyncFailed {
+        mailbox: &lease.mailbox,
+        kind: kind.as_str(),
+        error_type,
+        error: &anyhow_err,
+    }
+    .emit();
     match ctx.store.record_failure(lease, &record).await {
         Ok(()) => {}
         Err(StoreError::LeaseLost { .. }) => {
-            events::LeaseLost { mailbox: &lease.mailbox }.emit();
+            events::LeaseLost {
+                mailbox: &lease.mailbox,
+            }
+            .emit();
             report.outcome = Outcome::LeaseLost;
             return;
         }
-        Err(e) => events::DbError { operation: "record_failure", error: &e }.emit(),
+        Err(e) => events::DbError {
+            operation: "record_failure",
+            error: &e,
+        }
+        .emit(),
     }
     report.outcome = Outcome::Failed { error_type, error };
 }
@@ -825,11 +1088,26 @@ mod tests {
     #[test]
     fn collapsing_keeps_the_net_effect() {
         let mut c = Collapsed::default();
-        c.apply(HistoryRecord { added: vec![(id("a1"), vec![])], ..Default::default() });
-        c.apply(HistoryRecord { added: vec![(id("b2"), vec![])], ..Default::default() });
-        c.apply(HistoryRecord { labels_added: vec![(id("c3"), vec!["STARRED".into()])], ..Default::default() });
-        c.apply(HistoryRecord { labels_removed: vec![(id("c3"), vec!["STARRED".into(), "INBOX".into()])], ..Default::default() });
-        c.apply(HistoryRecord { deleted: vec![id("b2")], ..Default::default() });
+        c.apply(HistoryRecord {
+            added: vec![(id("a1"), vec![])],
+            ..Default::default()
+        });
+        c.apply(HistoryRecord {
+            added: vec![(id("b2"), vec![])],
+            ..Default::default()
+        });
+        c.apply(HistoryRecord {
+            labels_added: vec![(id("c3"), vec!["STARRED".into()])],
+            ..Default::default()
+        });
+        c.apply(HistoryRecord {
+            labels_removed: vec![(id("c3"), vec!["STARRED".into(), "INBOX".into()])],
+            ..Default::default()
+        });
+        c.apply(HistoryRecord {
+            deleted: vec![id("b2")],
+            ..Default::default()
+        });
         assert_eq!(c.added, vec![id("a1"), id("b2")]);
         assert!(c.deleted.contains(&id("b2")));
         let delta = &c.labels[&id("c3")];
@@ -841,7 +1119,9 @@ mod tests {
     fn label_deltas_are_idempotent() {
         let mut labels = vec!["INBOX".to_owned(), "UNREAD".to_owned()];
         let delta: BTreeMap<String, bool> =
-            [("UNREAD".to_owned(), false), ("STARRED".to_owned(), true)].into_iter().collect();
+            [("UNREAD".to_owned(), false), ("STARRED".to_owned(), true)]
+                .into_iter()
+                .collect();
         apply_delta(&mut labels, &delta);
         let once = labels.clone();
         apply_delta(&mut labels, &delta);

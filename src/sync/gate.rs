@@ -48,7 +48,11 @@ pub fn evaluate(
         return GateDecision::Refused("the user has no Gmail mailbox".to_owned());
     }
     if !policy.org_unit_approved(&user.org_unit) {
-        let approved: Vec<&str> = policy.approved_org_units.iter().map(|o| o.as_str()).collect();
+        let approved: Vec<&str> = policy
+            .approved_org_units
+            .iter()
+            .map(|o| o.as_str())
+            .collect();
         return GateDecision::Refused(format!(
             "org unit {} is not approved (approved: {})",
             user.org_unit,
@@ -61,7 +65,10 @@ pub fn evaluate(
 /// Checks one mailbox against the Directory and applies the decision to its
 /// subscription (suspend / reinstate). Errors mean "could not check": the
 /// caller must not impersonate the mailbox then either.
-pub async fn check_mailbox(ctx: &SyncContext, mailbox: &MailboxAddress) -> anyhow::Result<GateDecision> {
+pub async fn check_mailbox(
+    ctx: &SyncContext,
+    mailbox: &MailboxAddress,
+) -> anyhow::Result<GateDecision> {
     let user = if ctx.policy.domain_allowed(mailbox) {
         ctx.google
             .directory_user(mailbox)
@@ -76,12 +83,19 @@ pub async fn check_mailbox(ctx: &SyncContext, mailbox: &MailboxAddress) -> anyho
         .record_org_unit(mailbox, org_unit.as_deref())
         .await
         .context("recording the org unit")?;
-    let Some(sub) = ctx.store.get_subscription(mailbox).await.context("reading the subscription")? else {
+    let Some(sub) = ctx
+        .store
+        .get_subscription(mailbox)
+        .await
+        .context("reading the subscription")?
+    else {
         return Ok(decision);
     };
     let action = match (&decision, sub.status) {
         (GateDecision::Refused(_), SubscriptionStatus::Active) => Some(SubscriptionAction::Suspend),
-        (GateDecision::Allowed, SubscriptionStatus::Suspended) => Some(SubscriptionAction::Reinstate),
+        (GateDecision::Allowed, SubscriptionStatus::Suspended) => {
+            Some(SubscriptionAction::Reinstate)
+        }
         _ => None,
     };
     if let Some(action) = action
@@ -105,7 +119,11 @@ pub async fn check_mailbox(ctx: &SyncContext, mailbox: &MailboxAddress) -> anyho
         match ctx.store.update_subscription(&update).await {
             Ok(_) => match action {
                 SubscriptionAction::Suspend => {
-                    events::OrgUnitSuspended { mailbox, reason: &reason }.emit();
+                    events::OrgUnitSuspended {
+                        mailbox,
+                        reason: &reason,
+                    }
+                    .emit();
                     ctx.google.forget(mailbox);
                 }
                 _ => events::OrgUnitReinstated { mailbox }.emit(),
@@ -120,11 +138,20 @@ pub async fn check_mailbox(ctx: &SyncContext, mailbox: &MailboxAddress) -> anyho
 
 /// Re-checks every active or suspended subscription (the scheduler's OU job
 /// and the start of `sync`). One mailbox's failure does not stop the others.
-pub async fn check_all(ctx: &SyncContext) -> anyhow::Result<Vec<(MailboxAddress, anyhow::Result<GateDecision>)>> {
-    let subs = ctx.store.list_subscriptions().await.context("listing subscriptions")?;
+pub async fn check_all(
+    ctx: &SyncContext,
+) -> anyhow::Result<Vec<(MailboxAddress, anyhow::Result<GateDecision>)>> {
+    let subs = ctx
+        .store
+        .list_subscriptions()
+        .await
+        .context("listing subscriptions")?;
     let mut out = Vec::new();
     for sub in subs {
-        if matches!(sub.status, SubscriptionStatus::Active | SubscriptionStatus::Suspended) {
+        if matches!(
+            sub.status,
+            SubscriptionStatus::Active | SubscriptionStatus::Suspended
+        ) {
             let r = check_mailbox(ctx, &sub.mailbox).await;
             out.push((sub.mailbox, r));
         }
@@ -160,16 +187,28 @@ mod tests {
     fn only_active_mailboxes_in_approved_units_pass() {
         let p = policy();
         let m = MailboxAddress::parse("support@example.com").unwrap();
-        assert_eq!(evaluate(&p, &m, Some(&user("/Shared Mailboxes/EU"))), GateDecision::Allowed);
-        assert!(matches!(evaluate(&p, &m, Some(&user("/Staff"))), GateDecision::Refused(r) if r.contains("/Staff")));
+        assert_eq!(
+            evaluate(&p, &m, Some(&user("/Shared Mailboxes/EU"))),
+            GateDecision::Allowed
+        );
+        assert!(
+            matches!(evaluate(&p, &m, Some(&user("/Staff"))), GateDecision::Refused(r) if r.contains("/Staff"))
+        );
         assert!(matches!(evaluate(&p, &m, None), GateDecision::Refused(_)));
         let mut u = user("/Shared Mailboxes");
         u.suspended = true;
-        assert!(matches!(evaluate(&p, &m, Some(&u)), GateDecision::Refused(r) if r.contains("suspended")));
+        assert!(
+            matches!(evaluate(&p, &m, Some(&u)), GateDecision::Refused(r) if r.contains("suspended"))
+        );
         let mut u = user("/Shared Mailboxes");
         u.is_mailbox_setup = false;
-        assert!(matches!(evaluate(&p, &m, Some(&u)), GateDecision::Refused(_)));
+        assert!(matches!(
+            evaluate(&p, &m, Some(&u)),
+            GateDecision::Refused(_)
+        ));
         let foreign = MailboxAddress::parse("x@evil.example").unwrap();
-        assert!(matches!(evaluate(&p, &foreign, Some(&user("/Shared Mailboxes"))), GateDecision::Refused(r) if r.contains("allowed_domains")));
+        assert!(
+            matches!(evaluate(&p, &foreign, Some(&user("/Shared Mailboxes"))), GateDecision::Refused(r) if r.contains("allowed_domains"))
+        );
     }
 }
