@@ -1,0 +1,205 @@
+//! The real binary: exit codes, one-line errors, operator commands.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use crate::helpers::{Backend, database_url};
+
+struct Cli {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Cli {
+    fn new(db_url: &str, extra: &str) -> Cli {
+        Self::in_dir(tempfile::tempdir().unwrap(), db_url, extra)
+    }
+
+    /// A CLI whose SQLite database lives in its own temporary directory.
+    fn sqlite() -> Cli {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("gi.db").display());
+        Self::in_dir(dir, &url, "")
+    }
+
+    fn in_dir(dir: tempfile::TempDir, db_url: &str, extra: &str) -> Cli {
+        let config = dir.path().join("test.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[database]\nurl = {db_url:?}\n[google]\nservice_account_key_file = {:?}\n{extra}",
+                dir.path().join("missing-sa.json").display().to_string()
+            ),
+        )
+        .unwrap();
+        Cli { _dir: dir, config }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        run_bin(&[&["--config", self.config.to_str().unwrap()], args].concat(), &[])
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+fn run_bin(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gmail-ingest"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(args).env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("binary runs")
+}
+
+fn stderr_line(out: &Output) -> String {
+    let s = String::from_utf8_lossy(&out.stderr).to_string();
+    let lines: Vec<&str> = s.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {s}");
+    lines[0].to_owned()
+}
+
+#[test]
+fn an_unknown_config_key_is_refused_by_name_with_exit_code_2() {
+    let cli = Cli::new("sqlite::memory:", "[sync]\npoll_intervall = \"5s\"\n");
+    let out = cli.run(&["status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_line(&out).contains("poll_intervall"));
+}
+
+#[test]
+fn a_malformed_duration_is_refused_with_exit_code_2() {
+    let cli = Cli::new("sqlite::memory:", "[http]\nshutdown_grace = \"soon\"\n");
+    let out = cli.run(&["status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_line(&out).contains("shutdown_grace"));
+}
+
+#[test]
+fn an_unreadable_config_file_is_refused_with_exit_code_2() {
+    let out = run_bin(&["--config", "/nonexistent/gi.toml", "status"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_line(&out).contains("/nonexistent/gi.toml"));
+}
+
+#[test]
+fn an_unknown_environment_variable_is_refused_by_name() {
+    let out = run_bin(&["status"], &[("GMAIL_INGEST__DATABASE__URLL", "x")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_line(&out).contains("GMAIL_INGEST__DATABASE__URLL"));
+}
+
+#[test]
+fn a_database_url_with_a_wrong_scheme_names_the_scheme() {
+    let cli = Cli::new("mysql://root@localhost/mail", "");
+    let out = cli.run(&["migrate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_line(&out).contains("mysql"));
+}
+
+#[test]
+fn postgresql_down_is_a_clear_runtime_error_that_hides_the_password() {
+    let cli = Cli::new("postgres://app:hunter2@127.0.0.1:1/mail", "");
+    let out = cli.run(&["subscriptions", "add", "support@example.com", "--by", "alice"]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = stderr_line(&out);
+    assert!(line.contains("127.0.0.1:1"), "{line}");
+    assert!(!line.contains("hunter2"), "{line}");
+}
+
+#[test]
+fn malformed_and_foreign_addresses_are_refused_and_change_nothing() {
+    let cli = Cli::sqlite();
+    for bad in ["not-an-address", "a@b", "x'; DROP TABLE subscriptions; --@example.com"] {
+        let out = cli.run(&["subscriptions", "add", bad, "--by", "alice"]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(stderr_line(&out).contains("invalid email address"), "{bad}");
+    }
+    let out = cli.run(&["subscriptions", "add", "ceo@competitor.example", "--by", "alice"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_line(&out).contains("allowed domain"));
+    let list = cli.ok(&["subscriptions", "list", "--format", "json"]);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&list).unwrap(), serde_json::json!([]));
+}
+
+fn lifecycle(cli: &Cli) {
+    let out = cli.ok(&[
+        "subscriptions", "add", "Support@Example.com", "--by", "alice", "--labels", "INBOX,Robert'); DROP TABLE messages;--",
+        "--note", "ticket 42'; DELETE FROM subscriptions; --",
+    ]);
+    assert!(out.contains("support@example.com is pending"), "{out}");
+
+    // Four-eyes: the requester cannot approve.
+    let out = cli.run(&["subscriptions", "approve", "support@example.com", "--by", "alice"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_line(&out).contains("four-eyes"));
+
+    let out = cli.ok(&["subscriptions", "approve", "support@example.com", "--by", "bob"]);
+    assert!(out.contains("is active"), "{out}");
+    // Illegal transitions are refused.
+    let out = cli.run(&["subscriptions", "resume", "support@example.com", "--by", "bob"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_line(&out).contains("cannot resume"));
+
+    cli.ok(&["subscriptions", "pause", "support@example.com", "--by", "bob"]);
+    cli.ok(&["subscriptions", "resume", "support@example.com", "--by", "bob"]);
+
+    let list: serde_json::Value = serde_json::from_str(&cli.ok(&["subscriptions", "list", "--format", "json"])).unwrap();
+    let row = &list[0];
+    assert_eq!(row["mailbox"], "support@example.com");
+    assert_eq!(row["status"], "active");
+    assert_eq!(row["note"], "ticket 42'; DELETE FROM subscriptions; --");
+    assert_eq!(row["label_filter"][1], "Robert'); DROP TABLE messages;--");
+
+    let review: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["subscriptions", "review", "--format", "json"])).unwrap();
+    assert!(review.to_string().contains("never synced"), "{review}");
+    let out = cli.ok(&["subscriptions", "review", "--mark-reviewed", "--by", "carol"]);
+    assert!(out.contains("1 subscription"), "{out}");
+
+    let status: serde_json::Value = serde_json::from_str(&cli.ok(&["status", "--format", "json"])).unwrap();
+    assert_eq!(status["mailboxes"][0]["mailbox"], "support@example.com");
+    assert_eq!(status["integration_enabled"], true);
+
+    let out = cli.run(&["subscriptions", "remove", "nobody@example.com", "--by", "bob"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_line(&out).contains("no subscription for nobody@example.com"));
+
+    let out = cli.ok(&["subscriptions", "remove", "support@example.com", "--by", "bob", "--purge"]);
+    assert!(out.contains("removed") && out.contains("purged"), "{out}");
+    let list: serde_json::Value = serde_json::from_str(&cli.ok(&["subscriptions", "list", "--format", "json"])).unwrap();
+    assert_eq!(list[0]["status"], "removed");
+}
+
+#[test]
+fn the_subscription_lifecycle_works_on_sqlite() {
+    lifecycle(&Cli::sqlite());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_subscription_lifecycle_works_on_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = database_url(Backend::Postgres, dir.path()).await else { return };
+    let cli = Cli::new(&url, "");
+    tokio::task::spawn_blocking(move || lifecycle(&cli)).await.unwrap();
+}
+
+#[test]
+fn migrate_is_idempotent() {
+    let cli = Cli::sqlite();
+    cli.ok(&["migrate"]);
+    let out = cli.ok(&["migrate"]);
+    assert!(out.contains("0 migration(s) applied"), "{out}");
+}
+
+#[test]
+fn check_explains_a_missing_key_file() {
+    let cli = Cli::sqlite();
+    let out = cli.run(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("[FAIL]") && stdout.contains("missing-sa.json"), "{stdout}");
+}
