@@ -3,5 +3,6 @@
 mod cli;
 mod daemon;
 mod helpers;
+mod normalize;
 mod sync;
 mod tidy;
