@@ -363,7 +363,17 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
                 .remove(&mailbox(&email)?, operator(&by)?, purge)
                 .await?;
             match counts {
-                Some(c) => output::line(format!("{} is {}; purged {}", s.mailbox, s.status, c)),
+                Some(c) => output::line(format!(
+                    "{} is {}; purged {} messages ({} addresses, {} labels, {} attachments, {} change rows, {} sync runs)",
+                    s.mailbox,
+                    s.status,
+                    c.messages,
+                    c.message_addresses,
+                    c.message_labels,
+                    c.attachments,
+                    c.message_changes,
+                    c.sync_runs
+                )),
                 None => output::line(format!(
                     "{} is {}; its ingested mail is kept (use --purge to delete it)",
                     s.mailbox, s.status
@@ -474,7 +484,7 @@ async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
         .into_iter()
         .map(|s| StatusRow {
             mailbox: s.mailbox.to_string(),
-            subscription: s.subscription_status,
+            subscription: s.status,
             phase: s.phase.map(|p| p.to_string()),
             last_success_at: s.last_success_at,
             lag_seconds: s.last_success_at.map(|t| (now - t).num_seconds()),

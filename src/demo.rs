@@ -236,7 +236,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
             .map(|s| {
                 vec![
                     s.mailbox.to_string(),
-                    s.subscription_status.to_string(),
+                    s.status.to_string(),
                     s.phase.map_or("-".to_owned(), |p| p.to_string()),
                     s.messages.to_string(),
                 ]

@@ -343,7 +343,7 @@ async fn drive(
     started: chrono::DateTime<Utc>,
 ) -> Result<(), PassError> {
     let state = ctx.store.sync_state(&lease.mailbox).await?;
-    let state = state.unwrap_or_else(|| SyncState::initial(lease.mailbox.clone()));
+    let state = state.unwrap_or_else(|| initial_state(lease));
     let full_in_progress = state.full_sync_history_id.is_some();
     let needs_full = opts.force_full || state.history_id.is_none() || full_in_progress;
     if needs_full {
@@ -496,7 +496,7 @@ async fn to_upsert(m: FetchedMessage, limits: &NormalizeLimits, store_raw: bool)
     let content = match (&raw, payload) {
         (Some(bytes), _) if bytes.len() > BLOCKING_NORMALIZE_BYTES => {
             let bytes = bytes.clone();
-            let limits = limits.clone();
+            let limits = *limits;
             tokio::task::spawn_blocking(move || normalize::normalize(&bytes, &limits))
                 .await
                 .unwrap_or_else(|e| crate::domain::NormalizedMessage {
@@ -714,6 +714,26 @@ async fn full_sync(
         .message_gets
         .load(std::sync::atomic::Ordering::Relaxed);
     Ok(state)
+}
+
+/// The state of a mailbox never synced (the row is normally created by the claim).
+fn initial_state(lease: &Lease) -> SyncState {
+    SyncState {
+        mailbox: lease.mailbox.clone(),
+        phase: SyncPhase::Initial,
+        history_id: None,
+        page_token: None,
+        full_sync_history_id: None,
+        full_sync_generation: 0,
+        last_success_at: None,
+        next_poll_at: None,
+        consecutive_failures: 0,
+        last_error: None,
+        lease_owner: Some(lease.owner.clone()),
+        lease_epoch: lease.epoch,
+        lease_expires_at: Some(lease.expires_at),
+        updated_at: Utc::now(),
+    }
 }
 
 /// An empty batch carrying `state` as its checkpoint.

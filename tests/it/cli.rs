@@ -36,19 +36,28 @@ impl Cli {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        run_bin(&[&["--config", self.config.to_str().unwrap()], args].concat(), &[])
+        run_bin(
+            &[&["--config", self.config.to_str().unwrap()], args].concat(),
+            &[],
+        )
     }
 
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 }
 
 fn run_bin(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gmail-ingest"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(args).env_remove("RUST_LOG");
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .env_remove("RUST_LOG");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -103,7 +112,13 @@ fn a_database_url_with_a_wrong_scheme_names_the_scheme() {
 #[test]
 fn postgresql_down_is_a_clear_runtime_error_that_hides_the_password() {
     let cli = Cli::new("postgres://app:hunter2@127.0.0.1:1/mail", "");
-    let out = cli.run(&["subscriptions", "add", "support@example.com", "--by", "alice"]);
+    let out = cli.run(&[
+        "subscriptions",
+        "add",
+        "support@example.com",
+        "--by",
+        "alice",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let line = stderr_line(&out);
     assert!(line.contains("127.0.0.1:1"), "{line}");
@@ -113,41 +128,92 @@ fn postgresql_down_is_a_clear_runtime_error_that_hides_the_password() {
 #[test]
 fn malformed_and_foreign_addresses_are_refused_and_change_nothing() {
     let cli = Cli::sqlite();
-    for bad in ["not-an-address", "a@b", "x'; DROP TABLE subscriptions; --@example.com"] {
+    for bad in [
+        "not-an-address",
+        "a@b",
+        "x'; DROP TABLE subscriptions; --@example.com",
+    ] {
         let out = cli.run(&["subscriptions", "add", bad, "--by", "alice"]);
         assert_eq!(out.status.code(), Some(2), "{bad}");
         assert!(stderr_line(&out).contains("invalid email address"), "{bad}");
     }
-    let out = cli.run(&["subscriptions", "add", "ceo@competitor.example", "--by", "alice"]);
+    let out = cli.run(&[
+        "subscriptions",
+        "add",
+        "ceo@competitor.example",
+        "--by",
+        "alice",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_line(&out).contains("allowed domain"));
     let list = cli.ok(&["subscriptions", "list", "--format", "json"]);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&list).unwrap(), serde_json::json!([]));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&list).unwrap(),
+        serde_json::json!([])
+    );
 }
 
 fn lifecycle(cli: &Cli) {
     let out = cli.ok(&[
-        "subscriptions", "add", "Support@Example.com", "--by", "alice", "--labels", "INBOX,Robert'); DROP TABLE messages;--",
-        "--note", "ticket 42'; DELETE FROM subscriptions; --",
+        "subscriptions",
+        "add",
+        "Support@Example.com",
+        "--by",
+        "alice",
+        "--labels",
+        "INBOX,Robert'); DROP TABLE messages;--",
+        "--note",
+        "ticket 42'; DELETE FROM subscriptions; --",
     ]);
     assert!(out.contains("support@example.com is pending"), "{out}");
 
     // Four-eyes: the requester cannot approve.
-    let out = cli.run(&["subscriptions", "approve", "support@example.com", "--by", "alice"]);
+    let out = cli.run(&[
+        "subscriptions",
+        "approve",
+        "support@example.com",
+        "--by",
+        "alice",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_line(&out).contains("four-eyes"));
 
-    let out = cli.ok(&["subscriptions", "approve", "support@example.com", "--by", "bob"]);
+    let out = cli.ok(&[
+        "subscriptions",
+        "approve",
+        "support@example.com",
+        "--by",
+        "bob",
+    ]);
     assert!(out.contains("is active"), "{out}");
     // Illegal transitions are refused.
-    let out = cli.run(&["subscriptions", "resume", "support@example.com", "--by", "bob"]);
+    let out = cli.run(&[
+        "subscriptions",
+        "resume",
+        "support@example.com",
+        "--by",
+        "bob",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_line(&out).contains("cannot resume"));
 
-    cli.ok(&["subscriptions", "pause", "support@example.com", "--by", "bob"]);
-    cli.ok(&["subscriptions", "resume", "support@example.com", "--by", "bob"]);
+    cli.ok(&[
+        "subscriptions",
+        "pause",
+        "support@example.com",
+        "--by",
+        "bob",
+    ]);
+    cli.ok(&[
+        "subscriptions",
+        "resume",
+        "support@example.com",
+        "--by",
+        "bob",
+    ]);
 
-    let list: serde_json::Value = serde_json::from_str(&cli.ok(&["subscriptions", "list", "--format", "json"])).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["subscriptions", "list", "--format", "json"])).unwrap();
     let row = &list[0];
     assert_eq!(row["mailbox"], "support@example.com");
     assert_eq!(row["status"], "active");
@@ -157,20 +223,41 @@ fn lifecycle(cli: &Cli) {
     let review: serde_json::Value =
         serde_json::from_str(&cli.ok(&["subscriptions", "review", "--format", "json"])).unwrap();
     assert!(review.to_string().contains("never synced"), "{review}");
-    let out = cli.ok(&["subscriptions", "review", "--mark-reviewed", "--by", "carol"]);
+    let out = cli.ok(&[
+        "subscriptions",
+        "review",
+        "--mark-reviewed",
+        "--by",
+        "carol",
+    ]);
     assert!(out.contains("1 subscription"), "{out}");
 
-    let status: serde_json::Value = serde_json::from_str(&cli.ok(&["status", "--format", "json"])).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["status", "--format", "json"])).unwrap();
     assert_eq!(status["mailboxes"][0]["mailbox"], "support@example.com");
     assert_eq!(status["integration_enabled"], true);
 
-    let out = cli.run(&["subscriptions", "remove", "nobody@example.com", "--by", "bob"]);
+    let out = cli.run(&[
+        "subscriptions",
+        "remove",
+        "nobody@example.com",
+        "--by",
+        "bob",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_line(&out).contains("no subscription for nobody@example.com"));
 
-    let out = cli.ok(&["subscriptions", "remove", "support@example.com", "--by", "bob", "--purge"]);
+    let out = cli.ok(&[
+        "subscriptions",
+        "remove",
+        "support@example.com",
+        "--by",
+        "bob",
+        "--purge",
+    ]);
     assert!(out.contains("removed") && out.contains("purged"), "{out}");
-    let list: serde_json::Value = serde_json::from_str(&cli.ok(&["subscriptions", "list", "--format", "json"])).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["subscriptions", "list", "--format", "json"])).unwrap();
     assert_eq!(list[0]["status"], "removed");
 }
 
@@ -182,9 +269,13 @@ fn the_subscription_lifecycle_works_on_sqlite() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_subscription_lifecycle_works_on_postgres() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(url) = database_url(Backend::Postgres, dir.path()).await else { return };
+    let Some(url) = database_url(Backend::Postgres, dir.path()).await else {
+        return;
+    };
     let cli = Cli::new(&url, "");
-    tokio::task::spawn_blocking(move || lifecycle(&cli)).await.unwrap();
+    tokio::task::spawn_blocking(move || lifecycle(&cli))
+        .await
+        .unwrap();
 }
 
 #[test]
@@ -201,5 +292,8 @@ fn check_explains_a_missing_key_file() {
     let out = cli.run(&["check"]);
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("[FAIL]") && stdout.contains("missing-sa.json"), "{stdout}");
+    assert!(
+        stdout.contains("[FAIL]") && stdout.contains("missing-sa.json"),
+        "{stdout}"
+    );
 }

@@ -11,8 +11,16 @@ fn keys_of(toml_text: &str) -> BTreeSet<String> {
     fn walk(prefix: &str, v: &toml::Value, out: &mut BTreeSet<String>) {
         if let toml::Value::Table(t) = v {
             for (k, v) in t {
-                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                if v.is_table() { walk(&p, v, out) } else { out.insert(p); }
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                if v.is_table() {
+                    walk(&p, v, out)
+                } else {
+                    out.insert(p);
+                }
             }
         }
     }
@@ -29,7 +37,10 @@ fn every_setting_is_documented_in_the_example_config() {
     let missing: Vec<_> = known.difference(&example).collect();
     assert!(missing.is_empty(), "config/example.toml lacks {missing:?}");
     let unknown: Vec<_> = example.difference(&known).collect();
-    assert!(unknown.is_empty(), "config/example.toml documents keys that do not exist: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "config/example.toml documents keys that do not exist: {unknown:?}"
+    );
 }
 
 #[test]
@@ -43,6 +54,9 @@ fn the_example_config_loads() {
 fn every_metric_is_listed_in_the_readme() {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     for (name, _) in gmail_ingest::events::METRICS {
-        assert!(readme.contains(&format!("`{name}")), "README.md does not list {name}");
+        assert!(
+            readme.contains(&format!("`{name}")),
+            "README.md does not list {name}"
+        );
     }
 }
