@@ -199,6 +199,7 @@ pub async fn upserts_are_idempotent(store: &Store) {
     let l = lease(store, &m).await;
     let mut with_attachment = message("m3", "t2", &["INBOX"], "Report", "see attached");
     with_attachment.content.attachments = vec![attachment("1", "application/pdf", 5000)];
+    with_attachment.raw = Some(vec![0, 1, 0xfe, 0xff, b'\'']);
     let b = batch(
         vec![
             message("m1", "t1", &["INBOX", "UNREAD"], "Hello", "first body"),

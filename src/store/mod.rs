@@ -1261,6 +1261,72 @@ pub(crate) fn addresses_json(plan: &Plan<'_>) -> String {
     serde_json::Value::Array(rows).to_string()
 }
 
+/// The text form both backends store timestamps in on SQLite (the same as
+/// sqlx's own encoding), also parseable by PostgreSQL's `::timestamptz`.
+fn ts_text(t: DateTime<Utc>) -> String {
+    micros(t).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+}
+
+/// One row per upserted message, fields in the order the bulk upsert reads
+/// them (see `shared.rs`).
+pub(crate) fn messages_json(plan: &Plan<'_>) -> String {
+    let rows = plan
+        .upserts
+        .iter()
+        .map(|(u, labels)| {
+            let c = &u.content;
+            let meta = &u.meta;
+            let internal_date =
+                DateTime::<Utc>::from_timestamp_millis(meta.internal_date_ms).unwrap_or_default();
+            let date_header = c
+                .date
+                .as_deref()
+                .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
+                .map(|d| ts_text(d.with_timezone(&Utc)));
+            let raw_hex = u.raw.as_deref().map(|bytes| {
+                let mut s = String::with_capacity(bytes.len() * 2);
+                for b in bytes {
+                    s.push_str(&format!("{b:02x}"));
+                }
+                s
+            });
+            serde_json::json!([
+                meta.gmail_id.as_str(),
+                clean(&meta.thread_id),
+                meta.history_id.as_i64(),
+                ts_text(internal_date),
+                clean_opt(c.message_id.as_deref()),
+                clean_opt(c.in_reply_to.as_deref()),
+                json_strings(&c.references),
+                clean_opt(c.subject.as_deref()),
+                clean_opt(meta.snippet.as_deref()),
+                clean_opt(c.body_text.as_deref()),
+                clean_opt(c.body_html.as_deref()),
+                meta.size_estimate,
+                c.has_attachments(),
+                json_strings(labels),
+                clean_opt(c.parse_error.as_deref()),
+                c.truncated,
+                date_header,
+                raw_hex,
+                fts_addresses(c),
+            ])
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
+/// `[gmail_id, label_ids JSON]` for each label-only rewrite.
+pub(crate) fn label_updates_json(plan: &Plan<'_>) -> String {
+    serde_json::Value::Array(
+        plan.label_updates
+            .iter()
+            .map(|u| serde_json::json!([u.gmail_id, json_strings(&u.labels)]))
+            .collect(),
+    )
+    .to_string()
+}
+
 pub(crate) fn attachments_json(plan: &Plan<'_>) -> String {
     let mut rows = Vec::new();
     for (u, _) in &plan.upserts {

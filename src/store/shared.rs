@@ -26,11 +26,20 @@ macro_rules! sync_state_columns {
 
 /// Expands the shared methods for one backend.
 ///
-/// `ids(open, close)`: wraps a `$2` JSON array of strings into a row source
-/// `j` with a text column `j.value`. `rows(open, close)`: wraps a `$2` JSON
+/// `ids(open, close)`: around a JSON-array-of-strings parameter, completes
+/// `gmail_id` into a membership test (`IN (…)` on SQLite; `= ANY(ARRAY(…))`
+/// on PostgreSQL, whose planner would otherwise hash-join against a scan of
+/// the whole mailbox instead of probing the primary key). `rows(open, close)`: wraps a `$2` JSON
 /// array of arrays into a row source `j` whose `j.value->>N` is field N.
 macro_rules! shared_store_impl {
-    ($store:ident, $db:ty, ids($io:literal, $ic:literal), rows($ro:literal, $rc:literal)) => {
+    (
+        $store:ident,
+        $db:ty,
+        ids($io:literal, $ic:literal),
+        rows($ro:literal, $rc:literal),
+        timestamp($tc:literal),
+        unhex($ho:literal, $hc:literal)
+    ) => {
         impl $store {
             // -- subscriptions ------------------------------------------------
 
@@ -490,8 +499,8 @@ macro_rules! shared_store_impl {
                 // The stored state the plan depends on.
                 let mut existing = sqlx::query_as::<$db, ExistingRow>(concat!(
                     "SELECT gmail_id, deleted_at IS NULL AS live, label_ids FROM messages \
-                     WHERE mailbox = $1 AND gmail_id IN (SELECT j.value FROM ",
-                    $io, "$2", $ic, ")"
+                     WHERE mailbox = $1 AND gmail_id",
+                    $io, "$2", $ic
                 ))
                 .bind(mailbox)
                 .bind(json_strings(batch_ids(b)))
@@ -517,15 +526,43 @@ macro_rules! shared_store_impl {
                 let generation = b.checkpoint.full_sync_generation;
 
                 // Upserts: the message row, then its children replaced in bulk.
-                for (u, labels) in &plan.upserts {
-                    Self::upsert_message(&mut tx, mailbox, u, labels, generation, now).await?;
-                }
                 if !plan.upserts.is_empty() {
+                    sqlx::query::<$db>(concat!(
+                        "INSERT INTO messages (mailbox, gmail_id, thread_id, history_id, internal_date, \
+                         message_id, in_reply_to, references_ids, subject, snippet, body_text, body_html, \
+                         size_estimate, has_attachments, label_ids, parse_error, truncated, date_header, \
+                         raw, sync_generation, fts_addresses, deleted_at, ingested_at, updated_at) \
+                         SELECT $1, j.value->>0, j.value->>1, CAST(j.value->>2 AS BIGINT), \
+                         (j.value->>3)", $tc, ", j.value->>4, j.value->>5, j.value->>6, j.value->>7, \
+                         j.value->>8, j.value->>9, j.value->>10, CAST(j.value->>11 AS BIGINT), \
+                         CAST(j.value->>12 AS BOOLEAN), j.value->>13, j.value->>14, \
+                         CAST(j.value->>15 AS BOOLEAN), (j.value->>16)", $tc, ", ",
+                        $ho, "j.value->>17", $hc, ", $3, j.value->>18, NULL, $4, $4 \
+                         FROM ", $ro, "$2", $rc, " WHERE TRUE \
+                         ON CONFLICT (mailbox, gmail_id) DO UPDATE SET \
+                         thread_id = excluded.thread_id, history_id = excluded.history_id, \
+                         internal_date = excluded.internal_date, message_id = excluded.message_id, \
+                         in_reply_to = excluded.in_reply_to, references_ids = excluded.references_ids, \
+                         subject = excluded.subject, snippet = excluded.snippet, \
+                         body_text = excluded.body_text, body_html = excluded.body_html, \
+                         size_estimate = excluded.size_estimate, has_attachments = excluded.has_attachments, \
+                         label_ids = excluded.label_ids, parse_error = excluded.parse_error, \
+                         truncated = excluded.truncated, date_header = excluded.date_header, \
+                         raw = excluded.raw, sync_generation = excluded.sync_generation, \
+                         fts_addresses = excluded.fts_addresses, deleted_at = NULL, \
+                         updated_at = excluded.updated_at"
+                    ))
+                    .bind(mailbox)
+                    .bind(messages_json(&plan))
+                    .bind(generation)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
                     let ids = json_strings(plan.upserts.iter().map(|(u, _)| u.meta.gmail_id.as_str()));
                     for sql in [
-                        concat!("DELETE FROM message_addresses WHERE mailbox = $1 AND gmail_id IN (SELECT j.value FROM ", $io, "$2", $ic, ")"),
-                        concat!("DELETE FROM attachments WHERE mailbox = $1 AND gmail_id IN (SELECT j.value FROM ", $io, "$2", $ic, ")"),
-                        concat!("DELETE FROM message_labels WHERE mailbox = $1 AND gmail_id IN (SELECT j.value FROM ", $io, "$2", $ic, ")"),
+                        concat!("DELETE FROM message_addresses WHERE mailbox = $1 AND gmail_id", $io, "$2", $ic),
+                        concat!("DELETE FROM attachments WHERE mailbox = $1 AND gmail_id", $io, "$2", $ic),
+                        concat!("DELETE FROM message_labels WHERE mailbox = $1 AND gmail_id", $io, "$2", $ic),
                     ] {
                         sqlx::query::<$db>(sql).bind(mailbox).bind(&ids).execute(&mut *tx).await?;
                     }
@@ -554,24 +591,27 @@ macro_rules! shared_store_impl {
 
                 // Label-only rewrites of messages not upserted here.
                 if !plan.label_updates.is_empty() {
-                    for u in &plan.label_updates {
-                        sqlx::query::<$db>(
-                            "UPDATE messages SET label_ids = $3, updated_at = $4 \
-                             WHERE mailbox = $1 AND gmail_id = $2",
-                        )
-                        .bind(mailbox)
-                        .bind(&u.gmail_id)
-                        .bind(json_strings(&u.labels))
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
+                    let label_ids = json_strings(plan.label_updates.iter().map(|u| u.gmail_id.as_str()));
                     sqlx::query::<$db>(concat!(
-                        "DELETE FROM message_labels WHERE mailbox = $1 AND (gmail_id, label_id) IN \
+                        "UPDATE messages SET label_ids = j.value->>1, updated_at = $3 \
+                         FROM ", $ro, "$2", $rc, " \
+                         WHERE messages.mailbox = $1 AND messages.gmail_id = j.value->>0 \
+                         AND messages.gmail_id", $io, "$4", $ic
+                    ))
+                    .bind(mailbox)
+                    .bind(label_updates_json(&plan))
+                    .bind(now)
+                    .bind(&label_ids)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query::<$db>(concat!(
+                        "DELETE FROM message_labels WHERE mailbox = $1 AND gmail_id", $io, "$3", $ic,
+                        " AND (gmail_id, label_id) IN \
                          (SELECT j.value->>0, j.value->>1 FROM ", $ro, "$2", $rc, ")"
                     ))
                     .bind(mailbox)
                     .bind(label_pairs_json(&plan, false))
+                    .bind(&label_ids)
                     .execute(&mut *tx)
                     .await?;
                     Self::insert_message_labels(&mut tx, mailbox, label_pairs_json(&plan, true)).await?;
@@ -581,7 +621,7 @@ macro_rules! shared_store_impl {
                     sqlx::query::<$db>(concat!(
                         "UPDATE messages SET deleted_at = $3, updated_at = $3 \
                          WHERE mailbox = $1 AND deleted_at IS NULL \
-                         AND gmail_id IN (SELECT j.value FROM ", $io, "$2", $ic, ")"
+                         AND gmail_id", $io, "$2", $ic
                     ))
                     .bind(mailbox)
                     .bind(json_strings(&plan.deletes))
@@ -594,7 +634,7 @@ macro_rules! shared_store_impl {
                     sqlx::query::<$db>(concat!(
                         "UPDATE messages SET sync_generation = $3 \
                          WHERE mailbox = $1 AND sync_generation <> $3 \
-                         AND gmail_id IN (SELECT j.value FROM ", $io, "$2", $ic, ")"
+                         AND gmail_id", $io, "$2", $ic
                     ))
                     .bind(mailbox)
                     .bind(json_strings(b.mark_seen.iter().map(GmailMessageId::as_str)))
@@ -698,70 +738,6 @@ macro_rules! shared_store_impl {
                 Ok(())
             }
 
-            async fn upsert_message(
-                tx: &mut sqlx::Transaction<'static, $db>,
-                mailbox: &str,
-                u: &MessageUpsert,
-                labels: &[String],
-                generation: i64,
-                now: DateTime<Utc>,
-            ) -> Result<(), StoreError> {
-                let c = &u.content;
-                let meta = &u.meta;
-                let internal_date = DateTime::<Utc>::from_timestamp_millis(meta.internal_date_ms)
-                    .unwrap_or_default();
-                let date_header = c
-                    .date
-                    .as_deref()
-                    .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
-                    .map(|d| micros(d.with_timezone(&Utc)));
-                sqlx::query::<$db>(
-                    "INSERT INTO messages (mailbox, gmail_id, thread_id, history_id, internal_date, \
-                     message_id, in_reply_to, references_ids, subject, snippet, body_text, body_html, \
-                     size_estimate, has_attachments, label_ids, parse_error, truncated, date_header, \
-                     raw, sync_generation, fts_addresses, deleted_at, ingested_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                     $17, $18, $19, $20, $21, NULL, $22, $22) \
-                     ON CONFLICT (mailbox, gmail_id) DO UPDATE SET \
-                     thread_id = excluded.thread_id, history_id = excluded.history_id, \
-                     internal_date = excluded.internal_date, message_id = excluded.message_id, \
-                     in_reply_to = excluded.in_reply_to, references_ids = excluded.references_ids, \
-                     subject = excluded.subject, snippet = excluded.snippet, \
-                     body_text = excluded.body_text, body_html = excluded.body_html, \
-                     size_estimate = excluded.size_estimate, has_attachments = excluded.has_attachments, \
-                     label_ids = excluded.label_ids, parse_error = excluded.parse_error, \
-                     truncated = excluded.truncated, date_header = excluded.date_header, \
-                     raw = excluded.raw, sync_generation = excluded.sync_generation, \
-                     fts_addresses = excluded.fts_addresses, deleted_at = NULL, \
-                     updated_at = excluded.updated_at",
-                )
-                .bind(mailbox)
-                .bind(meta.gmail_id.as_str())
-                .bind(clean(&meta.thread_id))
-                .bind(meta.history_id.as_i64())
-                .bind(micros(internal_date))
-                .bind(clean_opt(c.message_id.as_deref()))
-                .bind(clean_opt(c.in_reply_to.as_deref()))
-                .bind(json_strings(&c.references))
-                .bind(clean_opt(c.subject.as_deref()))
-                .bind(clean_opt(meta.snippet.as_deref()))
-                .bind(clean_opt(c.body_text.as_deref()))
-                .bind(clean_opt(c.body_html.as_deref()))
-                .bind(meta.size_estimate)
-                .bind(c.has_attachments())
-                .bind(json_strings(labels))
-                .bind(clean_opt(c.parse_error.as_deref()))
-                .bind(c.truncated)
-                .bind(date_header)
-                .bind(u.raw.as_deref())
-                .bind(generation)
-                .bind(fts_addresses(c))
-                .bind(now)
-                .execute(&mut **tx)
-                .await?;
-                Ok(())
-            }
-
             pub(crate) async fn record_failure(
                 &self,
                 l: &Lease,
@@ -805,7 +781,7 @@ macro_rules! shared_store_impl {
                 }
                 let rows: Vec<(String,)> = sqlx::query_as::<$db, (String,)>(concat!(
                     "SELECT gmail_id FROM messages WHERE mailbox = $1 AND deleted_at IS NULL \
-                     AND gmail_id IN (SELECT j.value FROM ", $io, "$2", $ic, ")"
+                     AND gmail_id", $io, "$2", $ic
                 ))
                 .bind(m.as_str())
                 .bind(json_strings(ids.iter().map(GmailMessageId::as_str)))
