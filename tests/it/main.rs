@@ -4,5 +4,7 @@ mod cli;
 mod daemon;
 mod helpers;
 mod normalize;
+mod pg;
+mod store;
 mod sync;
 mod tidy;

@@ -1,0 +1,1563 @@
+//! The one behavioural suite both backends must pass.
+//!
+//! Each function takes a freshly migrated, empty [`Store`] and panics on the
+//! first deviation; `tests/it/store.rs` runs every one against SQLite and
+//! PostgreSQL. It lives in the library (hidden from docs) so the integration
+//! tests and any future backend share it; it never runs in production.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+
+use super::{
+    BatchStats, Checkpoint, FailureRecord, LabelChange, LabelRow, Lease, MessageUpsert,
+    NewSubscription, Store, StoreError, SubscriptionUpdate, SyncBatch, SyncRunRow,
+};
+use crate::domain::{
+    AddressRole, AttachmentMeta, ChangeKind, GmailMessageId, GmailMessageMeta, HistoryId,
+    MailboxAddress, MessageAddress, NormalizedMessage, Operator, SubscriptionAction,
+    SubscriptionStatus, SyncPhase,
+};
+
+// ---------------------------------------------------------------------------
+// Fixtures.
+// ---------------------------------------------------------------------------
+
+pub fn mailbox(s: &str) -> MailboxAddress {
+    MailboxAddress::parse(s).expect("fixture mailbox is valid")
+}
+
+pub fn operator(s: &str) -> Operator {
+    Operator::parse(s).expect("fixture operator is valid")
+}
+
+pub fn gid(s: &str) -> GmailMessageId {
+    GmailMessageId::parse(s).expect("fixture gmail id is valid")
+}
+
+pub fn hid(v: u64) -> HistoryId {
+    HistoryId::new(v).expect("fixture history id is valid")
+}
+
+/// A subscription driven to `active` through the state machine.
+pub async fn active_subscription(store: &Store, m: &MailboxAddress) {
+    store
+        .insert_subscription(&NewSubscription {
+            mailbox: m.clone(),
+            requested_by: operator("requester"),
+            label_filter: vec![],
+            note: None,
+        })
+        .await
+        .expect("insert subscription");
+    store
+        .update_subscription(&transition(
+            m,
+            SubscriptionStatus::Pending,
+            SubscriptionAction::Approve,
+        ))
+        .await
+        .expect("approve subscription");
+}
+
+fn transition(
+    m: &MailboxAddress,
+    from: SubscriptionStatus,
+    action: SubscriptionAction,
+) -> SubscriptionUpdate {
+    let to = from.apply(action).expect("legal transition in fixture");
+    SubscriptionUpdate {
+        mailbox: m.clone(),
+        expected: from,
+        new_status: to,
+        actor: operator("approver"),
+        action: action.as_str().to_owned(),
+        reason: None,
+        approved_by: (action == SubscriptionAction::Approve).then(|| operator("approver")),
+        reviewed_by: None,
+        org_unit_seen: None,
+    }
+}
+
+/// A message with one sender, one recipient and the given labels.
+pub fn message(
+    id: &str,
+    thread: &str,
+    labels: &[&str],
+    subject: &str,
+    body: &str,
+) -> MessageUpsert {
+    MessageUpsert {
+        meta: GmailMessageMeta {
+            gmail_id: gid(id),
+            thread_id: thread.to_owned(),
+            history_id: hid(10),
+            internal_date_ms: 1_767_225_600_000,
+            size_estimate: 1200,
+            snippet: Some(body.chars().take(40).collect()),
+            label_ids: labels.iter().map(|l| (*l).to_owned()).collect(),
+        },
+        content: NormalizedMessage {
+            subject: Some(subject.to_owned()),
+            addresses: vec![
+                address(
+                    AddressRole::From,
+                    Some("Billing Team"),
+                    "billing@vendor.example",
+                ),
+                address(AddressRole::To, None, "ops@example.com"),
+            ],
+            message_id: Some(format!("{id}@mail.example")),
+            body_text: Some(body.to_owned()),
+            date: Some("2026-01-01T00:00:00Z".to_owned()),
+            ..NormalizedMessage::default()
+        },
+        raw: None,
+    }
+}
+
+pub fn address(role: AddressRole, name: Option<&str>, addr: &str) -> MessageAddress {
+    MessageAddress {
+        role,
+        name: name.map(str::to_owned),
+        address: addr.to_owned(),
+        domain: addr
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_owned())
+            .unwrap_or_default(),
+    }
+}
+
+pub fn attachment(part: &str, mime: &str, size: i64) -> AttachmentMeta {
+    AttachmentMeta {
+        part_id: part.to_owned(),
+        filename: Some(format!("file-{part}.bin")),
+        mime_type: mime.to_owned(),
+        size_bytes: size,
+        sha256: "ab".repeat(32),
+        inline: false,
+        content_id: None,
+    }
+}
+
+pub fn checkpoint(history: u64) -> Checkpoint {
+    Checkpoint {
+        phase: SyncPhase::Incremental,
+        history_id: Some(hid(history)),
+        page_token: None,
+        full_sync_history_id: None,
+        full_sync_generation: 1,
+        success: true,
+    }
+}
+
+pub async fn lease(store: &Store, m: &MailboxAddress) -> Lease {
+    store
+        .claim_mailbox(m, "conformance", Utc::now(), Duration::from_secs(300))
+        .await
+        .expect("claim_mailbox")
+        .expect("mailbox is claimable")
+}
+
+fn batch(upserts: Vec<MessageUpsert>, history: u64) -> SyncBatch {
+    SyncBatch {
+        upserts,
+        ..SyncBatch::new(checkpoint(history))
+    }
+}
+
+async fn rows(store: &Store, sql: &str) -> usize {
+    store
+        .count_query_rows(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+fn labels_of(live: &[super::LiveMessage], id: &str) -> Vec<String> {
+    live.iter()
+        .find(|m| m.gmail_id.as_str() == id)
+        .map(|m| m.label_ids.clone())
+        .unwrap_or_else(|| panic!("{id} is not live"))
+}
+
+fn kinds(changes: &[super::MessageChange]) -> Vec<(String, ChangeKind, Option<String>)> {
+    changes
+        .iter()
+        .map(|c| (c.gmail_id.to_string(), c.change, c.label_id.clone()))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// The suite.
+// ---------------------------------------------------------------------------
+
+/// The same batch twice: same rows, no duplicate change rows.
+pub async fn upserts_are_idempotent(store: &Store) {
+    let m = mailbox("idem@example.com");
+    active_subscription(store, &m).await;
+    let l = lease(store, &m).await;
+    let mut with_attachment = message("m3", "t2", &["INBOX"], "Report", "see attached");
+    with_attachment.content.attachments = vec![attachment("1", "application/pdf", 5000)];
+    with_attachment.raw = Some(vec![0, 1, 0xfe, 0xff, b'\'']);
+    let b = batch(
+        vec![
+            message("m1", "t1", &["INBOX", "UNREAD"], "Hello", "first body"),
+            message("m2", "t1", &["INBOX"], "Re: Hello", "second body"),
+            with_attachment,
+        ],
+        100,
+    );
+
+    let first = store.commit_batch(&l, &b).await.expect("first commit");
+    let live_1 = store.live_messages(&m).await.unwrap();
+    let changes_1 = store.message_changes(&m).await.unwrap();
+    let second = store.commit_batch(&l, &b).await.expect("replayed commit");
+    let live_2 = store.live_messages(&m).await.unwrap();
+    let changes_2 = store.message_changes(&m).await.unwrap();
+
+    assert_eq!(
+        first,
+        BatchStats {
+            added: 3,
+            updated: 0,
+            deleted: 0,
+            label_changes: 0
+        }
+    );
+    assert_eq!(
+        second,
+        BatchStats {
+            added: 0,
+            updated: 3,
+            deleted: 0,
+            label_changes: 0
+        }
+    );
+    assert_eq!(live_1, live_2);
+    assert_eq!(changes_1, changes_2, "a replay must not log changes");
+    assert_eq!(changes_1.len(), 3);
+    assert!(changes_1.iter().all(|c| c.change == ChangeKind::Added));
+    assert_eq!(labels_of(&live_2, "m1"), vec!["INBOX", "UNREAD"]);
+    assert_eq!(
+        rows(
+            store,
+            "SELECT * FROM message_addresses WHERE mailbox = 'idem@example.com'"
+        )
+        .await,
+        6
+    );
+    assert_eq!(
+        rows(
+            store,
+            "SELECT * FROM message_labels WHERE mailbox = 'idem@example.com'"
+        )
+        .await,
+        4
+    );
+    assert_eq!(
+        rows(
+            store,
+            "SELECT * FROM attachments WHERE mailbox = 'idem@example.com'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        rows(
+            store,
+            "SELECT * FROM messages WHERE mailbox = 'idem@example.com' AND has_attachments"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        store.search(Some(&m), "attached", 10).await.unwrap().len(),
+        1
+    );
+    let state = store.sync_state(&m).await.unwrap().expect("sync_state row");
+    assert_eq!(state.history_id, Some(hid(100)));
+    assert_eq!(state.phase, SyncPhase::Incremental);
+    assert!(state.last_success_at.is_some());
+}
+
+/// Deletes are soft, idempotent, and a re-fetched message comes back.
+pub async fn soft_delete_and_readd(store: &Store) {
+    let m = mailbox("del@example.com");
+    active_subscription(store, &m).await;
+    let l = lease(store, &m).await;
+    store
+        .commit_batch(
+            &l,
+            &batch(
+                vec![
+                    message("a1", "t", &["INBOX"], "One", "x"),
+                    message("a2", "t", &[], "Two", "y"),
+                ],
+                10,
+            ),
+        )
+        .await
+        .unwrap();
+
+    let del = SyncBatch {
+        deletes: vec![(gid("a1"), Some(hid(11))), (gid("zz"), None)],
+        ..SyncBatch::new(checkpoint(11))
+    };
+    let s1 = store.commit_batch(&l, &del).await.unwrap();
+    let s2 = store.commit_batch(&l, &del).await.unwrap();
+
+    assert_eq!(s1.deleted, 1);
+    assert_eq!(s2.deleted, 0);
+    assert_eq!(store.count_messages(&m).await.unwrap(), 1);
+    assert_eq!(
+        rows(
+            store,
+            "SELECT * FROM messages WHERE mailbox = 'del@example.com'"
+        )
+        .await,
+        2,
+        "soft delete keeps the row"
+    );
+    let known = store
+        .known_message_ids(&m, &[gid("a1"), gid("a2"), gid("nope")])
+        .await
+        .unwrap();
+    assert_eq!(known, HashSet::from([gid("a2")]));
+    let changes = store.message_changes(&m).await.unwrap();
+    let deleted: Vec<_> = changes
+        .iter()
+        .filter(|c| c.change == ChangeKind::Deleted)
+        .collect();
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(deleted[0].history_id, Some(hid(11)));
+
+    let readd = store
+        .commit_batch(
+            &l,
+            &batch(vec![message("a1", "t", &["INBOX"], "One", "x")], 12),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        readd.added, 1,
+        "an upsert of a deleted message counts as added"
+    );
+    assert_eq!(store.count_messages(&m).await.unwrap(), 2);
+    assert_eq!(store.search(Some(&m), "One", 10).await.unwrap().len(), 1);
+}
+
+/// Label changes apply to known live messages only and log actual changes.
+pub async fn label_changes_and_reconcile(store: &Store) {
+    let m = mailbox("labels@example.com");
+    active_subscription(store, &m).await;
+    let l = lease(store, &m).await;
+    store
+        .commit_batch(
+            &l,
+            &batch(
+                vec![
+                    message("b1", "t", &["INBOX", "STARRED"], "One", "x"),
+                    message("b2", "t", &["INBOX"], "Two", "y"),
+                    message("b3", "t", &["INBOX"], "Three", "z"),
+                ],
+                10,
+            ),
+        )
+        .await
+        .unwrap();
+    let before = store.message_changes(&m).await.unwrap().len();
+
+    let changes = SyncBatch {
+        label_changes: vec![
+            LabelChange {
+                gmail_id: gid("b1"),
+                added: vec!["Label_1".into(), "INBOX".into()],
+                removed: vec!["UNREAD".into()],
+                history_id: Some(hid(20)),
+            },
+            LabelChange {
+                gmail_id: gid("b2"),
+                added: vec![],
+                removed: vec!["INBOX".into()],
+                history_id: Some(hid(21)),
+            },
+            LabelChange {
+                gmail_id: gid("unknown"),
+                added: vec!["X".into()],
+                removed: vec![],
+                history_id: None,
+            },
+        ],
+        ..SyncBatch::new(checkpoint(21))
+    };
+    let s = store.commit_batch(&l, &changes).await.unwrap();
+    assert_eq!(s.label_changes, 2);
+    let again = store.commit_batch(&l, &changes).await.unwrap();
+    assert_eq!(again.label_changes, 0);
+
+    let live = store.live_messages(&m).await.unwrap();
+    assert_eq!(labels_of(&live, "b1"), vec!["INBOX", "Label_1", "STARRED"]);
+    assert_eq!(labels_of(&live, "b2"), Vec::<String>::new());
+    let log = store.message_changes(&m).await.unwrap();
+    assert_eq!(
+        kinds(&log[before..]),
+        vec![
+            ("b1".into(), ChangeKind::LabelAdded, Some("Label_1".into())),
+            ("b2".into(), ChangeKind::LabelRemoved, Some("INBOX".into())),
+        ]
+    );
+    assert_eq!(log[before].history_id, Some(hid(20)));
+    assert_eq!(rows(store, "SELECT * FROM message_labels WHERE mailbox = 'labels@example.com' AND label_id = 'Label_1'").await, 1);
+
+    // Reconcile STARRED to exactly {b3}: b1 loses it, b3 gains it.
+    let reconcile = SyncBatch {
+        label_reconcile: Some(("STARRED".into(), vec![gid("b3"), gid("not-stored")])),
+        ..SyncBatch::new(checkpoint(22))
+    };
+    let s = store.commit_batch(&l, &reconcile).await.unwrap();
+    assert_eq!(s.label_changes, 2);
+    assert_eq!(
+        store
+            .commit_batch(&l, &reconcile)
+            .await
+            .unwrap()
+            .label_changes,
+        0
+    );
+    let live = store.live_messages(&m).await.unwrap();
+    assert_eq!(labels_of(&live, "b1"), vec!["INBOX", "Label_1"]);
+    assert_eq!(labels_of(&live, "b3"), vec!["INBOX", "STARRED"]);
+    assert_eq!(rows(store, "SELECT * FROM message_labels WHERE mailbox = 'labels@example.com' AND label_id = 'STARRED'").await, 1);
+
+    // An upsert whose labels differ from the stored ones logs the difference.
+    let s = store
+        .commit_batch(
+            &l,
+            &batch(vec![message("b3", "t", &["TRASH"], "Three", "z")], 23),
+        )
+        .await
+        .unwrap();
+    assert_eq!((s.updated, s.label_changes), (1, 3));
+    let tail = store.message_changes(&m).await.unwrap();
+    let tail = kinds(&tail[tail.len() - 3..]);
+    assert!(tail.contains(&("b3".into(), ChangeKind::LabelAdded, Some("TRASH".into()))));
+    assert!(tail.contains(&("b3".into(), ChangeKind::LabelRemoved, Some("INBOX".into()))));
+    assert!(tail.contains(&(
+        "b3".into(),
+        ChangeKind::LabelRemoved,
+        Some("STARRED".into())
+    )));
+
+    // The labels table is replaced as a whole.
+    let with_labels = |names: &[&str]| SyncBatch {
+        labels: Some(
+            names
+                .iter()
+                .map(|n| LabelRow {
+                    label_id: format!("id-{n}"),
+                    name: (*n).to_owned(),
+                    label_type: "user".into(),
+                })
+                .collect(),
+        ),
+        ..SyncBatch::new(checkpoint(23))
+    };
+    store
+        .commit_batch(&l, &with_labels(&["a", "b", "c"]))
+        .await
+        .unwrap();
+    store.commit_batch(&l, &with_labels(&["d"])).await.unwrap();
+    assert_eq!(
+        rows(
+            store,
+            "SELECT * FROM labels WHERE mailbox = 'labels@example.com'"
+        )
+        .await,
+        1
+    );
+}
+
+/// A batch that fails half-way moves neither data nor checkpoint.
+pub async fn failed_batch_moves_nothing(store: &Store) {
+    let m = mailbox("atomic@example.com");
+    active_subscription(store, &m).await;
+    let l = lease(store, &m).await;
+    store
+        .commit_batch(
+            &l,
+            &batch(vec![message("c1", "t", &["INBOX"], "Keep", "x")], 100),
+        )
+        .await
+        .unwrap();
+    let changes_before = store.message_changes(&m).await.unwrap();
+
+    let mut bad = message("c3", "t", &["INBOX"], "Bad", "negative attachment size");
+    bad.content.attachments = vec![attachment("1", "image/png", -1)];
+    let failing = SyncBatch {
+        deletes: vec![(gid("c1"), None)],
+        ..batch(vec![message("c2", "t", &["INBOX"], "New", "y"), bad], 200)
+    };
+    let err = store
+        .commit_batch(&l, &failing)
+        .await
+        .expect_err("constraint violation must fail the batch");
+
+    assert!(
+        matches!(err, StoreError::Other(_)),
+        "unexpected error {err:?}"
+    );
+    let live = store.live_messages(&m).await.unwrap();
+    assert_eq!(
+        live.iter().map(|m| m.gmail_id.as_str()).collect::<Vec<_>>(),
+        vec!["c1"]
+    );
+    assert_eq!(store.message_changes(&m).await.unwrap(), changes_before);
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().history_id,
+        Some(hid(100))
+    );
+    // The lease is still usable afterwards.
+    store
+        .commit_batch(&l, &batch(vec![message("c2", "t", &[], "New", "y")], 201))
+        .await
+        .unwrap();
+}
+
+/// Expired or overtaken leases write nothing.
+pub async fn fencing_refuses_stale_leases(store: &Store) {
+    let m = mailbox("fence@example.com");
+    active_subscription(store, &m).await;
+    let now = Utc::now();
+
+    // Expired: claimed an hour ago for one second.
+    let expired = store
+        .claim_mailbox(
+            &m,
+            "replica-a",
+            now - TimeDelta::hours(1),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap()
+        .expect("free mailbox is claimable");
+    let err = store
+        .commit_batch(&expired, &batch(vec![message("d1", "t", &[], "S", "b")], 5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::LeaseLost { .. }), "{err:?}");
+    assert!(matches!(
+        store
+            .renew_lease(&expired, now, Duration::from_secs(60))
+            .await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+
+    // Overtaken: A holds a live lease; B claims after A's expiry (as seen
+    // from a clock two minutes ahead) and bumps the epoch.
+    let a = store
+        .claim_mailbox(&m, "replica-a", now, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(a.epoch > expired.epoch);
+    assert!(
+        store
+            .claim_mailbox(&m, "replica-b", now, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none(),
+        "a live lease of another owner is respected"
+    );
+    let later = now + TimeDelta::minutes(2);
+    let b = store
+        .claim_mailbox(&m, "replica-b", later, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.epoch, a.epoch + 1);
+
+    let err = store
+        .commit_batch(&a, &batch(vec![message("d2", "t", &[], "S", "b")], 50))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::LeaseLost { ref mailbox } if mailbox == "fence@example.com"),
+        "{err:?}"
+    );
+    let failure = FailureRecord {
+        phase: SyncPhase::Error,
+        error: "boom".into(),
+        next_poll_at: now,
+        run: None,
+    };
+    assert!(matches!(
+        store.record_failure(&a, &failure).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        store.renew_lease(&a, now, Duration::from_secs(60)).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    store
+        .release_lease(&a, now)
+        .await
+        .expect("releasing a lost lease is not an error");
+
+    assert_eq!(store.count_messages(&m).await.unwrap(), 0);
+    assert!(store.message_changes(&m).await.unwrap().is_empty());
+    let state = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(state.history_id, None);
+    assert_eq!(
+        state.lease_owner.as_deref(),
+        Some("replica-b"),
+        "A's release must not free B's lease"
+    );
+    assert_eq!(state.lease_epoch, b.epoch);
+
+    // B's lease works, renews, and releases.
+    store
+        .commit_batch(&b, &batch(vec![message("d3", "t", &[], "S", "b")], 60))
+        .await
+        .unwrap();
+    let renewed = store
+        .renew_lease(&b, Utc::now(), Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(renewed.epoch, b.epoch);
+    let next = Utc::now() + TimeDelta::minutes(5);
+    store.release_lease(&renewed, next).await.unwrap();
+    let state = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(state.lease_owner, None);
+    assert_eq!(state.history_id, Some(hid(60)));
+    assert!(state.next_poll_at.is_some());
+}
+
+/// Concurrent claimers never get the same mailbox; only due, active,
+/// unleased mailboxes are handed out.
+pub async fn claim_due_hands_each_mailbox_to_one_owner(store: &Store) {
+    let mut active = Vec::new();
+    for i in 0..8 {
+        let m = mailbox(&format!("claim{i}@example.com"));
+        active_subscription(store, &m).await;
+        active.push(m);
+    }
+    let paused = mailbox("paused@example.com");
+    active_subscription(store, &paused).await;
+    store
+        .update_subscription(&transition(
+            &paused,
+            SubscriptionStatus::Active,
+            SubscriptionAction::Pause,
+        ))
+        .await
+        .unwrap();
+    let pending = mailbox("pending@example.com");
+    store
+        .insert_subscription(&NewSubscription {
+            mailbox: pending,
+            requested_by: operator("r"),
+            label_filter: vec![],
+            note: None,
+        })
+        .await
+        .unwrap();
+
+    let now = Utc::now();
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .claim_due(&format!("owner-{i}"), now, Duration::from_secs(60), 3)
+                .await
+        }));
+    }
+    let mut claimed = Vec::new();
+    for t in tasks {
+        claimed.extend(t.await.expect("claim task").expect("claim_due"));
+    }
+    let mut names: Vec<String> = claimed.iter().map(|l| l.mailbox.to_string()).collect();
+    names.sort();
+    let unique: HashSet<&String> = names.iter().collect();
+    assert_eq!(
+        unique.len(),
+        names.len(),
+        "a mailbox was claimed twice: {names:?}"
+    );
+    assert_eq!(
+        names.len(),
+        8,
+        "every active mailbox is claimed exactly once: {names:?}"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("paused") || n.starts_with("pending"))
+    );
+
+    // Nothing left while the leases are live.
+    assert!(
+        store
+            .claim_due("late", now, Duration::from_secs(60), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A released mailbox is claimed again only once it is due.
+    let first = &claimed[0];
+    for l in &claimed[1..] {
+        store
+            .release_lease(l, now + TimeDelta::hours(1))
+            .await
+            .unwrap();
+    }
+    store
+        .release_lease(first, now + TimeDelta::minutes(30))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_due("late", now, Duration::from_secs(60), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = store
+        .claim_due(
+            "late",
+            now + TimeDelta::minutes(45),
+            Duration::from_secs(60),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].mailbox, first.mailbox);
+    assert_eq!(again[0].epoch, first.epoch + 1);
+    let rest = store
+        .claim_due(
+            "later",
+            now + TimeDelta::minutes(61),
+            Duration::from_secs(60),
+            3,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 3, "limit is respected");
+
+    // claim_mailbox ignores next_poll_at but not a live lease of another owner.
+    assert!(
+        store
+            .claim_mailbox(
+                &rest[0].mailbox,
+                "cli",
+                now + TimeDelta::minutes(61),
+                Duration::from_secs(60)
+            )
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let not_due = claimed
+        .iter()
+        .find(|l| !rest.iter().any(|r| r.mailbox == l.mailbox) && l.mailbox != first.mailbox)
+        .unwrap();
+    assert!(
+        store
+            .claim_mailbox(&not_due.mailbox, "cli", now, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_some(),
+        "claim_mailbox ignores next_poll_at"
+    );
+    assert!(matches!(
+        store
+            .claim_mailbox(
+                &mailbox("nobody@example.com"),
+                "cli",
+                now,
+                Duration::from_secs(60)
+            )
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(
+        store
+            .claim_mailbox(&paused, "cli", now, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let statuses = store.mailbox_statuses().await.unwrap();
+    assert_eq!(statuses.len(), 10);
+    assert!(
+        statuses
+            .iter()
+            .any(|s| s.status == SubscriptionStatus::Pending && s.phase.is_none())
+    );
+}
+
+/// Full-text search: live messages only; hostile input never errors.
+pub async fn full_text_search(store: &Store) {
+    let m = mailbox("fts@example.com");
+    let other = mailbox("fts2@example.com");
+    for mb in [&m, &other] {
+        active_subscription(store, mb).await;
+        let l = lease(store, mb).await;
+        store
+            .commit_batch(
+                &l,
+                &batch(
+                    vec![
+                        message(
+                            "e1",
+                            "t",
+                            &["INBOX"],
+                            "Quarterly invoice",
+                            "Payment is overdue",
+                        ),
+                        message("e2", "t", &["INBOX"], "Lunch", "Sandwiches at noon"),
+                    ],
+                    10,
+                ),
+            )
+            .await
+            .unwrap();
+    }
+
+    let hits = store.search(Some(&m), "invoice", 10).await.unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].gmail_id, gid("e1"));
+    assert_eq!(hits[0].subject.as_deref(), Some("Quarterly invoice"));
+    assert_eq!(
+        store
+            .search(Some(&m), "INVOICE overdue", 10)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "words are ANDed, case-insensitive"
+    );
+    assert!(
+        store
+            .search(Some(&m), "invoice sandwiches", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .search(Some(&m), "billing@vendor.example", 10)
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "addresses are indexed"
+    );
+    assert_eq!(
+        store.search(Some(&m), "billing", 10).await.unwrap().len(),
+        2
+    );
+    assert_eq!(store.search(None, "invoice", 10).await.unwrap().len(), 2);
+    assert_eq!(store.search(None, "invoice", 1).await.unwrap().len(), 1);
+
+    for hostile in [
+        "\"",
+        "*",
+        "AND",
+        "NEAR(",
+        "invoice\"",
+        "a OR b",
+        "-x",
+        "'; DROP TABLE messages; --",
+        "(",
+        "^",
+        ":",
+        "\0",
+        "",
+        "   ",
+        "subject:invoice",
+        "inv*",
+        "NOT invoice",
+        "\"unbalanced",
+    ] {
+        store
+            .search(Some(&m), hostile, 10)
+            .await
+            .unwrap_or_else(|e| panic!("search {hostile:?} failed: {e}"));
+    }
+    assert_eq!(
+        store
+            .search(Some(&m), "\"invoice\"", 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let l = lease(store, &m).await;
+    store
+        .commit_batch(
+            &l,
+            &SyncBatch {
+                deletes: vec![(gid("e1"), None)],
+                ..SyncBatch::new(checkpoint(11))
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .search(Some(&m), "invoice", 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a deleted message must not match"
+    );
+    assert_eq!(store.search(None, "invoice", 10).await.unwrap().len(), 1);
+    // Re-upserted content replaces the indexed text.
+    store
+        .commit_batch(
+            &l,
+            &batch(vec![message("e2", "t", &["INBOX"], "Dinner", "Pizza")], 12),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .search(Some(&m), "sandwiches", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.search(Some(&m), "pizza", 10).await.unwrap().len(), 1);
+}
+
+/// The subscription state machine through update_subscription, with events.
+pub async fn subscription_lifecycle_is_audited(store: &Store) {
+    let m = mailbox("life@example.com");
+    let new = NewSubscription {
+        mailbox: m.clone(),
+        requested_by: operator("alice"),
+        label_filter: vec!["INBOX".into(), "Label_7".into()],
+        note: Some("shared support box".into()),
+    };
+    let s = store.insert_subscription(&new).await.unwrap();
+    assert_eq!(s.status, SubscriptionStatus::Pending);
+    assert_eq!(s.label_filter, vec!["INBOX", "Label_7"]);
+    assert!(matches!(
+        store.insert_subscription(&new).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    let stale = transition(&m, SubscriptionStatus::Active, SubscriptionAction::Pause);
+    assert!(matches!(
+        store.update_subscription(&stale).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let unknown = transition(
+        &mailbox("ghost@example.com"),
+        SubscriptionStatus::Pending,
+        SubscriptionAction::Approve,
+    );
+    assert!(matches!(
+        store.update_subscription(&unknown).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let mut status = SubscriptionStatus::Pending;
+    for action in [
+        SubscriptionAction::Approve,
+        SubscriptionAction::Suspend,
+        SubscriptionAction::Reinstate,
+        SubscriptionAction::Pause,
+        SubscriptionAction::Resume,
+        SubscriptionAction::Remove,
+    ] {
+        let mut u = transition(&m, status, action);
+        if action == SubscriptionAction::Suspend {
+            u.reason = Some("left the approved org unit".into());
+            u.org_unit_seen = Some("/Elsewhere".into());
+        }
+        let s = store
+            .update_subscription(&u)
+            .await
+            .unwrap_or_else(|e| panic!("{action:?}: {e}"));
+        assert_eq!(s.status, u.new_status);
+        if action == SubscriptionAction::Approve {
+            assert_eq!(s.approved_by, Some(operator("approver")));
+            assert!(s.approved_at.is_some());
+        }
+        if action == SubscriptionAction::Suspend {
+            assert_eq!(
+                s.status_reason.as_deref(),
+                Some("left the approved org unit")
+            );
+            assert_eq!(s.org_unit_seen.as_deref(), Some("/Elsewhere"));
+        }
+        if action == SubscriptionAction::Reinstate {
+            assert_eq!(
+                s.status_reason, None,
+                "a status change without reason clears the old one"
+            );
+        }
+        status = u.new_status;
+    }
+
+    // Review without a status change.
+    let readded = store
+        .insert_subscription(&new)
+        .await
+        .expect("a removed subscription can be re-added");
+    assert_eq!(readded.status, SubscriptionStatus::Pending);
+    let review = SubscriptionUpdate {
+        reviewed_by: Some(operator("carol")),
+        action: "review".into(),
+        ..transition(&m, SubscriptionStatus::Pending, SubscriptionAction::Approve)
+    };
+    let review = SubscriptionUpdate {
+        new_status: SubscriptionStatus::Pending,
+        approved_by: None,
+        ..review
+    };
+    let s = store.update_subscription(&review).await.unwrap();
+    assert_eq!(s.reviewed_by, Some(operator("carol")));
+    assert!(s.last_reviewed_at.is_some());
+    store
+        .record_org_unit(&m, Some("/Shared Mailboxes"))
+        .await
+        .unwrap();
+    let s = store.get_subscription(&m).await.unwrap().unwrap();
+    assert_eq!(s.org_unit_seen.as_deref(), Some("/Shared Mailboxes"));
+    assert!(s.org_unit_checked_at.is_some());
+    assert!(matches!(
+        store
+            .record_org_unit(&mailbox("ghost@example.com"), None)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let events = store.subscription_events(&m).await.unwrap();
+    let trail: Vec<(String, Option<SubscriptionStatus>, SubscriptionStatus)> = events
+        .iter()
+        .map(|e| (e.action.clone(), e.old_status, e.new_status))
+        .collect();
+    use SubscriptionStatus as S;
+    assert_eq!(
+        trail,
+        vec![
+            ("add".into(), None, S::Pending),
+            ("approve".into(), Some(S::Pending), S::Active),
+            ("suspend".into(), Some(S::Active), S::Suspended),
+            ("reinstate".into(), Some(S::Suspended), S::Active),
+            ("pause".into(), Some(S::Active), S::Paused),
+            ("resume".into(), Some(S::Paused), S::Active),
+            ("remove".into(), Some(S::Active), S::Removed),
+            ("add".into(), Some(S::Removed), S::Pending),
+            ("review".into(), Some(S::Pending), S::Pending),
+        ]
+    );
+    assert_eq!(
+        events[2].reason.as_deref(),
+        Some("left the approved org unit")
+    );
+    assert_eq!(events[0].actor, "alice");
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(store.list_subscriptions().await.unwrap().len(), 1);
+}
+
+/// purge_mailbox deletes everything ingested and reports counts per table.
+pub async fn purge_reports_counts(store: &Store) {
+    let m = mailbox("purge@example.com");
+    let keep = mailbox("keep@example.com");
+    for mb in [&m, &keep] {
+        active_subscription(store, mb).await;
+    }
+    let l = lease(store, &m).await;
+    let mut with_attachment = message("f2", "t", &["INBOX"], "Two", "y");
+    with_attachment.content.attachments = vec![
+        attachment("1", "text/csv", 10),
+        attachment("2", "text/csv", 20),
+    ];
+    let b = SyncBatch {
+        labels: Some(vec![LabelRow {
+            label_id: "INBOX".into(),
+            name: "INBOX".into(),
+            label_type: "system".into(),
+        }]),
+        run: Some(run_row(&m)),
+        ..batch(
+            vec![
+                message("f1", "t", &["INBOX", "UNREAD"], "One", "x"),
+                with_attachment,
+            ],
+            10,
+        )
+    };
+    store.commit_batch(&l, &b).await.unwrap();
+    let lk = lease(store, &keep).await;
+    store
+        .commit_batch(
+            &lk,
+            &batch(vec![message("k1", "t", &["INBOX"], "Kept", "x")], 10),
+        )
+        .await
+        .unwrap();
+
+    let counts = store.purge_mailbox(&m).await.unwrap();
+
+    assert_eq!(counts.messages, 2);
+    assert_eq!(counts.message_addresses, 4);
+    assert_eq!(counts.message_labels, 3);
+    assert_eq!(counts.attachments, 2);
+    assert_eq!(counts.labels, 1);
+    assert_eq!(counts.message_changes, 2);
+    assert_eq!(counts.sync_runs, 1);
+    assert_eq!(counts.sync_state, 1);
+    assert_eq!(store.count_messages(&m).await.unwrap(), 0);
+    assert!(store.sync_state(&m).await.unwrap().is_none());
+    assert!(
+        store.get_subscription(&m).await.unwrap().is_some(),
+        "the subscription and its audit log stay"
+    );
+    assert!(store.search(Some(&m), "One", 10).await.unwrap().is_empty());
+    assert_eq!(store.count_messages(&keep).await.unwrap(), 1);
+    assert_eq!(store.search(None, "Kept", 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store.purge_mailbox(&m).await.unwrap(),
+        super::PurgeCounts::default()
+    );
+}
+
+fn run_row(m: &MailboxAddress) -> SyncRunRow {
+    let now = super::now();
+    SyncRunRow {
+        mailbox: m.clone(),
+        kind: "incremental".into(),
+        replica: "replica-1".into(),
+        started_at: now - TimeDelta::seconds(3),
+        finished_at: now,
+        added: 2,
+        updated: 0,
+        deleted: 0,
+        label_changes: 0,
+        api_calls: 3,
+        quota_units: 45,
+        outcome: "ok".into(),
+        error: None,
+    }
+}
+
+/// SQL metacharacters (and NUL) from operators and mail are stored verbatim.
+pub async fn metacharacters_are_stored_verbatim(store: &Store) {
+    let m = mailbox("o'brien+x@example.com");
+    let note = "'; DROP TABLE subscriptions; -- \"quoted\" 100% _under_ \\back";
+    let who = operator("x'); DELETE FROM subscription_events; --");
+    store
+        .insert_subscription(&NewSubscription {
+            mailbox: m.clone(),
+            requested_by: who.clone(),
+            label_filter: vec!["Robert'); DROP TABLE labels;--".into(), "a,b".into()],
+            note: Some(note.into()),
+        })
+        .await
+        .unwrap();
+    let s = store.get_subscription(&m).await.unwrap().unwrap();
+    assert_eq!(s.note.as_deref(), Some(note));
+    assert_eq!(s.requested_by, who);
+    assert_eq!(
+        s.label_filter,
+        vec!["Robert'); DROP TABLE labels;--", "a,b"]
+    );
+    store
+        .update_subscription(&transition(
+            &m,
+            SubscriptionStatus::Pending,
+            SubscriptionAction::Approve,
+        ))
+        .await
+        .unwrap();
+
+    let l = lease(store, &m).await;
+    let mut msg = message(
+        "g1",
+        "t'1",
+        &["Label_'; --", "%"],
+        "It's \"quoted\" -- ; DROP",
+        "body\0with nul",
+    );
+    msg.content.addresses.push(address(
+        AddressRole::Cc,
+        Some("O'Brien, \"Pat\""),
+        "pat@o'brien.example",
+    ));
+    store.commit_batch(&l, &batch(vec![msg], 10)).await.unwrap();
+
+    let live = store.live_messages(&m).await.unwrap();
+    assert_eq!(live[0].thread_id, "t'1");
+    assert_eq!(live[0].label_ids, vec!["%", "Label_'; --"]);
+    let subjects = store
+        .query_first_column("SELECT subject FROM messages WHERE gmail_id = 'g1'")
+        .await
+        .unwrap();
+    assert_eq!(subjects, vec!["It's \"quoted\" -- ; DROP"]);
+    let bodies = store
+        .query_first_column("SELECT body_text FROM messages WHERE gmail_id = 'g1'")
+        .await
+        .unwrap();
+    assert_eq!(bodies, vec!["bodywith nul"], "NUL is stripped");
+    let names = store
+        .query_first_column(
+            "SELECT name FROM message_addresses WHERE gmail_id = 'g1' AND role = 'cc'",
+        )
+        .await
+        .unwrap();
+    assert_eq!(names, vec!["O'Brien, \"Pat\""]);
+    assert_eq!(store.list_subscriptions().await.unwrap().len(), 1);
+    assert_eq!(store.subscription_events(&m).await.unwrap().len(), 2);
+}
+
+/// reserve_quota never lets concurrent reservations exceed the limit.
+pub async fn quota_reservations_respect_the_limit(store: &Store) {
+    let window = chrono::DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let mut tasks = Vec::new();
+    for _ in 0..24 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.reserve_quota("project", window, 10, 100).await
+        }));
+    }
+    let mut granted = 0;
+    for t in tasks {
+        if t.await.unwrap().unwrap() {
+            granted += 1;
+        }
+    }
+    assert_eq!(granted, 10);
+    assert!(
+        !store
+            .reserve_quota("project", window, 1, 100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .reserve_quota("other", window, 101, 100)
+            .await
+            .unwrap(),
+        "a single request over the limit"
+    );
+    assert!(
+        store
+            .reserve_quota("other", window, 100, 100)
+            .await
+            .unwrap()
+    );
+    let next = window + TimeDelta::minutes(1);
+    assert!(
+        store
+            .reserve_quota("project", next, 100, 100)
+            .await
+            .unwrap(),
+        "a new window starts empty"
+    );
+    let total = store
+        .query_first_column(
+            "SELECT units FROM quota_usage WHERE bucket = 'project' ORDER BY window_start",
+        )
+        .await
+        .unwrap();
+    assert_eq!(total, vec!["100", "100"]);
+}
+
+/// Full-sync reconciliation: mark_seen + delete_unseen.
+pub async fn full_sync_deletes_unseen_messages(store: &Store) {
+    let m = mailbox("gen@example.com");
+    active_subscription(store, &m).await;
+    let l = lease(store, &m).await;
+    let at_gen = |g: i64, history: u64| Checkpoint {
+        phase: SyncPhase::FullSync,
+        full_sync_generation: g,
+        ..checkpoint(history)
+    };
+    let first = SyncBatch {
+        upserts: vec![
+            message("h1", "t", &[], "1", "x"),
+            message("h2", "t", &[], "2", "x"),
+            message("h3", "t", &[], "3", "x"),
+        ],
+        ..SyncBatch::new(at_gen(1, 10))
+    };
+    store.commit_batch(&l, &first).await.unwrap();
+
+    let page = SyncBatch {
+        upserts: vec![message("h4", "t", &[], "4", "x")],
+        mark_seen: vec![gid("h1"), gid("h2")],
+        delete_unseen: true,
+        ..SyncBatch::new(Checkpoint {
+            phase: SyncPhase::Incremental,
+            ..at_gen(2, 20)
+        })
+    };
+    let s = store.commit_batch(&l, &page).await.unwrap();
+
+    assert_eq!((s.added, s.deleted), (1, 1));
+    let live: Vec<String> = store
+        .live_messages(&m)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.gmail_id.to_string())
+        .collect();
+    assert_eq!(live, vec!["h1", "h2", "h4"]);
+    let last = store.message_changes(&m).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (last.gmail_id.as_str(), last.change),
+        ("h3", ChangeKind::Deleted)
+    );
+    assert_eq!(store.commit_batch(&l, &page).await.unwrap().deleted, 0);
+    let state = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(state.full_sync_generation, 2);
+    assert_eq!(state.phase, SyncPhase::Incremental);
+}
+
+/// record_failure counts failures; a successful batch resets them.
+pub async fn failures_are_counted_and_reset(store: &Store) {
+    let m = mailbox("fail@example.com");
+    active_subscription(store, &m).await;
+    let l = lease(store, &m).await;
+    let next = super::now() + TimeDelta::minutes(10);
+    for _ in 0..2 {
+        let mut run = run_row(&m);
+        run.outcome = "error".into();
+        run.error = Some("HTTP 500".into());
+        store
+            .record_failure(
+                &l,
+                &FailureRecord {
+                    phase: SyncPhase::Error,
+                    error: "HTTP 500 from Gmail".into(),
+                    next_poll_at: next,
+                    run: Some(run),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let state = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(state.consecutive_failures, 2);
+    assert_eq!(state.phase, SyncPhase::Error);
+    assert_eq!(state.last_error.as_deref(), Some("HTTP 500 from Gmail"));
+    assert_eq!(state.next_poll_at, Some(next));
+    let runs = store.sync_runs(&m).await.unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0].error.as_deref(), Some("HTTP 500"));
+    assert_eq!(runs[0], {
+        let mut r = run_row(&m);
+        r.outcome = "error".into();
+        r.error = Some("HTTP 500".into());
+        SyncRunRow {
+            started_at: runs[0].started_at,
+            finished_at: runs[0].finished_at,
+            ..r
+        }
+    });
+
+    store
+        .commit_batch(&l, &SyncBatch::new(checkpoint(30)))
+        .await
+        .unwrap();
+    let state = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!((state.consecutive_failures, state.last_error), (0, None));
+    assert_eq!(state.history_id, Some(hid(30)));
+    let statuses = store.mailbox_statuses().await.unwrap();
+    assert_eq!(statuses[0].history_id, Some(hid(30)));
+}
+
+/// Migrations are embedded and idempotent.
+pub async fn migrations_are_applied_once(store: &Store) {
+    assert_eq!(store.pending_migrations().await.unwrap(), 0);
+    store
+        .migrate()
+        .await
+        .expect("re-running migrations is a no-op");
+    store.ping().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Sample data for the analysts' example queries (docs/schema.md).
+// ---------------------------------------------------------------------------
+
+/// Two mailboxes with threads, replies, attachments, labels, a parse error,
+/// a deletion and label changes, written through `commit_batch`.
+pub async fn seed_sample_data(store: &Store) {
+    let support = mailbox("support@example.com");
+    let sales = mailbox("sales@example.com");
+    for m in [&support, &sales] {
+        active_subscription(store, m).await;
+    }
+    let day = 86_400_000_i64;
+    let base = 1_767_225_600_000_i64; // 2026-01-01T00:00:00Z
+    let mk =
+        |id: &str, thread: &str, at: i64, from: &str, to: &str, labels: &[&str], subject: &str| {
+            let mut m = message(id, thread, labels, subject, &format!("{subject} body text"));
+            m.meta.internal_date_ms = at;
+            m.content.addresses = vec![
+                address(AddressRole::From, None, from),
+                address(AddressRole::To, None, to),
+            ];
+            m.content.message_id = Some(
+                format!("<{id}@example>")
+                    .trim_matches(['<', '>'])
+                    .to_owned(),
+            );
+            m
+        };
+    // support@: thread t1 answered within an hour; t2 never answered; t3 answered after 2 days.
+    let mut s1 = mk(
+        "s1",
+        "t1",
+        base,
+        "alice@customer.example",
+        "support@example.com",
+        &["INBOX"],
+        "Printer broken",
+    );
+    s1.content.attachments = vec![
+        attachment("1", "image/png", 2048),
+        attachment("2", "application/pdf", 4096),
+    ];
+    let mut s2 = mk(
+        "s2",
+        "t1",
+        base + 3_600_000,
+        "support@example.com",
+        "alice@customer.example",
+        &["SENT"],
+        "Re: Printer broken",
+    );
+    s2.content.in_reply_to = Some("s1@example".into());
+    let s3 = mk(
+        "s3",
+        "t2",
+        base + day,
+        "bob@customer.example",
+        "support@example.com",
+        &["INBOX", "UNREAD"],
+        "Invoice question",
+    );
+    let s4 = mk(
+        "s4",
+        "t3",
+        base + 2 * day,
+        "carol@partner.example",
+        "support@example.com",
+        &["INBOX", "UNREAD"],
+        "Contract renewal",
+    );
+    let mut s5 = mk(
+        "s5",
+        "t3",
+        base + 4 * day,
+        "support@example.com",
+        "carol@partner.example",
+        &["SENT"],
+        "Re: Contract renewal",
+    );
+    s5.content.in_reply_to = Some("s4@example".into());
+    let mut s6 = mk(
+        "s6",
+        "t4",
+        base + 8 * day,
+        "alice@customer.example",
+        "support@example.com",
+        &["INBOX"],
+        "Garbled",
+    );
+    s6.content.parse_error = Some("invalid MIME boundary".into());
+    let s7 = mk(
+        "s7",
+        "t5",
+        base + 9 * day,
+        "spam@junk.example",
+        "support@example.com",
+        &["SPAM"],
+        "Win a prize",
+    );
+    let m1 = mk(
+        "m1",
+        "u1",
+        base + day,
+        "dave@customer.example",
+        "sales@example.com",
+        &["INBOX", "UNREAD"],
+        "Quote request",
+    );
+    let mut m2 = mk(
+        "m2",
+        "u1",
+        base + day + 600_000,
+        "sales@example.com",
+        "dave@customer.example",
+        &["SENT"],
+        "Re: Quote request",
+    );
+    m2.content.in_reply_to = Some("m1@example".into());
+    m2.content.attachments = vec![attachment("1", "application/pdf", 10_000)];
+
+    let system = |ids: &[&str]| {
+        Some(
+            ids.iter()
+                .map(|i| LabelRow {
+                    label_id: (*i).into(),
+                    name: (*i).into(),
+                    label_type: "system".into(),
+                })
+                .collect(),
+        )
+    };
+    let l = lease(store, &support).await;
+    store
+        .commit_batch(
+            &l,
+            &SyncBatch {
+                labels: system(&["INBOX", "SENT", "UNREAD", "SPAM"]),
+                run: Some(run_row(&support)),
+                ..batch(vec![s1, s2, s3, s4, s5, s6, s7], 100)
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .commit_batch(
+            &l,
+            &SyncBatch {
+                label_changes: vec![LabelChange {
+                    gmail_id: gid("s4"),
+                    added: vec![],
+                    removed: vec!["UNREAD".into()],
+                    history_id: Some(hid(101)),
+                }],
+                deletes: vec![(gid("s7"), Some(hid(102)))],
+                ..SyncBatch::new(checkpoint(102))
+            },
+        )
+        .await
+        .unwrap();
+    let l = lease(store, &sales).await;
+    store
+        .commit_batch(
+            &l,
+            &SyncBatch {
+                labels: system(&["INBOX", "SENT", "UNREAD"]),
+                ..batch(vec![m1, m2], 50)
+            },
+        )
+        .await
+        .unwrap();
+}

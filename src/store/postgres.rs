@@ -1,0 +1,211 @@
+//! The PostgreSQL backend (production; several replicas share one database).
+//!
+//! Replicas coordinate only through row locks: `claim_due` picks due
+//! mailboxes with `FOR UPDATE SKIP LOCKED`, so concurrent claimers never
+//! wait on or double-claim each other, and every sync write re-checks the
+//! lease first (see the fencing protocol in `store/mod.rs`). Full-text search
+//! uses the trigger-maintained `messages.search_tsv` column and its GIN
+//! index, with the `simple` configuration (no stemming, any language).
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::Connection as _;
+use sqlx::Postgres;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+
+use super::shared::{shared_store_impl, subscription_columns, sync_state_columns};
+use super::sqlite::{leases, pending};
+use super::{
+    BatchStats, ChangeRow, ChangeRowDb, EventRow, ExistingRow, FailureRecord, HitRow, Lease,
+    LiveMessage, LiveRow, MailboxStatus, MessageChange, NewSubscription, PurgeCounts, RunRow,
+    SearchHit, StatusRow, StoreError, Subscription, SubscriptionEvent, SubscriptionRow,
+    SubscriptionUpdate, SyncBatch, SyncRunRow, SyncState, SyncStateRow, addresses_json,
+    attachments_json, batch_ids, changes_json, clean, clean_opt, convert, decode_err, existing_map,
+    json_strings, label_pairs_json, label_rows_json, label_updates_json, messages_json, micros,
+    now, plan_batch, plus, search_words, upsert_labels_json,
+};
+use crate::domain::{ChangeKind, GmailMessageId, HistoryId, MailboxAddress, Operator};
+
+/// Migrations embedded at compile time from `migrations/postgres`.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::sqlx_macros::migrate!("migrations/postgres");
+
+/// How long `connect` waits for the first connection before giving up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub(crate) async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::InvalidUrl(format!("invalid PostgreSQL database url: {e}")))?;
+        let target = format!("{}:{}", opts.get_host(), opts.get_port());
+        // One direct attempt first: the pool retries refused connections
+        // until its acquire timeout and then reports only "timed out".
+        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&opts)).await {
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot connect to PostgreSQL at {target}: timed out after {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+            Ok(Err(e)) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot connect to PostgreSQL at {target}: {}",
+                    describe(&e)
+                )));
+            }
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+            }
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_lazy_with(opts);
+        Ok(Self { pool })
+    }
+
+    pub(crate) async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn pending_migrations(&self) -> Result<usize, StoreError> {
+        let (exists,): (bool,) =
+            sqlx::query_as("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        let applied: HashSet<i64> = if exists {
+            sqlx::query_as::<Postgres, (i64,)>("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|(v,)| v)
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        Ok(pending(&MIGRATOR, &applied))
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    pub(crate) async fn claim_due(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        let now = micros(now);
+        let expires = plus(now, lease_for);
+        let mut tx = self.begin_write().await?;
+        // Rows are inserted in mailbox order so two replicas creating the
+        // same rows wait on each other in the same order (no deadlock).
+        sqlx::query(
+            "INSERT INTO sync_state (mailbox, phase, updated_at) \
+             SELECT s.mailbox, 'initial', $1 FROM subscriptions s \
+             WHERE s.status = 'active' \
+             AND NOT EXISTS (SELECT 1 FROM sync_state t WHERE t.mailbox = s.mailbox) \
+             ORDER BY s.mailbox \
+             ON CONFLICT (mailbox) DO NOTHING",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // SKIP LOCKED: rows another replica is claiming (or writing under a
+        // lease) are passed over instead of waited for; a row whose claim
+        // committed meanwhile is re-checked against the lease condition.
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "WITH due AS ( \
+               SELECT t.mailbox FROM sync_state t JOIN subscriptions s ON s.mailbox = t.mailbox \
+               WHERE s.status = 'active' \
+               AND (t.next_poll_at IS NULL OR t.next_poll_at <= $3) \
+               AND (t.lease_owner IS NULL OR t.lease_expires_at IS NULL OR t.lease_expires_at <= $3) \
+               ORDER BY t.next_poll_at NULLS FIRST, t.mailbox LIMIT $4 \
+               FOR UPDATE OF t SKIP LOCKED) \
+             UPDATE sync_state SET lease_owner = $1, lease_epoch = sync_state.lease_epoch + 1, \
+             lease_expires_at = $2, updated_at = $3 \
+             FROM due WHERE sync_state.mailbox = due.mailbox \
+             RETURNING sync_state.mailbox, sync_state.lease_epoch",
+        )
+        .bind(owner)
+        .bind(expires)
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        leases(rows, owner, expires)
+    }
+
+    pub(crate) async fn search(
+        &self,
+        mailbox: Option<&MailboxAddress>,
+        query: &str,
+        limit: u32,
+    ) -> Result<Vec<SearchHit>, StoreError> {
+        let words = search_words(query);
+        if words.is_empty() {
+            return Ok(Vec::new());
+        }
+        // plainto_tsquery ANDs the words and ignores operators: any input
+        // is a valid query.
+        convert(
+            sqlx::query_as::<Postgres, HitRow>(
+                "SELECT mailbox, gmail_id, subject FROM messages \
+                 WHERE search_tsv @@ plainto_tsquery('simple', $1) AND deleted_at IS NULL \
+                 AND ($2::text IS NULL OR mailbox = $2) \
+                 ORDER BY ts_rank(search_tsv, plainto_tsquery('simple', $1)) DESC, mailbox, gmail_id \
+                 LIMIT $3",
+            )
+            .bind(words.join(" "))
+            .bind(mailbox.map(MailboxAddress::as_str))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?,
+        )
+    }
+}
+
+shared_store_impl!(
+    PgStore,
+    Postgres,
+    ids(
+        " = ANY(ARRAY(SELECT jsonb_array_elements_text(",
+        "::jsonb)))"
+    ),
+    rows("jsonb_array_elements(", "::jsonb) AS j(value)"),
+    timestamp("::timestamptz"),
+    unhex("decode(", ", 'hex')")
+);
+
+/// A connection failure in one short clause, without the URL or password.
+fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused".to_owned()
+        }
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        sqlx::Error::Tls(t) => format!("TLS error: {t}"),
+        other => other.to_string(),
+    }
+}

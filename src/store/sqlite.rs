@@ -1,0 +1,230 @@
+//! The embedded SQLite backend (the default for one replica).
+//!
+//! One file in WAL mode; readers run concurrently, writers take the
+//! database's single write lock with `BEGIN IMMEDIATE` (so a transaction
+//! never fails half-way on a read-to-write lock upgrade) and wait up to the
+//! 5 s busy timeout for it. Full-text search is an external-content FTS5
+//! table kept in step with `messages` by triggers (see the migration).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::Sqlite;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use super::shared::{shared_store_impl, subscription_columns, sync_state_columns};
+use super::{
+    BatchStats, ChangeRow, ChangeRowDb, EventRow, ExistingRow, FailureRecord, HitRow, Lease,
+    LiveMessage, LiveRow, MailboxStatus, MessageChange, NewSubscription, PurgeCounts, RunRow,
+    SearchHit, StatusRow, StoreError, Subscription, SubscriptionEvent, SubscriptionRow,
+    SubscriptionUpdate, SyncBatch, SyncRunRow, SyncState, SyncStateRow, addresses_json,
+    attachments_json, batch_ids, changes_json, clean, clean_opt, convert, decode_err, existing_map,
+    fts5_query, json_strings, label_pairs_json, label_rows_json, label_updates_json, messages_json,
+    micros, now, plan_batch, plus, upsert_labels_json,
+};
+use crate::domain::{ChangeKind, GmailMessageId, HistoryId, MailboxAddress, Operator};
+
+/// Migrations embedded at compile time from `migrations/sqlite`.
+///
+/// `sqlx::migrate!` needs sqlx's `macros` feature, which would also enable
+/// the `query!` macros we avoid; this is the proc macro it forwards to.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::sqlx_macros::migrate!("migrations/sqlite");
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    path: Option<PathBuf>,
+}
+
+impl SqliteStore {
+    pub(crate) async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::InvalidUrl(format!("invalid SQLite database url: {e}")))?;
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let path = (!in_memory).then(|| opts.get_filename().to_path_buf());
+        let missing_dir = path
+            .as_deref()
+            .and_then(|p| p.parent())
+            .filter(|d| !d.as_os_str().is_empty() && !d.is_dir());
+        if let (Some(p), Some(dir)) = (&path, missing_dir) {
+            return Err(StoreError::Unavailable(format!(
+                "cannot open SQLite database {}: directory {} does not exist",
+                p.display(),
+                dir.display()
+            )));
+        }
+        let opts = opts
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true)
+            .synchronous(SqliteSynchronous::Normal);
+        let mut pool = SqlitePoolOptions::new().max_connections(max_connections.max(1));
+        if in_memory {
+            // An in-memory database lives as long as one connection to it.
+            pool = pool
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let pool = pool.connect_with(opts).await.map_err(|e| {
+            let what = path
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| ":memory:".to_owned());
+            StoreError::Unavailable(format!("cannot open SQLite database {what}: {e}"))
+        })?;
+        Ok(Self { pool, path })
+    }
+
+    pub(crate) fn path(&self) -> Option<PathBuf> {
+        self.path.clone()
+    }
+
+    pub(crate) async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn pending_migrations(&self) -> Result<usize, StoreError> {
+        let (exists,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let applied: HashSet<i64> = if exists == 0 {
+            HashSet::new()
+        } else {
+            sqlx::query_as::<Sqlite, (i64,)>("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|(v,)| v)
+                .collect()
+        };
+        Ok(pending(&MIGRATOR, &applied))
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    pub(crate) async fn claim_due(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        let now = micros(now);
+        let expires = plus(now, lease_for);
+        // SQLite has one writer: inside BEGIN IMMEDIATE nobody else can
+        // claim between our SELECT and UPDATE, so one statement suffices.
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO sync_state (mailbox, phase, updated_at) \
+             SELECT s.mailbox, 'initial', $1 FROM subscriptions s \
+             WHERE s.status = 'active' \
+             AND NOT EXISTS (SELECT 1 FROM sync_state t WHERE t.mailbox = s.mailbox) \
+             ON CONFLICT (mailbox) DO NOTHING",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "UPDATE sync_state SET lease_owner = $1, lease_epoch = lease_epoch + 1, \
+             lease_expires_at = $2, updated_at = $3 \
+             WHERE mailbox IN ( \
+               SELECT t.mailbox FROM sync_state t JOIN subscriptions s ON s.mailbox = t.mailbox \
+               WHERE s.status = 'active' \
+               AND (t.next_poll_at IS NULL OR t.next_poll_at <= $3) \
+               AND (t.lease_owner IS NULL OR t.lease_expires_at IS NULL OR t.lease_expires_at <= $3) \
+               ORDER BY t.next_poll_at NULLS FIRST, t.mailbox LIMIT $4) \
+             RETURNING mailbox, lease_epoch",
+        )
+        .bind(owner)
+        .bind(expires)
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        leases(rows, owner, expires)
+    }
+
+    pub(crate) async fn search(
+        &self,
+        mailbox: Option<&MailboxAddress>,
+        query: &str,
+        limit: u32,
+    ) -> Result<Vec<SearchHit>, StoreError> {
+        let Some(expr) = fts5_query(query) else {
+            return Ok(Vec::new());
+        };
+        convert(
+            sqlx::query_as::<Sqlite, HitRow>(
+                "SELECT m.mailbox, m.gmail_id, m.subject \
+                 FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid \
+                 WHERE messages_fts MATCH $1 AND m.deleted_at IS NULL \
+                 AND ($2 IS NULL OR m.mailbox = $2) \
+                 ORDER BY messages_fts.rank, m.id LIMIT $3",
+            )
+            .bind(expr)
+            .bind(mailbox.map(MailboxAddress::as_str))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?,
+        )
+    }
+}
+
+shared_store_impl!(
+    SqliteStore,
+    Sqlite,
+    ids(" IN (SELECT value FROM json_each(", "))"),
+    rows("json_each(", ") AS j"),
+    timestamp(""),
+    unhex("unhex(", ")")
+);
+
+/// Embedded migrations not yet applied.
+pub(crate) fn pending(migrator: &sqlx::migrate::Migrator, applied: &HashSet<i64>) -> usize {
+    migrator
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
+        .count()
+}
+
+pub(crate) fn leases(
+    rows: Vec<(String, i64)>,
+    owner: &str,
+    expires_at: DateTime<Utc>,
+) -> Result<Vec<Lease>, StoreError> {
+    let mut out = rows
+        .into_iter()
+        .map(|(mailbox, epoch)| {
+            Ok(Lease {
+                mailbox: MailboxAddress::parse(&mailbox).map_err(decode_err)?,
+                owner: owner.to_owned(),
+                epoch,
+                expires_at,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    out.sort_by(|a, b| a.mailbox.cmp(&b.mailbox));
+    Ok(out)
+}

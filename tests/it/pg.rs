@@ -1,0 +1,166 @@
+//! PostgreSQL for tests: one fresh database per test.
+//!
+//! The server is, in order: `TEST_POSTGRES_URL`; a server answering on
+//! 127.0.0.1:5432 (user `postgres`, trust auth); or one private throwaway
+//! cluster per test process started with `initdb`/`pg_ctl` in a temp dir.
+//! Without any of them the PostgreSQL tests are skipped, unless
+//! `GMAIL_INGEST_REQUIRE_POSTGRES=1`, which turns that into a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::sync::OnceCell;
+
+static BASE_URL: OnceCell<Option<String>> = OnceCell::const_new();
+
+/// A URL to a freshly created, empty database, or `None` (skip) when no
+/// PostgreSQL is available.
+pub(crate) async fn fresh_pg_url() -> Option<String> {
+    let base = BASE_URL.get_or_init(find_server).await.clone();
+    let Some(base) = base else {
+        if std::env::var("GMAIL_INGEST_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+            panic!(
+                "GMAIL_INGEST_REQUIRE_POSTGRES=1 but no PostgreSQL is available: set \
+                 TEST_POSTGRES_URL, run a server on 127.0.0.1:5432, or install initdb/pg_ctl"
+            );
+        }
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("PostgreSQL not available: the PostgreSQL part of this test did not run");
+        }
+        return None;
+    };
+    let name = format!("gi_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = PgConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL server: {e}"));
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
+    let _ = conn.close().await;
+    let mut url = url::Url::parse(&base).expect("test PostgreSQL url parses");
+    url.set_path(&name);
+    Some(url.to_string())
+}
+
+/// Drops a database made by [`fresh_pg_url`] (best effort).
+pub(crate) async fn drop_database(url: &str) {
+    let Ok(mut u) = url::Url::parse(url) else {
+        return;
+    };
+    let name = u.path().trim_start_matches('/').to_owned();
+    if !name.starts_with("gi_test_") {
+        return;
+    }
+    u.set_path("postgres");
+    if let Ok(mut conn) = PgConnection::connect(u.as_str()).await {
+        let _ = conn
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .await;
+        let _ = conn.close().await;
+    }
+}
+
+async fn find_server() -> Option<String> {
+    if let Some(url) = std::env::var("TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        return Some(url);
+    }
+    let local = "postgres://postgres@127.0.0.1:5432/postgres";
+    let answers = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect("127.0.0.1:5432"),
+    )
+    .await;
+    if matches!(answers, Ok(Ok(_))) {
+        return Some(local.to_owned());
+    }
+    start_private_cluster().await
+}
+
+fn pg_binary(name: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let versioned = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dirs| {
+            dirs.filter_map(Result::ok)
+                .map(|d| d.path().join("bin").join(name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    on_path.into_iter().chain(versioned).find(|p| p.is_file())
+}
+
+/// Starts one cluster for this test process on a free port. It is left
+/// running when the process exits (its temp dir is kept for `pg_ctl stop`).
+async fn start_private_cluster() -> Option<String> {
+    let initdb = pg_binary("initdb")?;
+    let pg_ctl = pg_binary("pg_ctl")?;
+    let dir = tempfile::Builder::new()
+        .prefix("gi-pg-")
+        .tempdir()
+        .ok()?
+        .keep();
+    let data = dir.join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let ok = |status: std::io::Result<std::process::ExitStatus>| {
+        status.map(|s| s.success()).unwrap_or(false)
+    };
+    let init = Command::new(&initdb)
+        .args([
+            "-D",
+            path(&data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !ok(init) {
+        return None;
+    }
+    let options = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+        path(&dir)
+    );
+    let start = Command::new(&pg_ctl)
+        .args([
+            "-D",
+            path(&data),
+            "-o",
+            &options,
+            "-l",
+            path(&dir.join("log")),
+            "-w",
+            "start",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !ok(start) {
+        return None;
+    }
+    Some(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}

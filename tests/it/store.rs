@@ -1,0 +1,303 @@
+//! The store: the conformance suite on both backends, connection errors,
+//! migration tidiness, and the analysts' example queries in docs/schema.md.
+
+use gmail_ingest::store::conformance;
+use gmail_ingest::store::{Store, StoreError};
+
+use crate::pg;
+
+/// A migrated store on a fresh SQLite file; keep the temp dir alive.
+async fn sqlite_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let store = Store::connect(&url, 4).await.expect("open sqlite");
+    store.migrate().await.expect("migrate sqlite");
+    (dir, store)
+}
+
+/// A migrated store on a fresh PostgreSQL database, or `None` (skipped).
+async fn pg_store() -> Option<(String, Store)> {
+    let url = pg::fresh_pg_url().await?;
+    let store = Store::connect(&url, 8).await.expect("connect postgres");
+    store.migrate().await.expect("migrate postgres");
+    Some((url, store))
+}
+
+macro_rules! conformance_tests {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (_dir, store) = super::sqlite_store().await;
+                    gmail_ingest::store::conformance::$name(&store).await;
+                    store.close().await;
+                }
+            )+
+        }
+        mod postgres_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some((url, store)) = super::pg_store().await else { return };
+                    gmail_ingest::store::conformance::$name(&store).await;
+                    store.close().await;
+                    crate::pg::drop_database(&url).await;
+                }
+            )+
+        }
+    };
+}
+
+conformance_tests!(
+    upserts_are_idempotent,
+    soft_delete_and_readd,
+    label_changes_and_reconcile,
+    failed_batch_moves_nothing,
+    fencing_refuses_stale_leases,
+    claim_due_hands_each_mailbox_to_one_owner,
+    full_text_search,
+    subscription_lifecycle_is_audited,
+    purge_reports_counts,
+    metacharacters_are_stored_verbatim,
+    quota_reservations_respect_the_limit,
+    full_sync_deletes_unseen_messages,
+    failures_are_counted_and_reset,
+    migrations_are_applied_once,
+);
+
+// -- connection errors ------------------------------------------------------
+
+#[tokio::test]
+async fn an_unsupported_url_scheme_is_refused_by_name() {
+    let err = Store::connect("mysql://root@localhost/db", 1)
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, StoreError::InvalidUrl(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "unsupported database url scheme 'mysql' (expected sqlite:// or postgres://)"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_is_unavailable_without_leaking_the_password() {
+    // Port 1 on localhost: nothing listens there.
+    let err = Store::connect("postgres://app:s3cret-pw@127.0.0.1:1/db", 1)
+        .await
+        .unwrap_err();
+
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert_eq!(
+        text,
+        "cannot connect to PostgreSQL at 127.0.0.1:1: connection refused"
+    );
+    assert!(!text.contains("s3cret"));
+}
+
+#[tokio::test]
+async fn a_sqlite_path_in_a_missing_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir").join("x.db");
+
+    let err = Store::connect(&format!("sqlite://{}", missing.display()), 1)
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(!missing.exists());
+}
+
+#[tokio::test]
+async fn a_new_sqlite_file_is_created_and_reports_pending_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh.db");
+    let store = Store::connect(&format!("sqlite://{}", path.display()), 2)
+        .await
+        .unwrap();
+
+    assert_eq!(store.backend(), "sqlite");
+    assert_eq!(store.sqlite_path().as_deref(), Some(path.as_path()));
+    assert!(store.pending_migrations().await.unwrap() >= 1);
+    store.migrate().await.unwrap();
+    assert_eq!(store.pending_migrations().await.unwrap(), 0);
+    assert!(path.exists());
+}
+
+#[tokio::test]
+async fn an_in_memory_sqlite_store_works_across_pool_connections() {
+    let store = Store::connect("sqlite::memory:", 4).await.unwrap();
+    store.migrate().await.unwrap();
+
+    conformance::subscription_lifecycle_is_audited(&store).await;
+
+    assert_eq!(store.sqlite_path(), None);
+}
+
+// -- tidy -------------------------------------------------------------------
+
+#[test]
+fn both_migration_directories_hold_the_same_file_names() {
+    let names = |dir: &str| {
+        let mut v: Vec<String> =
+            std::fs::read_dir(format!("{}/migrations/{dir}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap_or_else(|e| panic!("reading migrations/{dir}: {e}"))
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+        v.sort();
+        v
+    };
+
+    let sqlite = names("sqlite");
+    let postgres = names("postgres");
+
+    assert!(!sqlite.is_empty());
+    assert_eq!(sqlite, postgres);
+    for n in &sqlite {
+        let (version, rest) = n
+            .split_once('_')
+            .unwrap_or_else(|| panic!("{n}: expected VERSION_name.sql"));
+        assert!(
+            version.len() == 14 && version.chars().all(|c| c.is_ascii_digit()),
+            "{n}: timestamped version"
+        );
+        assert!(rest.ends_with(".sql"), "{n}");
+    }
+}
+
+// -- docs/schema.md example queries -----------------------------------------
+
+/// A fenced ```sql block: which backends it is for, its `-- Qn` name, its text.
+struct DocQuery {
+    sqlite: bool,
+    postgres: bool,
+    name: String,
+    sql: String,
+}
+
+fn doc_queries() -> Vec<DocQuery> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/schema.md"))
+        .expect("docs/schema.md exists");
+    let mut out = Vec::new();
+    let mut current: Option<(String, Vec<&str>)> = None;
+    for line in doc.lines() {
+        match &mut current {
+            None => {
+                if let Some(tag) = line.trim().strip_prefix("```sql") {
+                    current = Some((tag.trim().to_owned(), Vec::new()));
+                }
+            }
+            Some((tag, lines)) => {
+                if line.trim() == "```" {
+                    let sql = lines.join("\n");
+                    let name = lines
+                        .iter()
+                        .find_map(|l| l.trim().strip_prefix("-- "))
+                        .and_then(|l| l.split(':').next())
+                        .unwrap_or("")
+                        .to_owned();
+                    out.push(DocQuery {
+                        sqlite: tag.is_empty() || tag == "sqlite",
+                        postgres: tag.is_empty() || tag == "postgres",
+                        name,
+                        sql,
+                    });
+                    current = None;
+                } else {
+                    lines.push(line);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Expected first-column values on the sample data, for some queries.
+fn expected(name: &str) -> Option<Vec<&'static str>> {
+    Some(match name {
+        "Q2" => vec!["t2", "t3", "t4"],
+        "Q3" => vec!["application/pdf", "image/png"],
+        "Q4" => vec!["s3"],
+        "Q6" => vec!["t1", "t3", "u1", "t2", "t4"],
+        "Q8" => vec![
+            "alice@customer.example",
+            "support@example.com",
+            "bob@customer.example",
+            "carol@partner.example",
+            "dave@customer.example",
+            "sales@example.com",
+        ],
+        "Q9" => vec!["s6"],
+        _ => return None,
+    })
+}
+
+async fn check_doc_queries(store: &Store) {
+    conformance::seed_sample_data(store).await;
+    let postgres = store.backend() == "postgres";
+    let queries: Vec<DocQuery> = doc_queries()
+        .into_iter()
+        .filter(|q| if postgres { q.postgres } else { q.sqlite })
+        .collect();
+    let names: std::collections::BTreeSet<&str> = queries.iter().map(|q| q.name.as_str()).collect();
+    assert!(
+        names.len() >= 10,
+        "expected at least ten example queries for {}, found {names:?}",
+        store.backend()
+    );
+
+    for q in &queries {
+        assert!(
+            q.name.starts_with('Q'),
+            "every sql block starts with a `-- Qn: title` comment:\n{}",
+            q.sql
+        );
+        let n = store
+            .count_query_rows(&q.sql)
+            .await
+            .unwrap_or_else(|e| panic!("{} failed on {}: {e}\n{}", q.name, store.backend(), q.sql));
+        assert!(
+            n > 0,
+            "{} returned no rows on the sample data ({})",
+            q.name,
+            store.backend()
+        );
+        if let Some(want) = expected(&q.name) {
+            let got = store.query_first_column(&q.sql).await.unwrap();
+            assert_eq!(got, want, "{} on {}", q.name, store.backend());
+        }
+    }
+}
+
+#[test]
+fn every_backend_specific_doc_query_has_a_counterpart() {
+    let queries = doc_queries();
+    for q in queries.iter().filter(|q| q.sqlite != q.postgres) {
+        assert!(
+            queries
+                .iter()
+                .any(|o| o.name == q.name && o.sqlite != q.sqlite && o.postgres != q.postgres),
+            "{} has a variant for one backend only",
+            q.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_doc_queries_run_on_sqlite() {
+    let (_dir, store) = sqlite_store().await;
+    check_doc_queries(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_doc_queries_run_on_postgres() {
+    let Some((url, store)) = pg_store().await else {
+        return;
+    };
+    check_doc_queries(&store).await;
+    store.close().await;
+    pg::drop_database(&url).await;
+}
