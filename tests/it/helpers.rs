@@ -40,6 +40,9 @@ pub(crate) fn base_settings() -> Settings {
     s.google.request_timeout = Duration::from_secs(10);
     s.google.max_attempts = 8;
     s.sync.poll_interval = Duration::from_secs(1);
+    // Tests exercise behaviour, not the 2026 ceiling (the benchmarks do):
+    // our limiter and the emulator's quota are both lifted by `world`.
+    s.sync.user_quota_units_per_minute = 100_000_000;
     s
 }
 

@@ -75,7 +75,7 @@ both_backends!(
         let gets_before = w.requests_by_user(&m, GET).await;
 
         let new_id = w
-            .insert_message(&m, "Boiler inspection due", &["INBOX", "UNREAD"])
+            .insert_message(&m, "Zyxquartz inspection due", &["INBOX", "UNREAD"])
             .await;
         let gone = w.insert_message(&m, "Added then deleted", &["INBOX"]).await;
         w.delete_message(&m, &gone).await;
@@ -95,7 +95,7 @@ both_backends!(
         assert!(kinds.iter().any(|k| k == "deleted"));
         assert!(kinds.iter().any(|k| k == "label_added"));
         assert!(kinds.iter().any(|k| k == "label_removed"));
-        let hits = w.ctx.store.search(Some(&m), "boiler", 10).await.unwrap();
+        let hits = w.ctx.store.search(Some(&m), "zyxquartz", 10).await.unwrap();
         assert_eq!(hits.len(), 1);
     }
 );
