@@ -611,6 +611,15 @@ impl Store {
         dispatch!(self, s => s.search(mailbox, query, limit).await)
     }
 
+    /// The newest live messages of a mailbox (by Gmail internalDate).
+    pub async fn recent_messages(
+        &self,
+        mailbox: &MailboxAddress,
+        limit: u32,
+    ) -> Result<Vec<SearchHit>, StoreError> {
+        dispatch!(self, s => s.recent_messages(mailbox, limit).await)
+    }
+
     /// Live messages stored for the mailbox.
     pub async fn count_messages(&self, m: &MailboxAddress) -> Result<i64, StoreError> {
         dispatch!(self, s => s.count_messages(m).await)
