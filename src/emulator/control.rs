@@ -49,22 +49,24 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/emulator/v1/clock/advance", post(advance_clock))
 }
 
-type Refusal = Response;
+/// A refusal, boxed to keep `Result`s small.
+type Refusal = Box<Response>;
 
 fn ok(body: &Value) -> Response {
     json_response(StatusCode::OK, body, false)
 }
 
-fn bad_request(message: impl Into<String>) -> Refusal {
+fn bad_request(message: impl Into<String>) -> Response {
     control_error(StatusCode::BAD_REQUEST, message)
 }
 
-fn unknown_user(email: &str) -> Refusal {
+fn unknown_user(email: &str) -> Response {
     control_error(StatusCode::NOT_FOUND, format!("unknown user {email}"))
 }
 
 fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
-    serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| Box::new(bad_request(format!("invalid JSON body: {e}"))))
 }
 
 fn user_json(user: &User) -> Value {
@@ -137,7 +139,7 @@ fn valid_email(email: &str) -> bool {
 async fn add_user(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let new: NewUser = match parse_body(&body) {
         Ok(new) => new,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     if !valid_email(&new.email) {
         return bad_request(format!("invalid email address {:?}", new.email));
@@ -172,7 +174,7 @@ async fn patch_user(
 ) -> Response {
     let changes: Map<String, Value> = match parse_body(&body) {
         Ok(changes) => changes,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let mut world = shared.lock();
     let Some(user) = world.user_mut(&email) else {
@@ -216,7 +218,7 @@ fn label_mask(mailbox: &mut Mailbox, ids: &[String]) -> Result<LabelMask, Refusa
         mailbox
             .label_bit_or_create(id)
             .map(|bit| mask | bit)
-            .map_err(bad_request)
+            .map_err(|e| Box::new(bad_request(e)))
     })
 }
 
@@ -235,7 +237,7 @@ async fn insert_message(
 ) -> Response {
     let new: NewMessage = match parse_body(&body) {
         Ok(new) => new,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let Some(raw) = decode_base64_any(&new.raw).filter(|r| !r.is_empty()) else {
         return bad_request("raw must be a non-empty base64url RFC 822 message");
@@ -250,7 +252,7 @@ async fn insert_message(
         None => INBOX | UNREAD,
         Some(ids) => match label_mask(&mut user.mailbox, ids) {
             Ok(mask) => mask,
-            Err(refusal) => return refusal,
+            Err(refusal) => return *refusal,
         },
     };
     let index = user.index;
@@ -308,7 +310,7 @@ async fn relabel(
 ) -> Response {
     let change: Relabel = match parse_body(&body) {
         Ok(change) => change,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let mut world = shared.lock();
     let Some(user) = world.user_mut(&email) else {
@@ -323,7 +325,7 @@ async fn relabel(
         label_mask(mailbox, &change.remove),
     ) {
         (Ok(add), Ok(remove)) => (add, remove),
-        (Err(refusal), _) | (_, Err(refusal)) => return refusal,
+        (Err(refusal), _) | (_, Err(refusal)) => return *refusal,
     };
     match mailbox.relabel(message_id, add, remove) {
         Some((labels, history)) => {
@@ -361,7 +363,7 @@ struct Delegation {
 async fn delegation(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let grant: Delegation = match parse_body(&body) {
         Ok(grant) => grant,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     if grant.client_id.trim().is_empty() {
         return bad_request("client_id must not be empty");
@@ -382,7 +384,7 @@ async fn delegation(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
 async fn faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let config: FaultConfig = match parse_body(&body) {
         Ok(config) => config,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let rates = [
         ("error_rate", config.error_rate),
@@ -419,7 +421,7 @@ struct QuotaChange {
 async fn quota(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let change: QuotaChange = match parse_body(&body) {
         Ok(change) => change,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     if change.max_concurrent_per_user == Some(0) {
         return bad_request("max_concurrent_per_user must be at least 1");
@@ -462,7 +464,7 @@ struct Advance {
 async fn advance_clock(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let advance: Advance = match parse_body(&body) {
         Ok(advance) => advance,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     shared.clock.advance(Duration::from_secs(advance.seconds));
     ok(&json!({"now_ms": shared.clock.now_ms()}))

@@ -8,8 +8,12 @@ use serde_json::json;
 use super::util::json_response;
 
 /// A Gmail or Directory API error, rendered as `{"error":{"code","message","errors":[..],"status"}}`.
+/// Boxed so that `Result<_, GoogleError>` stays small on the happy path.
 #[derive(Debug, Clone)]
-pub(crate) struct GoogleError {
+pub(crate) struct GoogleError(Box<Detail>);
+
+#[derive(Debug, Clone)]
+pub(crate) struct Detail {
     pub(crate) code: u16,
     pub(crate) message: String,
     pub(crate) reason: &'static str,
@@ -35,7 +39,7 @@ fn canonical_status(code: u16) -> &'static str {
 
 impl GoogleError {
     pub(crate) fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(Detail {
             code,
             message: message.into(),
             reason,
@@ -43,7 +47,12 @@ impl GoogleError {
             status: Some(canonical_status(code)),
             location: None,
             retry_after: None,
-        }
+        }))
+    }
+
+    fn with(mut self, change: impl FnOnce(&mut Detail)) -> Self {
+        change(&mut self.0);
+        self
     }
 
     pub(crate) fn not_found() -> Self {
@@ -51,14 +60,11 @@ impl GoogleError {
     }
 
     pub(crate) fn unauthenticated() -> Self {
-        Self {
-            location: Some(("header", "Authorization")),
-            ..Self::new(
+        Self::new(
                 401,
                 "authError",
                 "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project.",
-            )
-        }
+            ).with(|d| {d.location = Some(("header", "Authorization"));})
     }
 
     pub(crate) fn invalid_argument(message: impl Into<String>) -> Self {
@@ -66,10 +72,9 @@ impl GoogleError {
     }
 
     pub(crate) fn failed_precondition(message: impl Into<String>) -> Self {
-        Self {
-            status: Some("FAILED_PRECONDITION"),
-            ..Self::new(400, "failedPrecondition", message)
-        }
+        Self::new(400, "failedPrecondition", message).with(|d| {
+            d.status = Some("FAILED_PRECONDITION");
+        })
     }
 
     pub(crate) fn forbidden(message: impl Into<String>) -> Self {
@@ -85,30 +90,28 @@ impl GoogleError {
     }
 
     pub(crate) fn user_rate_limit(retry_after: u64) -> Self {
-        Self {
-            domain: "usageLimits",
-            retry_after: Some(retry_after),
-            ..Self::new(403, "userRateLimitExceeded", "User Rate Limit Exceeded")
-        }
+        Self::new(403, "userRateLimitExceeded", "User Rate Limit Exceeded").with(|d| {
+            d.domain = "usageLimits";
+            d.retry_after = Some(retry_after);
+        })
     }
 
     pub(crate) fn project_rate_limit(retry_after: u64) -> Self {
-        Self {
-            domain: "usageLimits",
-            retry_after: Some(retry_after),
-            ..Self::new(403, "rateLimitExceeded", "Rate Limit Exceeded")
-        }
+        Self::new(403, "rateLimitExceeded", "Rate Limit Exceeded").with(|d| {
+            d.domain = "usageLimits";
+            d.retry_after = Some(retry_after);
+        })
     }
 
     pub(crate) fn too_many_concurrent(retry_after: u64) -> Self {
-        Self {
-            retry_after: Some(retry_after),
-            ..Self::new(
-                429,
-                "rateLimitExceeded",
-                "Too many concurrent requests for user",
-            )
-        }
+        Self::new(
+            429,
+            "rateLimitExceeded",
+            "Too many concurrent requests for user",
+        )
+        .with(|d| {
+            d.retry_after = Some(retry_after);
+        })
     }
 
     pub(crate) fn backend_error() -> Self {
@@ -121,33 +124,31 @@ impl GoogleError {
 
     /// The Admin SDK's variant of the shape: no `status` member.
     pub(crate) fn directory_style(self) -> Self {
-        Self {
-            status: None,
-            ..self
-        }
+        self.with(|d| d.status = None)
     }
 }
 
 impl IntoResponse for GoogleError {
     fn into_response(self) -> Response {
+        let detail = *self.0;
         let mut item =
-            json!({"domain": self.domain, "reason": self.reason, "message": self.message});
-        if let Some((location_type, location)) = self.location {
+            json!({"domain": detail.domain, "reason": detail.reason, "message": detail.message});
+        if let Some((location_type, location)) = detail.location {
             item["locationType"] = json!(location_type);
             item["location"] = json!(location);
         }
-        let mut error = json!({"code": self.code, "message": self.message, "errors": [item]});
-        if let Some(status) = self.status {
+        let mut error = json!({"code": detail.code, "message": detail.message, "errors": [item]});
+        if let Some(status) = detail.status {
             error["status"] = json!(status);
         }
-        let status = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(detail.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = json_response(status, &json!({ "error": error }), false);
-        if let Some(seconds) = self.retry_after {
+        if let Some(seconds) = detail.retry_after {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
-        if self.code == 401 {
+        if detail.code == 401 {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(

@@ -137,12 +137,13 @@ fn admit(
         scopes: issued.scopes.clone(),
     };
     if method.is_gmail() {
-        if let Some(user_id) = user_id {
-            if user_id != "me" && !user_id.eq_ignore_ascii_case(&subject) {
-                return Err(GoogleError::forbidden(format!(
-                    "Delegation denied for {subject}"
-                )));
-            }
+        if let Some(user_id) = user_id
+            && user_id != "me"
+            && !user_id.eq_ignore_ascii_case(&subject)
+        {
+            return Err(GoogleError::forbidden(format!(
+                "Delegation denied for {subject}"
+            )));
         }
         if !caller.has_gmail_scope() {
             return Err(GoogleError::insufficient_permissions());

@@ -1,0 +1,4 @@
+//! The single integration-test binary.
+
+mod emulator;
+mod emulator_helpers;
