@@ -1,1 +1,211 @@
-//! placeholder
+//! The local Google: OAuth token endpoint, Gmail API v1 and Admin SDK Directory on one port.
+//!
+//! Tests, benchmarks and `demo` run the real client libraries (yup-oauth2's service-account
+//! flow, the google-gmail1 hub) against it unchanged. Mailboxes are generated lazily and
+//! deterministically from a seed; history, quota, the per-user concurrency cap and fault
+//! injection follow Google's documented behaviour (see `reference/gmail-api.md`), and the
+//! control API under `/emulator/v1` steers it.
+//!
+//! It must not be reachable from production code paths: it exists behind the `emulator`
+//! feature and never talks to the network beyond its own listener.
+//!
+//! # Layout
+//!
+//! - `server`: shared state, the request pipeline and the accept loop.
+//! - `oauth`: the token endpoint and the service-account key.
+//! - `gmail`, `directory`, `control`: the three route families.
+//! - `model`: users, mailboxes, history, quota windows, counters.
+//! - `generate` and `payload`: RFC 822 rendering from the seed, and Gmail's parsed view of it.
+
+mod clock;
+mod control;
+mod directory;
+mod errors;
+mod generate;
+mod gmail;
+mod model;
+mod oauth;
+mod payload;
+mod server;
+mod util;
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse as _;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use self::errors::GoogleError;
+use self::model::{Seeding, World};
+use self::server::Shared;
+
+/// How to start an emulator.
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    /// Where to listen; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Seed for every generated mailbox, ID and fault sequence.
+    pub seed: u64,
+    /// Mailboxes besides the admin: about two thirds shared mailboxes, the rest staff.
+    pub users: usize,
+    /// Generated messages per mailbox.
+    pub messages: usize,
+    pub domain: String,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            seed: 1,
+            users: 3,
+            messages: 500,
+            domain: "example.com".to_owned(),
+        }
+    }
+}
+
+/// A service-account key written by [`Emulator::write_service_account_key`].
+#[derive(Debug, Clone)]
+pub struct ServiceAccountInfo {
+    /// The numeric client ID the DWD grant is keyed by.
+    pub client_id: String,
+    pub client_email: String,
+    pub key_path: PathBuf,
+}
+
+/// A running emulator; it owns its server task.
+#[derive(Debug)]
+pub struct Emulator {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    /// Stops the accept loop and every open connection.
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Emulator {
+    /// Binds, seeds the world and starts serving.
+    pub async fn start(cfg: EmulatorConfig) -> anyhow::Result<Emulator> {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("binding the emulator to {}", cfg.listen))?;
+        let bound = listener
+            .local_addr()
+            .context("reading the emulator's address")?;
+        let addr = if bound.ip().is_unspecified() {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, bound.port()))
+        } else {
+            bound
+        };
+        let seeding = Seeding {
+            seed: cfg.seed,
+            users: cfg.users,
+            messages: cfg.messages,
+            domain: cfg.domain.to_ascii_lowercase(),
+        };
+        let world = tokio::task::spawn_blocking(move || World::seeded(seeding))
+            .await
+            .context("generating the emulator's mailboxes")?;
+        let shared = Arc::new(Shared::new(
+            world,
+            format!("http://{addr}/token"),
+            addr.port(),
+        ));
+        let router = router(Arc::clone(&shared));
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(server::accept_loop(listener, router, cancel.clone()));
+        Ok(Emulator {
+            shared,
+            addr,
+            cancel,
+            task,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT/`: the base for Gmail (`gmail/v1/…`), Directory and the control API.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// The OAuth token endpoint, `base_url() + "token"`.
+    pub fn token_url(&self) -> String {
+        self.shared.token_url.clone()
+    }
+
+    /// The seeded admin, to impersonate for Directory look-ups.
+    pub fn admin_email(&self) -> String {
+        format!("admin@{}", self.shared.lock().seeding.domain)
+    }
+
+    /// Writes a service-account key file (mode 0600) whose `token_uri` is this emulator, and
+    /// grants it `gmail.readonly` + `admin.directory.user.readonly` by domain-wide delegation.
+    pub fn write_service_account_key(&self, path: &Path) -> anyhow::Result<ServiceAccountInfo> {
+        oauth::write_service_account_key(&self.shared, path)
+    }
+
+    /// Moves the emulator's clock forward (token expiry, quota windows).
+    pub fn advance_clock(&self, by: Duration) {
+        self.shared.clock.advance(by);
+    }
+
+    /// Stops serving and closes every connection.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        if let Err(e) = self.task.await {
+            tracing::warn!(error = %e, "The emulator's server task ended abnormally.");
+        }
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/token", axum::routing::post(oauth::token))
+        .merge(gmail::router())
+        .merge(directory::router())
+        .merge(control::router())
+        .fallback(|| async {
+            let mut response = GoogleError::new(404, "notFound", "Not Found").into_response();
+            *response.status_mut() = StatusCode::NOT_FOUND;
+            response
+        })
+        .with_state(shared)
+}
+
+/// The `gmail-ingest emulator` command: start, optionally write a key, serve until `shutdown`.
+pub async fn run_command(
+    cfg: EmulatorConfig,
+    write_key: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (users, messages, seed) = (cfg.users, cfg.messages, cfg.seed);
+    let emulator = Emulator::start(cfg).await?;
+    if let Some(path) = write_key {
+        let info = emulator.write_service_account_key(&path)?;
+        tracing::info!(
+            key_path = %info.key_path.display(),
+            client_id = %info.client_id,
+            "Wrote a service-account key with a domain-wide delegation grant."
+        );
+    }
+    tracing::info!(
+        url = %emulator.base_url(),
+        token_url = %emulator.token_url(),
+        admin = %emulator.admin_email(),
+        users,
+        messages,
+        seed,
+        "The Google emulator is serving."
+    );
+    shutdown.await;
+    emulator.shutdown().await;
+    tracing::info!("The Google emulator stopped.");
+    Ok(())
+}

@@ -2,6 +2,8 @@
 
 mod cli;
 mod daemon;
+mod emulator;
+mod emulator_helpers;
 mod helpers;
 mod normalize;
 mod pg;

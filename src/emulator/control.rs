@@ -1,0 +1,471 @@
+//! The control API under `/emulator/v1`: inspect and steer the emulated world from tests,
+//! benchmarks and external checks. JSON in, JSON out; bad input is a 400 with a one-line
+//! `{"error": …}`, an unknown user or message a 404. Faults and quota never apply here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{delete, get, patch, post, put};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use super::errors::control_error;
+use super::model::{FaultConfig, INBOX, LabelMask, Mailbox, UNREAD, User};
+use super::server::Shared;
+use super::util::{SplitMix, decode_base64_any, json_response};
+
+pub(crate) fn router() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/emulator/v1/state", get(state))
+        .route("/emulator/v1/users", post(add_user))
+        .route("/emulator/v1/users/{email}", patch(patch_user))
+        .route(
+            "/emulator/v1/users/{email}/messages",
+            post(insert_message).get(ground_truth),
+        )
+        .route(
+            "/emulator/v1/users/{email}/messages/{id}",
+            delete(delete_message),
+        )
+        .route(
+            "/emulator/v1/users/{email}/messages/{id}/labels",
+            post(relabel),
+        )
+        .route(
+            "/emulator/v1/users/{email}/history/expire",
+            post(expire_history),
+        )
+        .route("/emulator/v1/delegation", put(delegation))
+        .route("/emulator/v1/faults", put(faults))
+        .route("/emulator/v1/quota", put(quota))
+        .route("/emulator/v1/stats", get(stats))
+        .route("/emulator/v1/reset", post(reset))
+        .route("/emulator/v1/clock/advance", post(advance_clock))
+}
+
+/// A refusal, boxed to keep `Result`s small.
+type Refusal = Box<Response>;
+
+fn ok(body: &Value) -> Response {
+    json_response(StatusCode::OK, body, false)
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    control_error(StatusCode::BAD_REQUEST, message)
+}
+
+fn unknown_user(email: &str) -> Response {
+    control_error(StatusCode::NOT_FOUND, format!("unknown user {email}"))
+}
+
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(body)
+        .map_err(|e| Box::new(bad_request(format!("invalid JSON body: {e}"))))
+}
+
+fn user_json(user: &User) -> Value {
+    json!({
+        "email": user.email,
+        "id": user.id,
+        "org_unit": user.org_unit,
+        "suspended": user.suspended,
+        "archived": user.archived,
+        "mailbox_enabled": user.mailbox_enabled,
+        "is_admin": user.is_admin,
+        "token_error": user.token_error,
+        "message_count": user.mailbox.live_count(),
+        "history_id": user.mailbox.history_id.to_string(),
+    })
+}
+
+fn parse_id(id: &str) -> Option<u64> {
+    (!id.is_empty() && id.len() <= 16)
+        .then(|| u64::from_str_radix(id, 16).ok())
+        .flatten()
+}
+
+async fn state(State(shared): State<Arc<Shared>>) -> Response {
+    let world = shared.lock();
+    let users: Vec<Value> = world.users.values().map(user_json).collect();
+    let body = json!({
+        "domain": world.seeding.domain,
+        "seed": world.seeding.seed,
+        "now_ms": shared.clock.now_ms(),
+        "users": users,
+    });
+    drop(world);
+    ok(&body)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    email: String,
+    #[serde(default = "root_ou")]
+    org_unit: String,
+    #[serde(default)]
+    suspended: bool,
+    #[serde(default = "yes")]
+    mailbox_enabled: bool,
+    #[serde(default)]
+    archived: bool,
+    #[serde(default)]
+    is_admin: bool,
+    /// Extension: how many generated messages the new mailbox starts with.
+    #[serde(default)]
+    messages: usize,
+}
+
+fn root_ou() -> String {
+    "/".to_owned()
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn valid_email(email: &str) -> bool {
+    email.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty() && domain.contains('.') && !email.contains(char::is_whitespace)
+    })
+}
+
+async fn add_user(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let new: NewUser = match parse_body(&body) {
+        Ok(new) => new,
+        Err(refusal) => return *refusal,
+    };
+    if !valid_email(&new.email) {
+        return bad_request(format!("invalid email address {:?}", new.email));
+    }
+    if !new.org_unit.starts_with('/') {
+        return bad_request("org_unit must start with /");
+    }
+    if new.messages > 1_000_000 {
+        return bad_request("messages must be at most 1000000");
+    }
+    let mut world = shared.lock();
+    if world.user(&new.email).is_some() {
+        return control_error(
+            StatusCode::CONFLICT,
+            format!("user {} already exists", new.email),
+        );
+    }
+    let user = world.add_user(&new.email.to_ascii_lowercase(), &new.org_unit, new.messages);
+    user.suspended = new.suspended;
+    user.mailbox_enabled = new.mailbox_enabled;
+    user.archived = new.archived;
+    user.is_admin = new.is_admin;
+    let body = user_json(user);
+    drop(world);
+    json_response(StatusCode::CREATED, &body, false)
+}
+
+async fn patch_user(
+    State(shared): State<Arc<Shared>>,
+    Path(email): Path<String>,
+    body: Bytes,
+) -> Response {
+    let changes: Map<String, Value> = match parse_body(&body) {
+        Ok(changes) => changes,
+        Err(refusal) => return *refusal,
+    };
+    let mut world = shared.lock();
+    let Some(user) = world.user_mut(&email) else {
+        return unknown_user(&email);
+    };
+    // Validate everything before changing anything.
+    for (key, value) in &changes {
+        let valid = match key.as_str() {
+            "org_unit" => value.as_str().is_some_and(|ou| ou.starts_with('/')),
+            "suspended" | "mailbox_enabled" | "archived" | "is_admin" => value.is_boolean(),
+            "token_error" => {
+                value.is_null()
+                    || matches!(
+                        value.as_str(),
+                        Some("admin_policy_enforced" | "access_denied")
+                    )
+            }
+            _ => return bad_request(format!("unknown field {key:?}")),
+        };
+        if !valid {
+            return bad_request(format!("invalid value for {key}: {value}"));
+        }
+    }
+    for (key, value) in changes {
+        match key.as_str() {
+            "org_unit" => user.org_unit = value.as_str().unwrap_or("/").to_owned(),
+            "suspended" => user.suspended = value.as_bool().unwrap_or_default(),
+            "mailbox_enabled" => user.mailbox_enabled = value.as_bool().unwrap_or_default(),
+            "archived" => user.archived = value.as_bool().unwrap_or_default(),
+            "is_admin" => user.is_admin = value.as_bool().unwrap_or_default(),
+            _ => user.token_error = value.as_str().map(str::to_owned),
+        }
+    }
+    let body = user_json(user);
+    drop(world);
+    ok(&body)
+}
+
+fn label_mask(mailbox: &mut Mailbox, ids: &[String]) -> Result<LabelMask, Refusal> {
+    ids.iter().try_fold(0, |mask, id| {
+        mailbox
+            .label_bit_or_create(id)
+            .map(|bit| mask | bit)
+            .map_err(|e| Box::new(bad_request(e)))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMessage {
+    raw: String,
+    /// Absent: `INBOX` + `UNREAD`, like newly arrived mail.
+    label_ids: Option<Vec<String>>,
+}
+
+async fn insert_message(
+    State(shared): State<Arc<Shared>>,
+    Path(email): Path<String>,
+    body: Bytes,
+) -> Response {
+    let new: NewMessage = match parse_body(&body) {
+        Ok(new) => new,
+        Err(refusal) => return *refusal,
+    };
+    let Some(raw) = decode_base64_any(&new.raw).filter(|r| !r.is_empty()) else {
+        return bad_request("raw must be a non-empty base64url RFC 822 message");
+    };
+    let now = shared.clock.now_ms();
+    let mut world = shared.lock();
+    let (seed, domain) = (world.seeding.seed, world.seeding.domain.clone());
+    let Some(user) = world.user_mut(&email) else {
+        return unknown_user(&email);
+    };
+    let labels = match &new.label_ids {
+        None => INBOX | UNREAD,
+        Some(ids) => match label_mask(&mut user.mailbox, ids) {
+            Ok(mask) => mask,
+            Err(refusal) => return *refusal,
+        },
+    };
+    let index = user.index;
+    let (id, thread, history) = user.mailbox.insert(seed, index, &domain, now, raw, labels);
+    drop(world);
+    ok(
+        &json!({"id": format!("{id:016x}"), "threadId": format!("{thread:016x}"), "historyId": history.to_string()}),
+    )
+}
+
+async fn ground_truth(State(shared): State<Arc<Shared>>, Path(email): Path<String>) -> Response {
+    let world = shared.lock();
+    let Some(user) = world.user(&email) else {
+        return unknown_user(&email);
+    };
+    let mailbox = &user.mailbox;
+    let messages: Vec<Value> = mailbox
+        .msgs
+        .iter()
+        .rev()
+        .filter(|m| !m.deleted)
+        .map(|m| json!({"id": format!("{:016x}", m.id), "threadId": format!("{:016x}", m.thread_id), "labelIds": mailbox.label_names_of(m.labels)}))
+        .collect();
+    drop(world);
+    ok(&json!({ "messages": messages }))
+}
+
+async fn delete_message(
+    State(shared): State<Arc<Shared>>,
+    Path((email, id)): Path<(String, String)>,
+) -> Response {
+    let mut world = shared.lock();
+    let Some(user) = world.user_mut(&email) else {
+        return unknown_user(&email);
+    };
+    match parse_id(&id).and_then(|id| user.mailbox.delete(id)) {
+        Some(history) => ok(&json!({"id": id, "historyId": history.to_string()})),
+        None => control_error(StatusCode::NOT_FOUND, format!("unknown message {id}")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Relabel {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+async fn relabel(
+    State(shared): State<Arc<Shared>>,
+    Path((email, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let change: Relabel = match parse_body(&body) {
+        Ok(change) => change,
+        Err(refusal) => return *refusal,
+    };
+    let mut world = shared.lock();
+    let Some(user) = world.user_mut(&email) else {
+        return unknown_user(&email);
+    };
+    let mailbox = &mut user.mailbox;
+    let Some(message_id) = parse_id(&id).filter(|&m| mailbox.get(m).is_some()) else {
+        return control_error(StatusCode::NOT_FOUND, format!("unknown message {id}"));
+    };
+    let (add, remove) = match (
+        label_mask(mailbox, &change.add),
+        label_mask(mailbox, &change.remove),
+    ) {
+        (Ok(add), Ok(remove)) => (add, remove),
+        (Err(refusal), _) | (_, Err(refusal)) => return *refusal,
+    };
+    match mailbox.relabel(message_id, add, remove) {
+        Some((labels, history)) => {
+            let thread = mailbox
+                .get(message_id)
+                .map(|m| m.thread_id)
+                .unwrap_or_default();
+            ok(
+                &json!({"id": id, "threadId": format!("{thread:016x}"), "labelIds": mailbox.label_names_of(labels), "historyId": history.to_string()}),
+            )
+        }
+        None => control_error(StatusCode::NOT_FOUND, format!("unknown message {id}")),
+    }
+}
+
+async fn expire_history(State(shared): State<Arc<Shared>>, Path(email): Path<String>) -> Response {
+    let mut world = shared.lock();
+    let Some(user) = world.user_mut(&email) else {
+        return unknown_user(&email);
+    };
+    let expired_through = user.mailbox.history_id;
+    user.mailbox.expire_history();
+    ok(
+        &json!({"expired_through": expired_through.to_string(), "historyId": user.mailbox.history_id.to_string()}),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Delegation {
+    client_id: String,
+    scopes: Vec<String>,
+}
+
+async fn delegation(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let grant: Delegation = match parse_body(&body) {
+        Ok(grant) => grant,
+        Err(refusal) => return *refusal,
+    };
+    if grant.client_id.trim().is_empty() {
+        return bad_request("client_id must not be empty");
+    }
+    let mut world = shared.lock();
+    if grant.scopes.is_empty() {
+        world.grants.remove(&grant.client_id);
+    } else {
+        world.grants.insert(
+            grant.client_id.clone(),
+            grant.scopes.iter().cloned().collect(),
+        );
+    }
+    drop(world);
+    ok(&json!({"client_id": grant.client_id, "scopes": grant.scopes}))
+}
+
+async fn faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let config: FaultConfig = match parse_body(&body) {
+        Ok(config) => config,
+        Err(refusal) => return *refusal,
+    };
+    let rates = [
+        ("error_rate", config.error_rate),
+        ("rate_limit_rate", config.rate_limit_rate),
+        ("reset_rate", config.reset_rate),
+        ("empty_page_rate", config.empty_page_rate),
+    ];
+    if let Some((name, _)) = rates.iter().find(|(_, r)| !(0.0..=1.0).contains(r)) {
+        return bad_request(format!("{name} must be between 0 and 1"));
+    }
+    if config.error_rate + config.rate_limit_rate + config.reset_rate > 1.0 {
+        return bad_request("error_rate + rate_limit_rate + reset_rate must not exceed 1");
+    }
+    if config.latency_ms[0] > config.latency_ms[1] || config.latency_ms[1] > 60_000 {
+        return bad_request("latency_ms must be [min, max] with min <= max <= 60000");
+    }
+    let mut world = shared.lock();
+    world.fault_rng = SplitMix::new(config.seed.unwrap_or(world.seeding.seed));
+    world.faults = config;
+    let body = serde_json::to_value(&world.faults).unwrap_or_default();
+    drop(world);
+    ok(&body)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaChange {
+    user_units_per_minute: Option<u64>,
+    project_units_per_minute: Option<u64>,
+    max_concurrent_per_user: Option<u32>,
+    enforce: Option<bool>,
+}
+
+async fn quota(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let change: QuotaChange = match parse_body(&body) {
+        Ok(change) => change,
+        Err(refusal) => return *refusal,
+    };
+    if change.max_concurrent_per_user == Some(0) {
+        return bad_request("max_concurrent_per_user must be at least 1");
+    }
+    let mut world = shared.lock();
+    let quota = &mut world.quota;
+    if let Some(v) = change.user_units_per_minute {
+        quota.user_units_per_minute = v;
+    }
+    if let Some(v) = change.project_units_per_minute {
+        quota.project_units_per_minute = v;
+    }
+    if let Some(v) = change.max_concurrent_per_user {
+        quota.max_concurrent_per_user = v;
+    }
+    if let Some(v) = change.enforce {
+        quota.enforce = v;
+    }
+    let body = serde_json::to_value(&*quota).unwrap_or_default();
+    drop(world);
+    ok(&body)
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    let body = serde_json::to_value(&shared.lock().stats).unwrap_or_default();
+    ok(&body)
+}
+
+async fn reset(State(shared): State<Arc<Shared>>) -> Response {
+    shared.lock().reset();
+    ok(&json!({"reset": true}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Advance {
+    seconds: u64,
+}
+
+async fn advance_clock(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let advance: Advance = match parse_body(&body) {
+        Ok(advance) => advance,
+        Err(refusal) => return *refusal,
+    };
+    shared.clock.advance(Duration::from_secs(advance.seconds));
+    ok(&json!({"now_ms": shared.clock.now_ms()}))
+}

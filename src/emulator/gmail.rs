@@ -1,0 +1,504 @@
+//! Gmail API v1 handlers: profile, labels, messages (list/get), attachments, history.
+//!
+//! Handlers run inside [`serve_api`], which has already authenticated, admitted and charged
+//! the call. They copy what they need out of the world under the lock and build bodies
+//! (rendering generated mail, encoding JSON) after releasing it.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use chrono::NaiveDate;
+use google_gmail1::api::{
+    History, HistoryLabelAdded, HistoryLabelRemoved, HistoryMessageAdded, HistoryMessageDeleted,
+    Label, ListHistoryResponse, ListLabelsResponse, ListMessagesResponse, Message, Profile,
+};
+
+use super::errors::GoogleError;
+use super::generate;
+use super::model::{
+    ApiMethod, ChangeKind, IMPORTANT, INBOX, ListFilter, Mailbox, SENT, SPAM, STARRED, Source,
+    SourceContext, TRASH, UNREAD, User, World,
+};
+use super::payload;
+use super::server::{Caller, Shared, serve_api};
+use super::util::{json_response, param, params, query_pairs};
+
+pub(crate) fn router() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/gmail/v1/users/{user_id}/profile", get(profile))
+        .route("/gmail/v1/users/{user_id}/labels", get(labels))
+        .route("/gmail/v1/users/{user_id}/messages", get(list_messages))
+        .route("/gmail/v1/users/{user_id}/messages/{id}", get(get_message))
+        .route(
+            "/gmail/v1/users/{user_id}/messages/{id}/attachments/{attachment_id}",
+            get(get_attachment),
+        )
+        .route("/gmail/v1/users/{user_id}/history", get(list_history))
+}
+
+fn ok<T: serde::Serialize>(body: &T) -> Result<Response, GoogleError> {
+    Ok(json_response(StatusCode::OK, body, true))
+}
+
+fn mailbox_user<'w>(world: &'w World, caller: &Caller) -> Result<&'w User, GoogleError> {
+    world.user(&caller.email).ok_or_else(GoogleError::not_found)
+}
+
+async fn profile(
+    State(shared): State<Arc<Shared>>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    serve_api(
+        shared,
+        ApiMethod::GetProfile,
+        &headers,
+        Some(&user_id),
+        |shared, caller| {
+            let world = shared.lock();
+            let user = mailbox_user(&world, caller)?;
+            let profile = Profile {
+                email_address: Some(user.email.clone()),
+                messages_total: Some(i32::try_from(user.mailbox.live_count()).unwrap_or(i32::MAX)),
+                threads_total: Some(i32::try_from(user.mailbox.thread_count()).unwrap_or(i32::MAX)),
+                history_id: Some(user.mailbox.history_id),
+            };
+            drop(world);
+            ok(&profile)
+        },
+    )
+    .await
+}
+
+async fn labels(
+    State(shared): State<Arc<Shared>>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    serve_api(
+        shared,
+        ApiMethod::LabelsList,
+        &headers,
+        Some(&user_id),
+        |shared, caller| {
+            let world = shared.lock();
+            let user = mailbox_user(&world, caller)?;
+            let labels = user
+                .mailbox
+                .labels()
+                .map(|(id, name, system)| Label {
+                    id: Some(id.to_owned()),
+                    name: Some(name.to_owned()),
+                    type_: Some(if system { "system" } else { "user" }.to_owned()),
+                    message_list_visibility: (!system).then(|| "show".to_owned()),
+                    label_list_visibility: (!system).then(|| "labelShow".to_owned()),
+                    ..Label::default()
+                })
+                .collect();
+            drop(world);
+            ok(&ListLabelsResponse {
+                labels: Some(labels),
+            })
+        },
+    )
+    .await
+}
+
+fn page_size(pairs: &[(String, String)], name: &str, max: usize) -> Result<usize, GoogleError> {
+    match param(pairs, name) {
+        None => Ok(100.min(max)),
+        Some(text) => text.parse::<usize>().map(|n| n.clamp(1, max)).map_err(|_| {
+            GoogleError::invalid_argument(format!("Invalid value for {name}: {text}"))
+        }),
+    }
+}
+
+fn page_token(pairs: &[(String, String)]) -> Result<Option<usize>, GoogleError> {
+    param(pairs, "pageToken")
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<usize>()
+                .map_err(|_| GoogleError::invalid_argument("Invalid pageToken"))
+        })
+        .transpose()
+}
+
+fn parse_bool(pairs: &[(String, String)], name: &str) -> Result<bool, GoogleError> {
+    match param(pairs, name) {
+        None => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some("false" | "0") => Ok(false),
+        Some(other) => Err(GoogleError::invalid_argument(format!(
+            "Invalid value for {name}: {other}"
+        ))),
+    }
+}
+
+/// A `q` date: `YYYY/MM/DD`, `YYYY-MM-DD`, `MM/DD/YYYY` (UTC midnight) or epoch seconds.
+fn query_date_ms(value: &str) -> Option<i64> {
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value.parse::<i64>().ok().map(|s| s * 1000);
+    }
+    ["%Y/%m/%d", "%Y-%m-%d", "%m/%d/%Y"]
+        .iter()
+        .find_map(|f| NaiveDate::parse_from_str(value, f).ok())
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp_millis())
+}
+
+/// Applies the supported subset of Gmail search: `after:` `before:` `in:` `label:` `is:`
+/// (with `-` negation for the label terms). Free text and other operators are ignored.
+fn apply_query(q: &str, mailbox: &Mailbox, filter: &mut ListFilter) -> Result<(), GoogleError> {
+    for term in q.split_whitespace() {
+        let (negated, term) = term.strip_prefix('-').map_or((false, term), |t| (true, t));
+        let Some((key, value)) = term.split_once(':') else {
+            continue;
+        };
+        let value = value.trim_matches('"');
+        let bit = match key.to_ascii_lowercase().as_str() {
+            "after" | "before" => {
+                let ms = query_date_ms(value).ok_or_else(|| {
+                    GoogleError::invalid_argument(format!("Invalid date in query: {value}"))
+                })?;
+                if key.eq_ignore_ascii_case("after") {
+                    filter.after_ms = Some(filter.after_ms.map_or(ms, |a| a.max(ms)));
+                } else {
+                    filter.before_ms = Some(filter.before_ms.map_or(ms, |b| b.min(ms)));
+                }
+                continue;
+            }
+            "in" => match value.to_ascii_lowercase().as_str() {
+                "anywhere" => {
+                    filter.include_spam_trash = true;
+                    continue;
+                }
+                "inbox" => INBOX,
+                "sent" => SENT,
+                "spam" => SPAM,
+                "trash" => TRASH,
+                "starred" => STARRED,
+                "important" => IMPORTANT,
+                other => mailbox.label_bit(&other.to_ascii_uppercase()).unwrap_or(0),
+            },
+            "label" => mailbox
+                .label_bit_by_name(value)
+                .or_else(|| mailbox.label_bit(&value.to_ascii_uppercase()))
+                .unwrap_or(0),
+            "is" => match value.to_ascii_lowercase().as_str() {
+                "unread" => UNREAD,
+                "read" => {
+                    if negated {
+                        filter.all_of |= UNREAD;
+                    } else {
+                        filter.none_of |= UNREAD;
+                    }
+                    continue;
+                }
+                "starred" => STARRED,
+                "important" => IMPORTANT,
+                _ => continue,
+            },
+            _ => continue,
+        };
+        if bit == 0 {
+            if !negated {
+                filter.impossible = true;
+            }
+        } else if negated {
+            filter.none_of |= bit;
+        } else {
+            filter.all_of |= bit;
+            if bit & (SPAM | TRASH) != 0 {
+                filter.include_spam_trash = true;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn list_messages(
+    State(shared): State<Arc<Shared>>,
+    Path(user_id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    serve_api(
+        shared,
+        ApiMethod::MessagesList,
+        &headers,
+        Some(&user_id),
+        |shared, caller| {
+            let pairs = query_pairs(query.as_deref());
+            let max = page_size(&pairs, "maxResults", 500)?;
+            let token = page_token(&pairs)?;
+            let q = param(&pairs, "q").filter(|q| !q.trim().is_empty());
+            if q.is_some() && caller.has_metadata_scope() {
+                return Err(GoogleError::forbidden(
+                    "Metadata scope does not support 'q' parameter",
+                ));
+            }
+            let mut filter = ListFilter {
+                include_spam_trash: parse_bool(&pairs, "includeSpamTrash")?,
+                ..ListFilter::default()
+            };
+            let world = shared.lock();
+            let mailbox = &mailbox_user(&world, caller)?.mailbox;
+            for label in params(&pairs, "labelIds") {
+                filter.all_of |= mailbox.label_bit(label).ok_or_else(|| {
+                    GoogleError::invalid_argument(format!("Invalid label: {label}"))
+                })?;
+            }
+            if let Some(q) = q {
+                apply_query(q, mailbox, &mut filter)?;
+            }
+            let (page, next, estimate) = mailbox.list(&filter, token, max);
+            drop(world);
+            let messages = page
+                .into_iter()
+                .map(|(id, thread)| Message {
+                    id: Some(format!("{id:016x}")),
+                    thread_id: Some(format!("{thread:016x}")),
+                    ..Message::default()
+                })
+                .collect();
+            ok(&ListMessagesResponse {
+                messages: Some(messages),
+                next_page_token: next.map(|n| n.to_string()),
+                result_size_estimate: Some(u32::try_from(estimate).unwrap_or(u32::MAX)),
+            })
+        },
+    )
+    .await
+}
+
+fn parse_message_id(id: &str) -> Result<u64, GoogleError> {
+    if id.is_empty() || id.len() > 16 {
+        return Err(GoogleError::invalid_argument("Invalid id value"));
+    }
+    u64::from_str_radix(id, 16).map_err(|_| GoogleError::invalid_argument("Invalid id value"))
+}
+
+/// A message's descriptor fields and the recipe for its bytes, copied out under the lock.
+struct Fetched {
+    id: u64,
+    thread_id: u64,
+    internal_date: i64,
+    history_id: u64,
+    label_ids: Vec<String>,
+    source: Source,
+}
+
+fn fetch(shared: &Shared, caller: &Caller, id: u64) -> Result<Fetched, GoogleError> {
+    let world = shared.lock();
+    let user = mailbox_user(&world, caller)?;
+    let msg = user.mailbox.get(id).ok_or_else(GoogleError::not_found)?;
+    let context = SourceContext {
+        seed: world.seeding.seed,
+        user_index: user.index,
+        email: &user.email,
+        domain: &world.seeding.domain,
+    };
+    Ok(Fetched {
+        id: msg.id,
+        thread_id: msg.thread_id,
+        internal_date: msg.internal_date,
+        history_id: msg.history_id,
+        label_ids: user.mailbox.label_names_of(msg.labels),
+        source: user.mailbox.source(msg, &context),
+    })
+}
+
+/// The raw bytes and snippet of a message (rendered outside the lock).
+fn materialise(source: Source) -> (Vec<u8>, String) {
+    match source {
+        Source::Generated(spec) => {
+            let rendered = generate::render(&spec);
+            (rendered.raw, rendered.snippet)
+        }
+        Source::Inserted(raw) => {
+            let snippet = payload::snippet(&raw);
+            (raw.to_vec(), snippet)
+        }
+    }
+}
+
+async fn get_message(
+    State(shared): State<Arc<Shared>>,
+    Path((user_id, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    serve_api(shared, ApiMethod::MessagesGet, &headers, Some(&user_id), |shared, caller| {
+        let pairs = query_pairs(query.as_deref());
+        let format = param(&pairs, "format").unwrap_or("full").to_ascii_lowercase();
+        if !matches!(format.as_str(), "minimal" | "full" | "raw" | "metadata") {
+            return Err(GoogleError::invalid_argument(format!(
+                "Invalid value at 'format' (type.googleapis.com/google.apps.gmail.v1.MessageFormat), \"{format}\""
+            )));
+        }
+        if caller.metadata_only() && matches!(format.as_str(), "full" | "raw") {
+            return Err(GoogleError::forbidden(format!(
+                "Metadata scope doesn't allow format {}",
+                format.to_ascii_uppercase()
+            )));
+        }
+        let fetched = fetch(shared, caller, parse_message_id(&id)?)?;
+        let (raw, snippet) = materialise(fetched.source);
+        let mut message = Message {
+            id: Some(format!("{:016x}", fetched.id)),
+            thread_id: Some(format!("{:016x}", fetched.thread_id)),
+            label_ids: Some(fetched.label_ids),
+            snippet: Some(snippet),
+            history_id: Some(fetched.history_id),
+            internal_date: Some(fetched.internal_date),
+            size_estimate: Some(i32::try_from(raw.len()).unwrap_or(i32::MAX)),
+            ..Message::default()
+        };
+        match format.as_str() {
+            "full" => message.payload = Some(payload::full_payload(fetched.id, &raw)),
+            "metadata" => message.payload = Some(payload::metadata_payload(&raw, &params(&pairs, "metadataHeaders"))),
+            "raw" => message.raw = Some(raw),
+            _ => {}
+        }
+        ok(&message)
+    })
+    .await
+}
+
+async fn get_attachment(
+    State(shared): State<Arc<Shared>>,
+    Path((user_id, id, attachment_id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    serve_api(
+        shared,
+        ApiMethod::AttachmentsGet,
+        &headers,
+        Some(&user_id),
+        |shared, caller| {
+            if caller.metadata_only() {
+                return Err(GoogleError::insufficient_permissions());
+            }
+            let fetched = fetch(shared, caller, parse_message_id(&id)?)?;
+            let (raw, _) = materialise(fetched.source);
+            let body = payload::attachment(fetched.id, &raw, &attachment_id)
+                .ok_or_else(|| GoogleError::invalid_argument("Invalid attachment token"))?;
+            ok(&body)
+        },
+    )
+    .await
+}
+
+async fn list_history(
+    State(shared): State<Arc<Shared>>,
+    Path(user_id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    serve_api(shared, ApiMethod::HistoryList, &headers, Some(&user_id), |shared, caller| {
+        let pairs = query_pairs(query.as_deref());
+        let start = param(&pairs, "startHistoryId")
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| GoogleError::invalid_argument("Missing/invalid parameter: startHistoryId"))?;
+        let kinds = params(&pairs, "historyTypes")
+            .into_iter()
+            .map(|t| {
+                ChangeKind::from_history_type(t).ok_or_else(|| {
+                    GoogleError::invalid_argument(format!(
+                        "Invalid value at 'history_types' (type.googleapis.com/google.apps.gmail.v1.ListHistoryRequest.HistoryTypes), \"{t}\""
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let max = page_size(&pairs, "maxResults", 500)?;
+        let token = page_token(&pairs)?;
+        let mut world = shared.lock();
+        let empty_page = world.roll_empty_page();
+        let user = mailbox_user(&world, caller)?;
+        let mailbox = &user.mailbox;
+        let label = param(&pairs, "labelId")
+            .map(|l| {
+                mailbox
+                    .label_bit(l)
+                    .ok_or_else(|| GoogleError::invalid_argument(format!("Invalid label: {l}")))
+            })
+            .transpose()?;
+        let (records, next) = mailbox
+            .history_page(start, &kinds, label, token, max)
+            .map_err(|_| GoogleError::not_found())?;
+        let current = mailbox.history_id;
+        if empty_page && !records.is_empty() {
+            // A page without records that still points at the same place: nothing is lost.
+            let resume = token.unwrap_or_else(|| mailbox.history_position(start));
+            drop(world);
+            return ok(&ListHistoryResponse {
+                history: None,
+                history_id: Some(current),
+                next_page_token: Some(resume.to_string()),
+            });
+        }
+        let history: Vec<History> = records
+            .iter()
+            .map(|r| {
+                let brief = Message {
+                    id: Some(format!("{:016x}", r.message)),
+                    thread_id: Some(format!("{:016x}", r.thread)),
+                    ..Message::default()
+                };
+                let detailed = Message {
+                    label_ids: Some(mailbox.label_names_of(r.labels)),
+                    ..brief.clone()
+                };
+                let changed = Some(mailbox.label_names_of(r.changed));
+                let mut entry = History {
+                    id: Some(r.id),
+                    messages: Some(vec![brief]),
+                    ..History::default()
+                };
+                match r.kind {
+                    ChangeKind::Added => entry.messages_added = Some(vec![HistoryMessageAdded { message: Some(detailed) }]),
+                    ChangeKind::Deleted => {
+                        entry.messages_deleted = Some(vec![HistoryMessageDeleted { message: Some(detailed) }]);
+                    }
+                    ChangeKind::LabelsAdded => {
+                        entry.labels_added = Some(vec![HistoryLabelAdded {
+                            message: Some(detailed),
+                            label_ids: changed,
+                        }]);
+                    }
+                    ChangeKind::LabelsRemoved => {
+                        entry.labels_removed = Some(vec![HistoryLabelRemoved {
+                            message: Some(detailed),
+                            label_ids: changed,
+                        }]);
+                    }
+                }
+                entry
+            })
+            .collect();
+        drop(world);
+        ok(&ListHistoryResponse {
+            history: Some(history),
+            history_id: Some(current),
+            next_page_token: next.map(|n| n.to_string()),
+        })
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_dates_accept_gmail_forms() {
+        assert_eq!(query_date_ms("2026/01/02"), Some(1_767_312_000_000));
+        assert_eq!(query_date_ms("2026-01-02"), Some(1_767_312_000_000));
+        assert_eq!(query_date_ms("1767312000"), Some(1_767_312_000_000));
+        assert_eq!(query_date_ms("yesterday"), None);
+    }
+}
