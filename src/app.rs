@@ -64,10 +64,26 @@ fn lock_sqlite(path: PathBuf) -> anyhow::Result<File> {
     }
 }
 
+/// The project quota budget kept in the database, shared by replicas.
+struct StoreBudget(crate::store::Store);
+
+#[async_trait::async_trait]
+impl crate::google::quota::SharedBudget for StoreBudget {
+    async fn reserve(&self, window_start: chrono::DateTime<Utc>, units: i64, limit: i64) -> anyhow::Result<bool> {
+        Ok(self.0.reserve_quota("project-minute", window_start, units, limit).await?)
+    }
+}
+
 pub async fn context(settings: Settings) -> anyhow::Result<SyncContext> {
     let policy = settings.policy()?;
     let google = Google::from_settings(&settings)?;
     let store = crate::cli::open_migrated_store(&settings).await?;
+    if store.sqlite_path().is_none() && store.backend() == "postgres" {
+        google.quota_limiter().share_project_budget(
+            Arc::new(StoreBudget(store.clone())),
+            settings.sync.project_quota_units_per_minute,
+        );
+    }
     Ok(SyncContext {
         store,
         google,

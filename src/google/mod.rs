@@ -101,6 +101,10 @@ impl Google {
         &self.scopes
     }
 
+    pub fn quota_limiter(&self) -> &QuotaLimiter {
+        &self.quota
+    }
+
     pub fn tokens(&self) -> &TokenSource {
         &self.tokens
     }

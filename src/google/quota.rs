@@ -11,7 +11,7 @@
 //! Every Google call awaits [`QuotaLimiter::acquire`] first.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -110,6 +110,73 @@ struct DayCounter {
     units: u64,
 }
 
+/// The per-project budget shared by all replicas (the database, on
+/// PostgreSQL). `reserve` adds `units` to the window's total if it stays
+/// within `limit`, atomically, and says whether it did.
+#[async_trait::async_trait]
+pub trait SharedBudget: Send + Sync {
+    async fn reserve(&self, window_start: DateTime<Utc>, units: i64, limit: i64) -> anyhow::Result<bool>;
+}
+
+/// Units reserved from the shared budget in chunks, so the database is asked
+/// about once per `chunk` units rather than once per call.
+struct SharedPool {
+    budget: Arc<dyn SharedBudget>,
+    limit: i64,
+    chunk: i64,
+    /// (window start, units reserved but not yet spent in that window).
+    state: tokio::sync::Mutex<(Option<DateTime<Utc>>, i64)>,
+}
+
+fn minute_floor(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::{DurationRound, TimeDelta};
+    t.duration_trunc(TimeDelta::minutes(1)).unwrap_or(t)
+}
+
+impl SharedPool {
+    /// Waits until `units` are reserved in the current minute's shared window.
+    async fn take(&self, units: i64) {
+        loop {
+            let now = Utc::now();
+            let window = minute_floor(now);
+            let mut state = self.state.lock().await;
+            if state.0 != Some(window) {
+                *state = (Some(window), 0);
+            }
+            if state.1 >= units {
+                state.1 -= units;
+                return;
+            }
+            let want = self.chunk.max(units);
+            match self.budget.reserve(window, want, self.limit).await {
+                Ok(true) => {
+                    state.1 += want;
+                    continue;
+                }
+                Ok(false) if want > units => {
+                    // Not a whole chunk left: try for just what this call needs.
+                    if let Ok(true) = self.budget.reserve(window, units, self.limit).await {
+                        return;
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    // The database is unreachable: the local project bucket
+                    // still bounds this replica; the store's own errors surface
+                    // elsewhere. Do not stall the sync on bookkeeping.
+                    tracing::warn!(error = %format!("{e:#}"), "Shared quota budget unavailable; limiting locally.");
+                    return;
+                }
+            }
+            drop(state);
+            let next = window + chrono::TimeDelta::minutes(1);
+            let wait = (next - Utc::now()).to_std().unwrap_or(Duration::from_millis(100));
+            events::QuotaThrottled { scope: "project", wait }.emit();
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 /// The limiters shared by every worker of a replica.
 pub struct QuotaLimiter {
     costs: MethodCosts,
@@ -119,6 +186,8 @@ pub struct QuotaLimiter {
     day_limit: u64,
     day: Mutex<DayCounter>,
     mailboxes: Mutex<HashMap<String, Arc<MailboxQuota>>>,
+    /// Set on PostgreSQL: the project budget shared with the other replicas.
+    shared: OnceLock<SharedPool>,
 }
 
 /// Held for the duration of one Google request: frees the mailbox's
@@ -158,8 +227,21 @@ impl QuotaLimiter {
             day_limit: sync.project_quota_units_per_day,
             day: Mutex::new(DayCounter::default()),
             mailboxes: Mutex::new(HashMap::new()),
+            shared: OnceLock::new(),
             costs,
         }
+    }
+
+    /// Shares the per-project per-minute budget with other replicas through
+    /// `budget` (first call wins).
+    pub fn share_project_budget(&self, budget: Arc<dyn SharedBudget>, limit_per_minute: u32) {
+        let limit = i64::from(limit_per_minute);
+        let _ = self.shared.set(SharedPool {
+            budget,
+            limit,
+            chunk: (limit / 100).max(100),
+            state: tokio::sync::Mutex::new((None, 0)),
+        });
     }
 
     pub fn cost(&self, method: Method) -> u32 {
@@ -192,6 +274,9 @@ impl QuotaLimiter {
         let now = Instant::now();
         let user_wait = lock(&mq.bucket).reserve(now, f64::from(units));
         let project_wait = lock(&self.project).reserve(now, f64::from(units));
+        if let Some(shared) = self.shared.get() {
+            shared.take(i64::from(units)).await;
+        }
         let wait = user_wait.max(project_wait);
         if !wait.is_zero() {
             events::QuotaThrottled {
@@ -320,6 +405,43 @@ mod tests {
         q.acquire("a@example.com", Method::GetProfile)
             .await
             .unwrap();
+    }
+
+    /// A shared budget kept in memory, per window, like the database's.
+    struct FakeBudget(Mutex<HashMap<DateTime<Utc>, i64>>);
+
+    #[async_trait::async_trait]
+    impl SharedBudget for FakeBudget {
+        async fn reserve(&self, window: DateTime<Utc>, units: i64, limit: i64) -> anyhow::Result<bool> {
+            let mut m = self.0.lock().unwrap();
+            let total = m.entry(window).or_default();
+            if *total + units <= limit {
+                *total += units;
+                Ok(true)
+            } else {
+                Ok(false)
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn replicas_never_spend_more_than_the_shared_project_budget() {
+        let budget: Arc<dyn SharedBudget> = Arc::new(FakeBudget(Mutex::new(HashMap::new())));
+        let pool = |b: &Arc<dyn SharedBudget>| SharedPool {
+            budget: b.clone(),
+            limit: 1000,
+            chunk: 100,
+            state: tokio::sync::Mutex::new((None, 0)),
+        };
+        let (a, b) = (pool(&budget), pool(&budget));
+        // 1000 units fit: 25 calls of 20 on each replica.
+        for _ in 0..25 {
+            a.take(20).await;
+            b.take(20).await;
+        }
+        // The next call must wait for the next minute's window.
+        let blocked = tokio::time::timeout(Duration::from_millis(200), a.take(20)).await;
+        assert!(blocked.is_err(), "a replica spent beyond the shared budget");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod cli;
 mod daemon;
+mod deploy;
 mod emulator;
 mod emulator_helpers;
 mod helpers;
