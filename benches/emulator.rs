@@ -24,7 +24,10 @@ use serde_json::{Value, json};
 type Bytes = axum::body::Bytes;
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn rss_kib() -> u64 {
@@ -45,8 +48,13 @@ fn report(line: &str) {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(run())
 }
 
@@ -77,9 +85,12 @@ async fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let info = emulator.write_service_account_key(&dir.path().join("sa.json"))?;
     let key: Value = serde_json::from_slice(&std::fs::read(&info.key_path)?)?;
-    let private_key = rsa::RsaPrivateKey::from_pkcs8_pem(key["private_key"].as_str().unwrap_or_default())?;
+    let private_key =
+        rsa::RsaPrivateKey::from_pkcs8_pem(key["private_key"].as_str().unwrap_or_default())?;
     let mailbox = "support@example.com";
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     let claims = json!({"iss": info.client_email, "aud": emulator.token_url(), "sub": mailbox,
         "scope": "https://www.googleapis.com/auth/gmail.readonly", "iat": now, "exp": now + 3600});
     let signed = format!(
@@ -87,17 +98,27 @@ async fn run() -> anyhow::Result<()> {
         BASE64_URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT"}"#),
         BASE64_URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims)?)
     );
-    let signature = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(private_key).sign(signed.as_bytes());
-    let assertion = format!("{signed}.{}", BASE64_URL_SAFE_NO_PAD.encode(signature.to_bytes()));
+    let signature =
+        rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(private_key).sign(signed.as_bytes());
+    let assertion = format!(
+        "{signed}.{}",
+        BASE64_URL_SAFE_NO_PAD.encode(signature.to_bytes())
+    );
     let http = reqwest::Client::new();
     let token: Value = http
         .post(emulator.token_url())
-        .form(&[("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", assertion.as_str())])
+        .form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("assertion", assertion.as_str()),
+        ])
         .send()
         .await?
         .json()
         .await?;
-    let token = token["access_token"].as_str().unwrap_or_default().to_owned();
+    let token = token["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     http.put(format!("{}emulator/v1/quota", emulator.base_url()))
         .json(&json!({"enforce": false}))
         .send()
@@ -106,16 +127,27 @@ async fn run() -> anyhow::Result<()> {
 
     // Pick messages of about 10 KB (8-12 KB raw).
     let truth: Value = http
-        .get(format!("{}emulator/v1/users/{mailbox}/messages", emulator.base_url()))
+        .get(format!(
+            "{}emulator/v1/users/{mailbox}/messages",
+            emulator.base_url()
+        ))
         .send()
         .await?
         .json()
         .await?;
     let mut picked = Vec::new();
-    for message in truth["messages"].as_array().into_iter().flatten().take(2000) {
+    for message in truth["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(2000)
+    {
         let id = message["id"].as_str().unwrap_or_default();
         let minimal: Value = http
-            .get(format!("{}gmail/v1/users/me/messages/{id}?format=minimal", emulator.base_url()))
+            .get(format!(
+                "{}gmail/v1/users/me/messages/{id}?format=minimal",
+                emulator.base_url()
+            ))
             .bearer_auth(&token)
             .send()
             .await?
@@ -134,7 +166,12 @@ async fn run() -> anyhow::Result<()> {
     let urls: Arc<Vec<String>> = Arc::new(
         picked
             .iter()
-            .map(|(id, _)| format!("{}gmail/v1/users/me/messages/{id}?format=raw", emulator.base_url()))
+            .map(|(id, _)| {
+                format!(
+                    "{}gmail/v1/users/me/messages/{id}?format=raw",
+                    emulator.base_url()
+                )
+            })
             .collect(),
     );
 
@@ -145,10 +182,18 @@ async fn run() -> anyhow::Result<()> {
     let bench_started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..connections {
-        let (urls, done, failed, body_bytes, token) = (urls.clone(), done.clone(), failed.clone(), body_bytes.clone(), token.clone());
+        let (urls, done, failed, body_bytes, token) = (
+            urls.clone(),
+            done.clone(),
+            failed.clone(),
+            body_bytes.clone(),
+            token.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             // One client per worker: one keep-alive connection each.
-            let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(1).build_http::<Empty<Bytes>>();
+            let client = Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(1)
+                .build_http::<Empty<Bytes>>();
             let mut n = worker;
             while Instant::now() < deadline {
                 let request = http::Request::get(&urls[n % urls.len()])
@@ -157,15 +202,18 @@ async fn run() -> anyhow::Result<()> {
                     .expect("valid request");
                 n += 1;
                 match client.request(request).await {
-                    Ok(response) if response.status() == 200 => match response.into_body().collect().await {
-                        Ok(body) => {
-                            body_bytes.fetch_add(body.to_bytes().len() as u64, Ordering::Relaxed);
-                            done.fetch_add(1, Ordering::Relaxed);
+                    Ok(response) if response.status() == 200 => {
+                        match response.into_body().collect().await {
+                            Ok(body) => {
+                                body_bytes
+                                    .fetch_add(body.to_bytes().len() as u64, Ordering::Relaxed);
+                                done.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(_) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
-                        Err(_) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    },
+                    }
                     _ => {
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
