@@ -911,8 +911,7 @@ const STAFF_NAMES: [&str; 10] = [
     "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
 ];
 
-/// Everything the emulator knows.
-#[derive(Debug)]
+/// Everything the emulator knows. Deliberately not `Debug`: it holds bearer tokens.
 pub(crate) struct World {
     pub(crate) seeding: Seeding,
     /// By lower-case primary email.

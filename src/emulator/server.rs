@@ -20,14 +20,21 @@ use super::errors::GoogleError;
 use super::model::{ApiMethod, Fault, World};
 use super::oauth::{DIRECTORY_PREFIX, GMAIL_FULL, GMAIL_METADATA, GMAIL_MODIFY, GMAIL_READONLY};
 
-/// State shared by every connection.
-#[derive(Debug)]
+/// State shared by every connection. `Debug` leaves the world out: it holds bearer tokens.
 pub(crate) struct Shared {
     /// The one lock. Held only for short, synchronous sections; never across an `.await`.
     world: Mutex<World>,
     pub(crate) clock: Clock,
     pub(crate) token_url: String,
     pub(crate) port: u16,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("token_url", &self.token_url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
