@@ -92,14 +92,16 @@ pub(crate) async fn world_with(
     let ctx = gmail_ingest::app::context(settings.clone())
         .await
         .expect("context builds");
-    Some(World {
+    let w = World {
         emulator,
         settings,
         ctx,
         dir,
         http: reqwest::Client::new(),
         backend,
-    })
+    };
+    w.quota(json!({"enforce": false})).await;
+    Some(w)
 }
 
 pub(crate) fn small(users: usize, messages: usize) -> EmulatorConfig {
