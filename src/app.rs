@@ -69,8 +69,16 @@ struct StoreBudget(crate::store::Store);
 
 #[async_trait::async_trait]
 impl crate::google::quota::SharedBudget for StoreBudget {
-    async fn reserve(&self, window_start: chrono::DateTime<Utc>, units: i64, limit: i64) -> anyhow::Result<bool> {
-        Ok(self.0.reserve_quota("project-minute", window_start, units, limit).await?)
+    async fn reserve(
+        &self,
+        window_start: chrono::DateTime<Utc>,
+        units: i64,
+        limit: i64,
+    ) -> anyhow::Result<bool> {
+        Ok(self
+            .0
+            .reserve_quota("project-minute", window_start, units, limit)
+            .await?)
     }
 }
 
@@ -95,6 +103,8 @@ pub async fn context(settings: Settings) -> anyhow::Result<SyncContext> {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        // Install the recorder before anything counts, or early events are lost.
+        crate::telemetry::metrics_handle();
         let listen = settings.http.listen.clone();
         let ctx = context(settings).await?;
         let instance_lock = match ctx.store.sqlite_path() {

@@ -23,12 +23,14 @@ pub enum Tick {
 }
 
 /// How often the dispatcher looks for due mailboxes: a tenth of the poll
-/// interval, between 200 ms and 5 s.
+/// interval, between 1 s and 5 s (tokio-cron-scheduler counts repeats in
+/// whole seconds: a shorter period would never fire).
 pub fn poll_tick(settings: &Settings) -> Duration {
-    (settings.sync.poll_interval / 10).clamp(Duration::from_millis(200), Duration::from_secs(5))
+    (settings.sync.poll_interval / 10).clamp(Duration::from_secs(1), Duration::from_secs(5))
 }
 
 fn repeated(every: Duration, tx: &mpsc::Sender<Tick>, tick: Tick) -> anyhow::Result<Job> {
+    let every = every.max(Duration::from_secs(1));
     let tx = tx.clone();
     Job::new_repeated_async(every, move |_, _| {
         let tx = tx.clone();

@@ -115,7 +115,12 @@ struct DayCounter {
 /// within `limit`, atomically, and says whether it did.
 #[async_trait::async_trait]
 pub trait SharedBudget: Send + Sync {
-    async fn reserve(&self, window_start: DateTime<Utc>, units: i64, limit: i64) -> anyhow::Result<bool>;
+    async fn reserve(
+        &self,
+        window_start: DateTime<Utc>,
+        units: i64,
+        limit: i64,
+    ) -> anyhow::Result<bool>;
 }
 
 /// Units reserved from the shared budget in chunks, so the database is asked
@@ -170,8 +175,14 @@ impl SharedPool {
             }
             drop(state);
             let next = window + chrono::TimeDelta::minutes(1);
-            let wait = (next - Utc::now()).to_std().unwrap_or(Duration::from_millis(100));
-            events::QuotaThrottled { scope: "project", wait }.emit();
+            let wait = (next - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::from_millis(100));
+            events::QuotaThrottled {
+                scope: "project",
+                wait,
+            }
+            .emit();
             tokio::time::sleep(wait).await;
         }
     }
@@ -412,7 +423,12 @@ mod tests {
 
     #[async_trait::async_trait]
     impl SharedBudget for FakeBudget {
-        async fn reserve(&self, window: DateTime<Utc>, units: i64, limit: i64) -> anyhow::Result<bool> {
+        async fn reserve(
+            &self,
+            window: DateTime<Utc>,
+            units: i64,
+            limit: i64,
+        ) -> anyhow::Result<bool> {
             let mut m = self.0.lock().unwrap();
             let total = m.entry(window).or_default();
             if *total + units <= limit {
