@@ -371,6 +371,27 @@ impl FleetSnapshot<'_> {
             .set(self.oldest_lag.map_or(0.0, |d| d.as_secs_f64()));
         gauge!("gmail_ingest_reviews_overdue").set(self.reviews_overdue as f64);
         gauge!("gmail_ingest_history_window_at_risk").set(self.history_window_at_risk as f64);
+    }
+}
+
+pub struct InFlight {
+    pub count: usize,
+}
+
+impl InFlight {
+    pub fn emit(&self) {
+        gauge!("gmail_ingest_mailboxes_in_flight").set(self.count as f64);
+    }
+}
+
+/// The periodic reminder (hourly): what the gauges say, in the log.
+pub struct Reminder {
+    pub reviews_overdue: u64,
+    pub history_window_at_risk: u64,
+}
+
+impl Reminder {
+    pub fn emit(&self) {
         if self.reviews_overdue > 0 {
             tracing::warn!(
                 count = self.reviews_overdue,
@@ -383,15 +404,5 @@ impl FleetSnapshot<'_> {
                 "Mailboxes have not synced for days and approach the history window; check `status`."
             );
         }
-    }
-}
-
-pub struct InFlight {
-    pub count: usize,
-}
-
-impl InFlight {
-    pub fn emit(&self) {
-        gauge!("gmail_ingest_mailboxes_in_flight").set(self.count as f64);
     }
 }

@@ -159,22 +159,27 @@ async fn handle_tick(tick: Tick, pool: &Pool, health: &Health, tracker: &TaskTra
                 }
             });
         }
-        Tick::Fleet => {
-            if let Err(e) = fleet_snapshot(&pool.ctx).await {
-                tracing::warn!(error = %format!("{e:#}"), "Could not refresh fleet gauges.");
+        Tick::Fleet | Tick::Reminder => match fleet_snapshot(&pool.ctx).await {
+            Ok((overdue, at_risk)) if tick == Tick::Reminder => events::Reminder {
+                reviews_overdue: overdue,
+                history_window_at_risk: at_risk,
             }
-        }
+            .emit(),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "Could not refresh fleet gauges."),
+        },
     }
 }
 
-/// Computes the fleet gauges from the database (cheap: one row per mailbox).
-async fn fleet_snapshot(ctx: &SyncContext) -> anyhow::Result<()> {
+/// Computes the fleet gauges from the database (cheap: one row per mailbox);
+/// returns (reviews overdue, mailboxes at risk of the history window).
+async fn fleet_snapshot(ctx: &SyncContext) -> anyhow::Result<(u64, u64)> {
     let subs = ctx.store.list_subscriptions().await?;
     let states = ctx.store.list_sync_states().await?;
     let now = Utc::now();
     let mut by_phase: Vec<(SyncPhase, u64)> = SyncPhase::ALL.iter().map(|p| (*p, 0)).collect();
     let mut oldest: Option<chrono::Duration> = None;
-    let mut at_risk = 0;
+    let mut at_risk = 0u64;
     let window = chrono::Duration::from_std(ctx.settings.sync.history_window_alert)
         .unwrap_or_else(|_| chrono::Duration::days(5));
     for st in &states {
@@ -214,5 +219,5 @@ async fn fleet_snapshot(ctx: &SyncContext) -> anyhow::Result<()> {
         history_window_at_risk: at_risk,
     }
     .emit();
-    Ok(())
+    Ok((overdue, at_risk))
 }

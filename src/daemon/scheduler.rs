@@ -20,6 +20,8 @@ pub enum Tick {
     OrgUnitRecheck,
     /// Refresh fleet gauges: phases, lag, overdue reviews, history-window risk.
     Fleet,
+    /// Log overdue reviews (WARN) and history-window risk (ERROR).
+    Reminder,
 }
 
 /// How often the dispatcher looks for due mailboxes: a tenth of the poll
@@ -58,6 +60,9 @@ pub async fn start(settings: &Settings, tx: mpsc::Sender<Tick>) -> anyhow::Resul
         .await?;
     sched
         .add(repeated(Duration::from_secs(30), &tx, Tick::Fleet)?)
+        .await?;
+    sched
+        .add(repeated(Duration::from_secs(3600), &tx, Tick::Reminder)?)
         .await?;
     let resync_tx = tx.clone();
     let cron = Job::new_async(settings.sync.full_resync_cron.as_str(), move |_, _| {
