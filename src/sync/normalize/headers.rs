@@ -134,6 +134,12 @@ fn addresses(headers: &[Header<'_>], problems: &mut Problems) -> Vec<MessageAddr
             };
             for (addr, in_named_group) in members {
                 for entry in message_addresses(role, addr, in_named_group) {
+                    // Past the cap nothing more is remembered, so the set
+                    // stays bounded too; the count may include duplicates.
+                    if out.len() >= MAX_ADDRESSES {
+                        dropped += 1;
+                        continue;
+                    }
                     // Named entries without an address are keyed by their
                     // name so they stay distinct.
                     let key_name = entry
@@ -141,14 +147,9 @@ fn addresses(headers: &[Header<'_>], problems: &mut Problems) -> Vec<MessageAddr
                         .is_empty()
                         .then(|| entry.name.clone())
                         .flatten();
-                    if !seen.insert((role, entry.address.clone(), key_name)) {
-                        continue;
+                    if seen.insert((role, entry.address.clone(), key_name)) {
+                        out.push(entry);
                     }
-                    if out.len() >= MAX_ADDRESSES {
-                        dropped += 1;
-                        continue;
-                    }
-                    out.push(entry);
                 }
             }
         }

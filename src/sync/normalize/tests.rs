@@ -710,3 +710,28 @@ proptest! {
         prop_assert!(m.body_html.as_ref().is_none_or(|t| t.len() <= 300));
     }
 }
+
+#[test]
+fn mail_parser_debug_assertions_become_parse_errors() {
+    // Arrange: a fuzzer find (a forwarded message with a mangled
+    // Content-Disposition) that reaches a `debug_assert!(false, ..)` in
+    // mail-parser 0.11. Release builds skip the assertion and recover;
+    // debug builds panic there, which `normalize` must absorb.
+    let raw = include_bytes!(
+        "../../../tests/fixtures/eml/regressions/mail-parser-debug-assert-multipart.eml"
+    );
+
+    // Act
+    let m = normalize(raw, &limits());
+
+    // Assert
+    assert_eq!(m.subject.as_deref(), Some("Fwd: Lunch?"));
+    assert_eq!(m.message_id.as_deref(), Some("fwd-1@example.com"));
+    if cfg!(debug_assertions) {
+        assert_eq!(
+            m.parse_error.as_deref(),
+            Some("parser panicked: Invalid part ID, could not find multipart.")
+        );
+    }
+    assert_clean(&m);
+}
