@@ -202,6 +202,8 @@ impl From<GmailMessageId> for String {
 pub struct HistoryId(u64);
 
 impl HistoryId {
+    pub const ZERO: HistoryId = HistoryId(0);
+
     pub fn new(v: u64) -> Result<Self, ParseError> {
         if v > i64::MAX as u64 {
             return Err(invalid("history id", &v.to_string(), "out of range"));

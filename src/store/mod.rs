@@ -379,6 +379,10 @@ macro_rules! dispatch {
     };
 }
 
+/// `parse_error` prefix of a placeholder row for a message that could not
+/// be fetched; such rows are refetched at the start of every pass.
+pub const UNFETCHED_PREFIX: &str = "not fetched: ";
+
 impl Store {
     /// Opens a pool. `sqlite://path` (created if missing; WAL, busy_timeout
     /// 5 s, foreign keys on, synchronous=NORMAL), `sqlite::memory:`, or
@@ -609,6 +613,16 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<SearchHit>, StoreError> {
         dispatch!(self, s => s.search(mailbox, query, limit).await)
+    }
+
+    /// Placeholder rows (see [`UNFETCHED_PREFIX`]) still waiting for a successful fetch.
+    pub async fn unfetched_message_ids(
+        &self,
+        mailbox: &MailboxAddress,
+        limit: u32,
+    ) -> Result<Vec<GmailMessageId>, StoreError> {
+        let hits = dispatch!(self, s => s.unfetched_messages(mailbox, limit).await)?;
+        Ok(hits.into_iter().map(|h| h.gmail_id).collect())
     }
 
     /// The newest live messages of a mailbox (by Gmail internalDate).

@@ -38,6 +38,11 @@ use crate::sync::normalize::{self, NormalizeLimits};
 
 /// Page size for message listings (Gmail's maximum).
 const LIST_PAGE_SIZE: u32 = 500;
+/// After this many failed passes in a row, a message that still cannot be
+/// fetched is stored as a placeholder row (`parse_error` starting with
+/// `store::UNFETCHED_PREFIX`) so the rest of the mailbox moves on; the
+/// placeholder is refetched at the start of every later pass.
+const GIVE_UP_AFTER_FAILURES: i64 = 3;
 /// Messages bigger than this are normalized on a blocking thread.
 const BLOCKING_NORMALIZE_BYTES: usize = 1 << 20;
 
@@ -491,6 +496,61 @@ async fn fetch_many(
     (ok, failed)
 }
 
+/// The placeholder row of a message that could not be fetched.
+fn placeholder(
+    id: &GmailMessageId,
+    thread_id: Option<String>,
+    history_id: HistoryId,
+    e: &GoogleError,
+) -> MessageUpsert {
+    MessageUpsert {
+        meta: crate::domain::GmailMessageMeta {
+            gmail_id: id.clone(),
+            thread_id: thread_id.unwrap_or_default(),
+            history_id,
+            internal_date_ms: 0,
+            size_estimate: 0,
+            snippet: None,
+            label_ids: Vec::new(),
+        },
+        content: crate::domain::NormalizedMessage {
+            parse_error: Some(format!("{}{e}", crate::store::UNFETCHED_PREFIX)),
+            ..Default::default()
+        },
+        raw: None,
+    }
+}
+
+/// Refetches placeholder rows left by earlier passes; what still fails stays
+/// a placeholder. Runs with the current checkpoint unchanged.
+async fn retry_placeholders(
+    ctx: &SyncContext,
+    lease: &Lease,
+    gmail: &MailboxGmail,
+    state: &SyncState,
+    totals: &mut Totals,
+) -> Result<(), PassError> {
+    let ids = ctx.store.unfetched_message_ids(&lease.mailbox, 500).await?;
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let (upserts, failed) = fetch_many(ctx, gmail, ids).await;
+    if let Some((_, e)) = failed
+        .iter()
+        .find(|(_, e)| e.class == ErrorClass::AuthRevoked)
+    {
+        return Err(PassError::Google(e.clone()));
+    }
+    if !upserts.is_empty() {
+        let batch = SyncBatch {
+            upserts,
+            ..empty_batch(state, false)
+        };
+        totals.add(&ctx.store.commit_batch(lease, &batch).await?);
+    }
+    Ok(())
+}
+
 async fn to_upsert(m: FetchedMessage, limits: &NormalizeLimits, store_raw: bool) -> MessageUpsert {
     let FetchedMessage { meta, raw, payload } = m;
     let content = match (&raw, payload) {
@@ -536,6 +596,7 @@ async fn full_sync(
     tracing::Span::current().record("phase", kind.as_str());
     let mut state = state.clone();
     let batch_size = ctx.settings.sync.batch_size;
+    let give_up = state.consecutive_failures >= GIVE_UP_AFTER_FAILURES;
 
     // Start (or restart) the full sync: read the historyId first so whatever
     // changes during the listing is caught by the incremental pass after it.
@@ -597,14 +658,24 @@ async fn full_sync(
             new.chunks(batch_size.max(1)).map(<[_]>::to_vec).collect();
         let n_chunks = chunks.len();
         for (i, chunk) in chunks.into_iter().enumerate() {
-            let (upserts, failed) = fetch_many(ctx, gmail, chunk).await;
-            for (id, e) in &failed {
+            let (mut upserts, failed) = fetch_many(ctx, gmail, chunk).await;
+            for (id, e) in failed {
                 if e.class == ErrorClass::AuthRevoked {
-                    return Err(PassError::Google(e.clone()));
+                    return Err(PassError::Google(e));
                 }
-                failures.push(format!("{id}: {e}"));
+                if give_up {
+                    let thread = page
+                        .messages
+                        .iter()
+                        .find(|m| m.id == id)
+                        .map(|m| m.thread_id.clone());
+                    let hid = state.full_sync_history_id.unwrap_or(HistoryId::ZERO);
+                    upserts.push(placeholder(&id, thread, hid, &e));
+                } else {
+                    failures.push(format!("{id}: {e}"));
+                    page_failed = true;
+                }
             }
-            page_failed |= !failed.is_empty();
             progress.fetched += upserts.len() as u64;
             let last_chunk = i + 1 == n_chunks;
             let mut batch = SyncBatch {
@@ -815,6 +886,7 @@ async fn incremental(
             "no history position to continue from".to_owned(),
         ));
     };
+    retry_placeholders(ctx, lease, gmail, state, totals).await?;
     let mut collapsed = Collapsed::default();
     let mut token: Option<String> = None;
     let mut newest = start;
@@ -857,6 +929,7 @@ async fn incremental(
 
     let mut state = state.clone();
     let batch_size = ctx.settings.sync.batch_size.max(1);
+    let give_up = state.consecutive_failures >= GIVE_UP_AFTER_FAILURES;
     let chunks: Vec<Vec<GmailMessageId>> = to_fetch.chunks(batch_size).map(<[_]>::to_vec).collect();
     let mut failures = Vec::new();
     let mut fetched: BTreeSet<GmailMessageId> = BTreeSet::new();
@@ -866,7 +939,11 @@ async fn incremental(
             if e.class == ErrorClass::AuthRevoked {
                 return Err(PassError::Google(e));
             }
-            failures.push(format!("{id}: {e}"));
+            if give_up {
+                upserts.push(placeholder(&id, None, newest, &e));
+            } else {
+                failures.push(format!("{id}: {e}"));
+            }
         }
         for u in &mut upserts {
             fetched.insert(u.meta.gmail_id.clone());

@@ -382,3 +382,46 @@ both_backends!(
         w.assert_converged(&m).await;
     }
 );
+
+both_backends!(
+    messages_that_keep_failing_become_placeholders_and_are_refetched_later,
+    |b: Backend| async move {
+        let Some(w) = world_with(b, small(2, 60), |s| s.google.max_attempts = 1).await else {
+            return;
+        };
+        let m = one_mailbox(&w).await;
+        w.faults(json!({"error_rate": 0.3, "seed": 7})).await;
+
+        // Passes fail until the engine gives up on the messages it cannot
+        // fetch and stores placeholders so the mailbox moves on.
+        let mut saw_placeholder = false;
+        for _ in 0..25 {
+            w.sync(Some(&m)).await;
+            if !w
+                .ctx
+                .store
+                .unfetched_message_ids(&m, 500)
+                .await
+                .unwrap()
+                .is_empty()
+            {
+                saw_placeholder = true;
+                break;
+            }
+        }
+        assert!(saw_placeholder, "no placeholder was ever stored");
+        w.faults(json!({"error_rate": 0.0})).await;
+        w.sync(Some(&m)).await;
+        w.sync(Some(&m)).await;
+
+        assert!(
+            w.ctx
+                .store
+                .unfetched_message_ids(&m, 500)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        w.assert_converged(&m).await;
+    }
+);
