@@ -89,6 +89,7 @@ pub async fn run(
         tracker: tracker.clone(),
         shutdown: token.clone(),
         resync: Arc::new(ResyncRequests::default()),
+        wake: tx.clone(),
     };
     tracing::info!(replica = %ctx.replica, backend = ctx.store.backend(), "Daemon started.");
 
@@ -124,8 +125,10 @@ pub async fn run(
 async fn handle_tick(tick: Tick, pool: &Pool, health: &Health, tracker: &TaskTracker) {
     events::SchedulerTick.emit();
     match tick {
-        Tick::Poll => {
-            health.ticked();
+        Tick::Poll | Tick::SlotFreed => {
+            if tick == Tick::Poll {
+                health.ticked();
+            }
             if !health.integration_enabled {
                 return;
             }

@@ -14,6 +14,9 @@ use crate::config::Settings;
 pub enum Tick {
     /// Claim mailboxes whose `next_poll_at` has come.
     Poll,
+    /// A worker finished and freed a slot: claim again now rather than at
+    /// the next tick (not a scheduler tick: readiness does not count it).
+    SlotFreed,
     /// The reconciliation full resync (`sync.full_resync_cron`).
     FullResync,
     /// Re-check every subscription's org unit.

@@ -54,6 +54,9 @@ pub struct Pool {
     /// Fires on shutdown: stop between batches, release leases.
     pub shutdown: CancellationToken,
     pub resync: Arc<ResyncRequests>,
+    /// Told when a worker frees its slot, so the next due mailbox is claimed
+    /// at once instead of at the next scheduler tick.
+    pub wake: tokio::sync::mpsc::Sender<super::scheduler::Tick>,
 }
 
 /// When a mailbox should be polled next after an outcome.
@@ -115,9 +118,12 @@ impl Pool {
         let ctx = self.ctx.clone();
         let shutdown = self.shutdown.clone();
         let force_full = self.resync.take(&lease.mailbox);
+        let wake = self.wake.clone();
         self.tracker.spawn(async move {
-            let _permit = permit;
             run_one(ctx, lease, force_full, shutdown).await;
+            drop(permit);
+            // A full channel already holds a pending claim: nothing to add.
+            let _ = wake.try_send(super::scheduler::Tick::SlotFreed);
         });
     }
 }

@@ -467,23 +467,27 @@ fn run_row(
 /// in-flight cap, which the quota limiter also enforces). 404s are dropped:
 /// the message was deleted since it was listed. Other failures are returned
 /// beside the successes so one bad message does not stop the page.
+/// Shutdown drops the in-flight fetches (nothing was written for them yet).
 async fn fetch_many(
     ctx: &SyncContext,
     gmail: &MailboxGmail,
     ids: Vec<GmailMessageId>,
-) -> (Vec<MessageUpsert>, Vec<(GmailMessageId, GoogleError)>) {
+    cancel: &CancellationToken,
+) -> Result<(Vec<MessageUpsert>, Vec<(GmailMessageId, GoogleError)>), PassError> {
     let concurrency = ctx.settings.sync.per_mailbox_concurrency.max(1);
     let limits = ctx.limits();
     let store_raw = ctx.settings.sync.store_raw;
-    let results: Vec<(GmailMessageId, Result<FetchedMessage, GoogleError>)> =
-        futures::stream::iter(ids)
-            .map(|id| async move {
-                let r = gmail.get_message(&id).await;
-                (id, r)
-            })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
+    let fetches = futures::stream::iter(ids)
+        .map(|id| async move {
+            let r = gmail.get_message(&id).await;
+            (id, r)
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<(GmailMessageId, Result<FetchedMessage, GoogleError>)>>();
+    let results = tokio::select! {
+        r = fetches => r,
+        () = cancel.cancelled() => return Err(PassError::Interrupted),
+    };
     let mut ok = Vec::with_capacity(results.len());
     let mut failed = Vec::new();
     for (id, r) in results {
@@ -493,7 +497,7 @@ async fn fetch_many(
             Err(e) => failed.push((id, e)),
         }
     }
-    (ok, failed)
+    Ok((ok, failed))
 }
 
 /// The placeholder row of a message that could not be fetched.
@@ -529,12 +533,13 @@ async fn retry_placeholders(
     gmail: &MailboxGmail,
     state: &SyncState,
     totals: &mut Totals,
+    cancel: &CancellationToken,
 ) -> Result<(), PassError> {
     let ids = ctx.store.unfetched_message_ids(&lease.mailbox, 500).await?;
     if ids.is_empty() {
         return Ok(());
     }
-    let (upserts, failed) = fetch_many(ctx, gmail, ids).await;
+    let (upserts, failed) = fetch_many(ctx, gmail, ids, cancel).await?;
     if let Some((_, e)) = failed
         .iter()
         .find(|(_, e)| e.class == ErrorClass::AuthRevoked)
@@ -658,7 +663,7 @@ async fn full_sync(
             new.chunks(batch_size.max(1)).map(<[_]>::to_vec).collect();
         let n_chunks = chunks.len();
         for (i, chunk) in chunks.into_iter().enumerate() {
-            let (mut upserts, failed) = fetch_many(ctx, gmail, chunk).await;
+            let (mut upserts, failed) = fetch_many(ctx, gmail, chunk, cancel).await?;
             for (id, e) in failed {
                 if e.class == ErrorClass::AuthRevoked {
                     return Err(PassError::Google(e));
@@ -886,7 +891,7 @@ async fn incremental(
             "no history position to continue from".to_owned(),
         ));
     };
-    retry_placeholders(ctx, lease, gmail, state, totals).await?;
+    retry_placeholders(ctx, lease, gmail, state, totals, cancel).await?;
     let mut collapsed = Collapsed::default();
     let mut token: Option<String> = None;
     let mut newest = start;
@@ -934,7 +939,7 @@ async fn incremental(
     let mut failures = Vec::new();
     let mut fetched: BTreeSet<GmailMessageId> = BTreeSet::new();
     for chunk in chunks {
-        let (mut upserts, failed) = fetch_many(ctx, gmail, chunk).await;
+        let (mut upserts, failed) = fetch_many(ctx, gmail, chunk, cancel).await?;
         for (id, e) in failed {
             if e.class == ErrorClass::AuthRevoked {
                 return Err(PassError::Google(e));

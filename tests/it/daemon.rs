@@ -150,9 +150,11 @@ both_backends!(
         w.insert_message(&m, "Water shut-off on Friday", &["INBOX"])
             .await;
         let poll = w.settings.sync.poll_interval;
-        eventually("the new message", poll * 2 + Duration::from_secs(10), || {
-            converged(&w, &m)
-        })
+        eventually(
+            "the new message",
+            poll * 2 + Duration::from_secs(10),
+            || converged(&w, &m),
+        )
         .await;
 
         app.stop().await.unwrap();
