@@ -781,7 +781,8 @@ async fn idle() -> anyhow::Result<()> {
     // Initial syncs: done when every mailbox has been charged units (getProfile at least).
     let started = Instant::now();
     let cpu0 = self_cpu();
-    let deadline = started + Duration::from_secs(1200);
+    let deadline = started + Duration::from_secs(env_or("BENCH_IDLE_CATCHUP_SECONDS", 1200));
+    let mut reported = 0;
     loop {
         let stats = emulator.stats().await;
         let synced = stats.0["quota_units"]
@@ -799,6 +800,17 @@ async fn idle() -> anyhow::Result<()> {
             stop.cancel();
             let _ = daemon.await;
             return Ok(());
+        }
+        if started.elapsed().as_secs() / 60 > reported {
+            // Progress each minute: the catch-up rate and its CPU are figures in themselves.
+            reported = started.elapsed().as_secs() / 60;
+            say(&format!(
+                "  {:.0} s: {synced} mailboxes synced, daemon CPU {:.1} s, RSS {:.1} MiB, load {}",
+                started.elapsed().as_secs_f64(),
+                self_cpu() - cpu0,
+                mib(status_kib("VmRSS")),
+                load()
+            ));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
