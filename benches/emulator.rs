@@ -1,7 +1,7 @@
 //! Emulator benchmark: start-up time and memory for a million generated messages, then
 //! `messages.get?format=raw` throughput over 32 keep-alive HTTP/1.1 connections with quota
 //! enforcement off and no latency. Load generator and emulator share this process (and the
-//! machine's cores). Results go to the log (set `RUST_LOG=info`) and to `BENCH_EMULATOR.md`
+//! machine's cores). Results go to the log (set `RUST_LOG=info`) and to `BENCHMARKS.md`
 //! by hand.
 //!
 //! `cargo bench --bench emulator` (env: `BENCH_USERS`, `BENCH_MESSAGES`, `BENCH_SECONDS`,
