@@ -69,8 +69,16 @@ struct StoreBudget(crate::store::Store);
 
 #[async_trait::async_trait]
 impl crate::google::quota::SharedBudget for StoreBudget {
-    async fn reserve(&self, window_start: chrono::DateTime<Utc>, units: i64, limit: i64) -> anyhow::Result<bool> {
-        Ok(self.0.reserve_quota("project-minute", window_start, units, limit).await?)
+    async fn reserve(
+        &self,
+        window_start: chrono::DateTime<Utc>,
+        units: i64,
+        limit: i64,
+    ) -> anyhow::Result<bool> {
+        Ok(self
+            .0
+            .reserve_quota("project-minute", window_start, units, limit)
+            .await?)
     }
 }
 
@@ -255,6 +263,10 @@ pub async fn sync_with(
                     done.clone(),
                     stop.clone(),
                 ));
+                // If this pass is dropped mid-way (a caller's timeout, an
+                // aborted task), the keeper must stop renewing too, or the
+                // lease is held forever by work that no longer runs.
+                let _stop_keeper_on_drop = done.clone().drop_guard();
                 let report = engine::sync_mailbox(ctx, &lease, &opts, &stop).await;
                 done.cancel();
                 let _ = keeper.await;
