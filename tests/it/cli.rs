@@ -301,11 +301,30 @@ fn check_explains_a_missing_key_file() {
 #[test]
 fn the_demo_runs_to_completion_and_shows_what_was_ingested() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_bin(&["demo", "--messages", "25", "--dir", dir.path().to_str().unwrap()], &[]);
+    let out = run_bin(
+        &[
+            "demo",
+            "--messages",
+            "25",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("refused"), "the mailbox outside the approved OU is refused: {stdout}");
+    assert!(
+        out.status.success(),
+        "demo failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("refused"),
+        "the mailbox outside the approved OU is refused: {stdout}"
+    );
     assert!(stdout.contains("full+incremental"), "{stdout}");
-    assert!(stdout.contains("radiator"), "the full-text query finds the injected message: {stdout}");
+    assert!(
+        stdout.contains("radiator"),
+        "the full-text query finds the injected message: {stdout}"
+    );
     assert!(dir.path().join("gmail-ingest.db").exists());
 }

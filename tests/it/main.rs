@@ -1,5 +1,7 @@
 //! The one integration-test binary (see STYLE.md habit 10).
 
+mod chaos;
+mod chaos_helpers;
 mod cli;
 mod daemon;
 mod deploy;
