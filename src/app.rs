@@ -464,6 +464,39 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
         )
     }) {
         let m = &sub.mailbox;
+        // The gate first: a mailbox outside policy is never impersonated,
+        // not even to check it.
+        let allowed = match google.directory_user(m).await {
+            Ok(user) => match gate::evaluate(&policy, m, user.as_ref()) {
+                GateDecision::Allowed => {
+                    report(
+                        true,
+                        format!(
+                            "{m}: org unit {}",
+                            user.map(|u| u.org_unit.to_string()).unwrap_or_default()
+                        ),
+                    );
+                    true
+                }
+                GateDecision::Refused(r) => {
+                    report(
+                        false,
+                        format!(
+                            "{m}: {r}. Fix: move the mailbox into one of: {}",
+                            approved.join(", ")
+                        ),
+                    );
+                    false
+                }
+            },
+            Err(e) => {
+                report(false, format!("{m}: directory look-up: {e}"));
+                false
+            }
+        };
+        if !allowed {
+            continue;
+        }
         for scope in google.scopes() {
             match google
                 .tokens()
@@ -493,25 +526,6 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
                 Err(e) => report(false, format!("{m}: profile: {e}")),
             },
             Err(e) => report(false, format!("{m}: {e}")),
-        }
-        match google.directory_user(m).await {
-            Ok(user) => match gate::evaluate(&policy, m, user.as_ref()) {
-                GateDecision::Allowed => report(
-                    true,
-                    format!(
-                        "{m}: org unit {}",
-                        user.map(|u| u.org_unit.to_string()).unwrap_or_default()
-                    ),
-                ),
-                GateDecision::Refused(r) => report(
-                    false,
-                    format!(
-                        "{m}: {r}. Fix: move the mailbox into one of: {}",
-                        approved.join(", ")
-                    ),
-                ),
-            },
-            Err(e) => report(false, format!("{m}: directory look-up: {e}")),
         }
     }
     if failed > 0 {
