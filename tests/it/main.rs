@@ -13,3 +13,5 @@ mod pg;
 mod store;
 mod sync;
 mod tidy;
+mod crash;
+mod security;
