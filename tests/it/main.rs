@@ -15,3 +15,4 @@ mod sync;
 mod tidy;
 mod crash;
 mod security;
+mod adversarial;
