@@ -1,8 +1,10 @@
 //! The one integration-test binary (see STYLE.md habit 10).
 
+mod adversarial;
 mod chaos;
 mod chaos_helpers;
 mod cli;
+mod crash;
 mod daemon;
 mod deploy;
 mod emulator;
@@ -10,9 +12,7 @@ mod emulator_helpers;
 mod helpers;
 mod normalize;
 mod pg;
+mod security;
 mod store;
 mod sync;
 mod tidy;
-mod crash;
-mod security;
-mod adversarial;
