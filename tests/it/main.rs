@@ -11,6 +11,7 @@ mod emulator;
 mod emulator_helpers;
 mod helpers;
 mod normalize;
+mod outage;
 mod pg;
 mod security;
 mod store;
