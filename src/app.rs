@@ -106,6 +106,10 @@ impl Application {
         // Install the recorder before anything counts, or early events are lost.
         crate::telemetry::metrics_handle();
         let listen = settings.http.listen.clone();
+        // Install the metrics recorder before any work: it used to be
+        // installed by the first /metrics scrape, so every event before that
+        // scrape was lost.
+        crate::telemetry::metrics_handle();
         let ctx = context(settings).await?;
         let instance_lock = match ctx.store.sqlite_path() {
             Some(p) => Some(lock_sqlite(p)?),
@@ -265,6 +269,10 @@ pub async fn sync_with(
                     done.clone(),
                     stop.clone(),
                 ));
+                // If this pass is dropped mid-way (a caller's timeout, an
+                // aborted task), the keeper must stop renewing too, or the
+                // lease is held forever by work that no longer runs.
+                let _stop_keeper_on_drop = done.clone().drop_guard();
                 let report = engine::sync_mailbox(ctx, &lease, &opts, &stop).await;
                 done.cancel();
                 let _ = keeper.await;
@@ -462,6 +470,39 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
         )
     }) {
         let m = &sub.mailbox;
+        // The gate first: a mailbox outside policy is never impersonated,
+        // not even to check it.
+        let allowed = match google.directory_user(m).await {
+            Ok(user) => match gate::evaluate(&policy, m, user.as_ref()) {
+                GateDecision::Allowed => {
+                    report(
+                        true,
+                        format!(
+                            "{m}: org unit {}",
+                            user.map(|u| u.org_unit.to_string()).unwrap_or_default()
+                        ),
+                    );
+                    true
+                }
+                GateDecision::Refused(r) => {
+                    report(
+                        false,
+                        format!(
+                            "{m}: {r}. Fix: move the mailbox into one of: {}",
+                            approved.join(", ")
+                        ),
+                    );
+                    false
+                }
+            },
+            Err(e) => {
+                report(false, format!("{m}: directory look-up: {e}"));
+                false
+            }
+        };
+        if !allowed {
+            continue;
+        }
         for scope in google.scopes() {
             match google
                 .tokens()
@@ -491,25 +532,6 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
                 Err(e) => report(false, format!("{m}: profile: {e}")),
             },
             Err(e) => report(false, format!("{m}: {e}")),
-        }
-        match google.directory_user(m).await {
-            Ok(user) => match gate::evaluate(&policy, m, user.as_ref()) {
-                GateDecision::Allowed => report(
-                    true,
-                    format!(
-                        "{m}: org unit {}",
-                        user.map(|u| u.org_unit.to_string()).unwrap_or_default()
-                    ),
-                ),
-                GateDecision::Refused(r) => report(
-                    false,
-                    format!(
-                        "{m}: {r}. Fix: move the mailbox into one of: {}",
-                        approved.join(", ")
-                    ),
-                ),
-            },
-            Err(e) => report(false, format!("{m}: directory look-up: {e}")),
         }
     }
     if failed > 0 {

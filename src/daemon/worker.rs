@@ -144,6 +144,8 @@ pub async fn run_one(
         keeper_done.clone(),
         stop.clone(),
     ));
+    // A dropped (aborted) pass must not leave the keeper renewing its lease.
+    let _stop_keeper_on_drop = keeper_done.clone().drop_guard();
     let opts = PassOptions {
         force_full,
         progress: None,

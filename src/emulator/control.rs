@@ -47,6 +47,10 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/emulator/v1/stats", get(stats))
         .route("/emulator/v1/reset", post(reset))
         .route("/emulator/v1/clock/advance", post(advance_clock))
+        // Gmail accepts messages up to 150 MB through messages.import; the
+        // control API takes them base64-encoded in JSON (axum's default
+        // limit of 2 MB refused any large message).
+        .layer(axum::extract::DefaultBodyLimit::max(256 * 1024 * 1024))
 }
 
 /// A refusal, boxed to keep `Result`s small.

@@ -1,13 +1,19 @@
 //! The one integration-test binary (see STYLE.md habit 10).
 
+mod adversarial;
+mod chaos;
+mod chaos_helpers;
 mod cli;
+mod crash;
 mod daemon;
 mod deploy;
 mod emulator;
 mod emulator_helpers;
 mod helpers;
 mod normalize;
+mod outage;
 mod pg;
+mod security;
 mod store;
 mod sync;
 mod tidy;
