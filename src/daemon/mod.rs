@@ -28,6 +28,9 @@ use crate::events;
 use crate::sync::engine::SyncContext;
 use crate::sync::gate;
 
+/// The longest a tick handler (a claim, the fleet gauges) may take.
+const TICK_HANDLER_LIMIT: Duration = Duration::from_secs(60);
+
 /// What `/readyz` reads: shared between the daemon loop and the HTTP server.
 #[derive(Debug)]
 pub struct Health {
@@ -94,13 +97,34 @@ pub async fn run(
     tracing::info!(replica = %ctx.replica, backend = ctx.store.backend(), "Daemon started.");
 
     tokio::pin!(shutdown);
+    // If the scheduler falls silent, keep dispatching anyway (readiness still
+    // reports it stale, which is the truth an operator needs).
+    let silence = health.tick_budget;
     loop {
-        tokio::select! {
+        let tick = tokio::select! {
             () = &mut shutdown => break,
-            tick = rx.recv() => {
-                let Some(tick) = tick else { break };
-                handle_tick(tick, &pool, &health, &tracker).await;
-            }
+            tick = tokio::time::timeout(silence, rx.recv()) => match tick {
+                Ok(Some(tick)) => tick,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!("The scheduler sent no tick for {:?}; dispatching anyway.", silence);
+                    Tick::SlotFreed
+                }
+            },
+        };
+        // A tick handler must never wedge the loop: each is bounded.
+        if tokio::time::timeout(
+            TICK_HANDLER_LIMIT,
+            handle_tick(tick, &pool, &health, &tracker),
+        )
+        .await
+        .is_err()
+        {
+            tracing::error!(
+                ?tick,
+                "A scheduler tick took longer than {:?} and was abandoned.",
+                TICK_HANDLER_LIMIT
+            );
         }
     }
 
