@@ -21,9 +21,6 @@ use crate::chaos_helpers::{change_log_violations, label_rows_violations};
 use crate::helpers::{Backend, small, world_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "exposes an open defect: after pg_terminate_backend the daemon's tick loop stops \
-            (scheduler_ticks_total frozen, /readyz 'scheduler: stale', no server-side wait); \
-            run with --ignored once fixed"]
 async fn the_daemon_rides_out_killed_database_connections_and_converges() {
     // Arrange: a mailbox big enough that the kills land mid-sync.
     let Some(w) = world_with(Backend::Postgres, small(2, 1500), |s| {
