@@ -23,8 +23,14 @@ pub(crate) fn parse_attachment_id(id: &str) -> Option<(u64, String)> {
     Some((u64::from_str_radix(message, 16).ok()?, part.to_owned()))
 }
 
+/// mail-parser 0.11 panics on some malformed input (debug assertions); the
+/// emulator, like Gmail, must answer anyway: a panic means "unparsed".
 fn parse(raw: &[u8]) -> Option<Message<'_>> {
-    MessageParser::default().parse(raw)
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        MessageParser::default().parse(raw)
+    }))
+    .ok()
+    .flatten()
 }
 
 /// The header list of a part, names as written and values unfolded.
@@ -216,9 +222,13 @@ pub(crate) fn attachment(message_id: u64, raw: &[u8], id: &str) -> Option<Messag
 
 /// Gmail's snippet for mail that was not generated: the start of the text body.
 pub(crate) fn snippet(raw: &[u8]) -> String {
-    parse(raw)
-        .and_then(|m| m.body_preview(100).map(|p| super::generate::snippet_of(&p)))
-        .unwrap_or_default()
+    let parsed = parse(raw);
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        parsed.and_then(|m| m.body_preview(100).map(|p| super::generate::snippet_of(&p)))
+    }))
+    .ok()
+    .flatten()
+    .unwrap_or_default()
 }
 
 #[cfg(test)]
