@@ -133,10 +133,12 @@ async fn token_endpoint_refuses_each_bad_assertion_with_googles_errors() {
         claims
     };
 
-    // Tampered signature.
-    let mut tampered = env.assertion(&good);
-    let last = tampered.pop().unwrap();
-    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    // Tampered signature: change a character inside the signature (the last
+    // one may carry only padding bits, which a decoder can reject outright).
+    let assertion = env.assertion(&good);
+    let at = assertion.rfind('.').unwrap() + 10;
+    let flipped = if &assertion[at..=at] == "A" { "B" } else { "A" };
+    let tampered = format!("{}{}{}", &assertion[..at], flipped, &assertion[at + 1..]);
     let (status, body) = env.exchange(&tampered).await;
     assert_eq!(
         (
