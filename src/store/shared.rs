@@ -824,6 +824,51 @@ macro_rules! shared_store_impl {
                 )
             }
 
+            pub(crate) async fn recent_messages(
+                &self,
+                mailbox: &MailboxAddress,
+                limit: u32,
+            ) -> Result<Vec<SearchHit>, StoreError> {
+                self.hits(
+                    "SELECT mailbox, gmail_id, subject FROM messages \
+                     WHERE mailbox = $1 AND deleted_at IS NULL \
+                     ORDER BY internal_date DESC, gmail_id LIMIT $2",
+                    mailbox,
+                    limit,
+                )
+                .await
+            }
+
+            pub(crate) async fn unfetched_messages(
+                &self,
+                mailbox: &MailboxAddress,
+                limit: u32,
+            ) -> Result<Vec<SearchHit>, StoreError> {
+                self.hits(
+                    "SELECT mailbox, gmail_id, subject FROM messages \
+                     WHERE mailbox = $1 AND deleted_at IS NULL AND parse_error LIKE 'not fetched:%' \
+                     ORDER BY gmail_id LIMIT $2",
+                    mailbox,
+                    limit,
+                )
+                .await
+            }
+
+            async fn hits(
+                &self,
+                sql: &'static str,
+                mailbox: &MailboxAddress,
+                limit: u32,
+            ) -> Result<Vec<SearchHit>, StoreError> {
+                convert(
+                    sqlx::query_as::<$db, HitRow>(sql)
+                        .bind(mailbox.as_str())
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.pool)
+                        .await?,
+                )
+            }
+
             pub(crate) async fn count_messages(&self, m: &MailboxAddress) -> Result<i64, StoreError> {
                 let (n,): (i64,) = sqlx::query_as::<$db, (i64,)>(
                     "SELECT COUNT(*) FROM messages WHERE mailbox = $1 AND deleted_at IS NULL",

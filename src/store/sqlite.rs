@@ -166,42 +166,6 @@ impl SqliteStore {
         leases(rows, owner, expires)
     }
 
-    pub(crate) async fn unfetched_messages(
-        &self,
-        mailbox: &MailboxAddress,
-        limit: u32,
-    ) -> Result<Vec<SearchHit>, StoreError> {
-        convert(
-            sqlx::query_as::<Sqlite, HitRow>(
-                "SELECT mailbox, gmail_id, subject FROM messages \
-                 WHERE mailbox = $1 AND deleted_at IS NULL AND parse_error LIKE 'not fetched:%' \
-                 ORDER BY gmail_id LIMIT $2",
-            )
-            .bind(mailbox.as_str())
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?,
-        )
-    }
-
-    pub(crate) async fn recent_messages(
-        &self,
-        mailbox: &MailboxAddress,
-        limit: u32,
-    ) -> Result<Vec<SearchHit>, StoreError> {
-        convert(
-            sqlx::query_as::<Sqlite, HitRow>(
-                "SELECT mailbox, gmail_id, subject FROM messages \
-                 WHERE mailbox = $1 AND deleted_at IS NULL \
-                 ORDER BY internal_date DESC, gmail_id LIMIT $2",
-            )
-            .bind(mailbox.as_str())
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?,
-        )
-    }
-
     pub(crate) async fn search(
         &self,
         mailbox: Option<&MailboxAddress>,
