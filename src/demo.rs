@@ -219,7 +219,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
                     "{base}emulator/v1/users/{first}/messages/{}/labels",
                     ids[ids.len() - 2]
                 ),
-                Some(json!({"add": ["STARRED"], "remove": []})),
+                Some(json!({"add": ["Label_99"], "remove": ["INBOX"]})),
             )
             .await?;
         }
@@ -258,12 +258,15 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
             hit.subject.unwrap_or_default()
         ));
     }
-    output::line(format!(
-        "\nDone. Query the data yourself: sqlite3 {} 'select subject from messages limit 5'",
-        db_path.display()
-    ));
     if tmp.is_some() {
-        output::line("(the temporary directory is removed on exit; pass --dir DIR to keep it)");
+        output::line(
+            "\nDone. The temporary database is removed on exit; pass --dir DIR to keep it and query it with sqlite3.",
+        );
+    } else {
+        output::line(format!(
+            "\nDone. Query the data yourself: sqlite3 {} 'select subject from messages limit 5'",
+            db_path.display()
+        ));
     }
     ctx.store.close().await;
     emulator.shutdown().await;
