@@ -8,6 +8,7 @@
 //! anything is still running then.
 
 pub mod lease;
+pub mod notify;
 pub mod scheduler;
 pub mod worker;
 
@@ -95,6 +96,7 @@ pub async fn run(
         wake: tx.clone(),
     };
     tracing::info!(replica = %ctx.replica, backend = ctx.store.backend(), "Daemon started.");
+    notify::notify("READY=1");
 
     tokio::pin!(shutdown);
     // If the scheduler falls silent, keep dispatching anyway (readiness still
@@ -129,6 +131,7 @@ pub async fn run(
     }
 
     tracing::info!("Shutting down: no new claims; in-flight mailboxes finish their current batch.");
+    notify::notify("STOPPING=1");
     token.cancel();
     let _ = sched.shutdown().await;
     tracker.close();
