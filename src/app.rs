@@ -308,6 +308,40 @@ pub async fn sync_with(
     Ok(out)
 }
 
+/// Column headers of the per-mailbox sync table (`sync`, `demo`).
+pub const REPORT_HEADERS: &[&str] = &[
+    "MAILBOX",
+    "KIND",
+    "ADDED",
+    "UPDATED",
+    "DELETED",
+    "RELABELLED",
+    "API CALLS",
+    "UNITS",
+    "OUTCOME",
+];
+
+/// The rows of the per-mailbox sync table, under [`REPORT_HEADERS`].
+pub fn report_rows(reports: &[SyncReport]) -> Vec<Vec<String>> {
+    reports
+        .iter()
+        .map(|r| {
+            let v = ReportView::from(r);
+            vec![
+                v.mailbox,
+                v.kind,
+                v.added.to_string(),
+                v.updated.to_string(),
+                v.deleted.to_string(),
+                v.label_changes.to_string(),
+                v.api_calls.to_string(),
+                v.quota_units.to_string(),
+                v.outcome,
+            ]
+        })
+        .collect()
+}
+
 /// A `SyncReport` as printed.
 #[derive(Debug, Serialize)]
 pub struct ReportView {

@@ -559,36 +559,7 @@ async fn sync(
                 .map(app::ReportView::from)
                 .collect::<Vec<_>>(),
         ),
-        Format::Table => output::table(
-            &[
-                "MAILBOX",
-                "KIND",
-                "ADDED",
-                "UPDATED",
-                "DELETED",
-                "RELABELLED",
-                "API CALLS",
-                "UNITS",
-                "OUTCOME",
-            ],
-            &reports
-                .iter()
-                .map(|r| {
-                    let v = app::ReportView::from(r);
-                    vec![
-                        v.mailbox,
-                        v.kind,
-                        v.added.to_string(),
-                        v.updated.to_string(),
-                        v.deleted.to_string(),
-                        v.label_changes.to_string(),
-                        v.api_calls.to_string(),
-                        v.quota_units.to_string(),
-                        v.outcome,
-                    ]
-                })
-                .collect::<Vec<_>>(),
-        ),
+        Format::Table => output::table(app::REPORT_HEADERS, &app::report_rows(&reports)),
     }
     if failed > 0 {
         output::error(format!("{failed} mailbox(es) failed"));

@@ -15,7 +15,7 @@ use hyper::body::Bytes;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{self, ReportView};
+use crate::app;
 use crate::cli::DemoArgs;
 use crate::config::{DatabaseUrl, Settings};
 use crate::domain::{MailboxAddress, Operator};
@@ -48,34 +48,7 @@ async fn call(method: http::Method, url: &str, body: Option<Value>) -> anyhow::R
 }
 
 fn print_reports(reports: &[crate::sync::engine::SyncReport]) {
-    output::table(
-        &[
-            "MAILBOX",
-            "KIND",
-            "ADDED",
-            "DELETED",
-            "RELABELLED",
-            "API CALLS",
-            "UNITS",
-            "OUTCOME",
-        ],
-        &reports
-            .iter()
-            .map(|r| {
-                let v = ReportView::from(r);
-                vec![
-                    v.mailbox,
-                    v.kind,
-                    v.added.to_string(),
-                    v.deleted.to_string(),
-                    v.label_changes.to_string(),
-                    v.api_calls.to_string(),
-                    v.quota_units.to_string(),
-                    v.outcome,
-                ]
-            })
-            .collect::<Vec<_>>(),
-    );
+    output::table(app::REPORT_HEADERS, &app::report_rows(reports));
 }
 
 pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
