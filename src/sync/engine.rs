@@ -364,8 +364,7 @@ async fn drive(
             }
             .emit();
         }
-        report.kinds.push(kind);
-        let state = full_sync(
+        return full_then_incremental(
             ctx,
             lease,
             gmail,
@@ -375,26 +374,12 @@ async fn drive(
             cancel,
             totals,
             report,
-            started,
             opts.force_full,
         )
-        .await?;
-        report.kinds.push(SyncKind::Incremental);
-        return incremental(
-            ctx,
-            lease,
-            gmail,
-            &state,
-            cancel,
-            totals,
-            report,
-            Utc::now(),
-        )
-        .await
-        .map(|_| ());
+        .await;
     }
     report.kinds.push(SyncKind::Incremental);
-    match incremental(ctx, lease, gmail, &state, cancel, totals, report, started).await {
+    match incremental(ctx, lease, gmail, &state, cancel, totals, started).await {
         Err(PassError::Google(e)) if e.class == ErrorClass::HistoryExpired => {
             let hid = state.history_id.map_or(0, HistoryId::get);
             events::HistoryExpired {
@@ -402,8 +387,7 @@ async fn drive(
                 history_id: hid,
             }
             .emit();
-            report.kinds.push(SyncKind::Resync);
-            let state = full_sync(
+            full_then_incremental(
                 ctx,
                 lease,
                 gmail,
@@ -413,26 +397,47 @@ async fn drive(
                 cancel,
                 totals,
                 report,
-                Utc::now(),
                 true,
             )
-            .await?;
-            report.kinds.push(SyncKind::Incremental);
-            incremental(
-                ctx,
-                lease,
-                gmail,
-                &state,
-                cancel,
-                totals,
-                report,
-                Utc::now(),
-            )
             .await
-            .map(|_| ())
         }
         other => other.map(|_| ()),
     }
+}
+
+/// A full sync (or resync) followed at once by the incremental pass that
+/// catches what changed during the listing.
+#[allow(clippy::too_many_arguments)]
+async fn full_then_incremental(
+    ctx: &SyncContext,
+    lease: &Lease,
+    gmail: &MailboxGmail,
+    state: &SyncState,
+    kind: SyncKind,
+    opts: &PassOptions,
+    cancel: &CancellationToken,
+    totals: &mut Totals,
+    report: &mut SyncReport,
+    fresh: bool,
+) -> Result<(), PassError> {
+    report.kinds.push(kind);
+    let state = full_sync(
+        ctx,
+        lease,
+        gmail,
+        state,
+        kind,
+        opts,
+        cancel,
+        totals,
+        Utc::now(),
+        fresh,
+    )
+    .await?;
+    report.kinds.push(SyncKind::Incremental);
+    incremental(ctx, lease, gmail, &state, cancel, totals, Utc::now())
+        .await
+        .map(|_| ())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -594,7 +599,6 @@ async fn full_sync(
     opts: &PassOptions,
     cancel: &CancellationToken,
     totals: &mut Totals,
-    report: &mut SyncReport,
     started: chrono::DateTime<Utc>,
     fresh: bool,
 ) -> Result<SyncState, PassError> {
@@ -605,8 +609,10 @@ async fn full_sync(
 
     // Start (or restart) the full sync: read the historyId first so whatever
     // changes during the listing is caught by the incremental pass after it.
+    let mut estimated_total = None;
     if state.full_sync_history_id.is_none() || fresh {
         let profile = gmail.get_profile().await?;
+        estimated_total = Some(profile.messages_total.max(0) as u64);
         let labels = gmail.list_labels().await?;
         state.full_sync_history_id = Some(profile.history_id);
         state.full_sync_generation += 1;
@@ -627,15 +633,18 @@ async fn full_sync(
         };
         totals.add(&ctx.store.commit_batch(lease, &batch).await?);
     }
-    let estimated_total = gmail
-        .get_profile()
-        .await
-        .map(|p| p.messages_total.max(0) as u64)
-        .unwrap_or(0);
+    // A resumed full sync asks for the size only when someone shows progress.
+    if estimated_total.is_none() && opts.progress.is_some() {
+        estimated_total = gmail
+            .get_profile()
+            .await
+            .ok()
+            .map(|p| p.messages_total.max(0) as u64);
+    }
     let mut progress = Progress {
         listed: 0,
         fetched: 0,
-        estimated_total,
+        estimated_total: estimated_total.unwrap_or(0),
     };
     // The token of the first page that still misses a message: the resume point.
     let mut resume_from: Option<Option<String>> = None;
@@ -785,10 +794,6 @@ async fn full_sync(
         ..empty_batch(&state, true)
     };
     totals.add(&ctx.store.commit_batch(lease, &batch).await?);
-    report.message_gets = gmail
-        .stats()
-        .message_gets
-        .load(std::sync::atomic::Ordering::Relaxed);
     Ok(state)
 }
 
@@ -882,7 +887,6 @@ async fn incremental(
     state: &SyncState,
     cancel: &CancellationToken,
     totals: &mut Totals,
-    _report: &mut SyncReport,
     started: chrono::DateTime<Utc>,
 ) -> Result<SyncState, PassError> {
     tracing::Span::current().record("phase", "incremental");
@@ -1004,12 +1008,6 @@ async fn incremental(
 
     state.history_id = Some(newest);
     state.phase = SyncPhase::Incremental;
-    let stats_so_far = BatchStats {
-        added: totals.stats.added,
-        updated: totals.stats.updated,
-        deleted: totals.stats.deleted,
-        label_changes: totals.stats.label_changes,
-    };
     let mut batch = SyncBatch {
         deletes,
         label_changes,
@@ -1017,10 +1015,8 @@ async fn incremental(
     };
     // The run row counts this batch too; it is written in the same transaction.
     let pending = BatchStats {
-        added: stats_so_far.added,
-        updated: stats_so_far.updated,
-        deleted: stats_so_far.deleted + batch.deletes.len() as u64,
-        label_changes: stats_so_far.label_changes,
+        deleted: totals.stats.deleted + batch.deletes.len() as u64,
+        ..totals.stats
     };
     batch.run = Some(run_row(
         ctx,
