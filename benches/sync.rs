@@ -391,8 +391,14 @@ async fn subscribe(ctx: &SyncContext, mailboxes: &[MailboxAddress]) -> anyhow::R
     let policy = ctx.settings.policy()?;
     let subs = Subscriptions::new(&ctx.store, &policy);
     for m in mailboxes {
-        subs.add(m.clone(), Operator::parse("ops-a")?, &[], None)
-            .await?;
+        subs.add(
+            m.clone(),
+            Operator::parse("ops-a")?,
+            &[],
+            None,
+            gmail_ingest::domain::AuthMode::Delegated,
+        )
+        .await?;
         subs.approve(
             m,
             Operator::parse("ops-b")?,

@@ -27,6 +27,8 @@ pub struct Application {
     ctx: SyncContext,
     listener: TcpListener,
     port: u16,
+    /// The consent pages' listener, when `oauth.enabled`.
+    oauth_listener: Option<TcpListener>,
     /// Held for the process's life on SQLite: a second `run` on the same file refuses to start.
     _instance_lock: Option<File>,
 }
@@ -92,12 +94,16 @@ pub async fn context(settings: Settings) -> anyhow::Result<SyncContext> {
             settings.sync.project_quota_units_per_minute,
         );
     }
+    let policy = Arc::new(policy);
+    let oauth =
+        crate::oauth::OAuthService::from_settings(&settings, store.clone(), policy.clone())?;
     Ok(SyncContext {
         store,
         google,
         settings: Arc::new(settings),
-        policy: Arc::new(policy),
+        policy,
         replica: replica_id(),
+        oauth,
     })
 }
 
@@ -119,12 +125,43 @@ impl Application {
             .await
             .with_context(|| format!("binding http.listen {listen}"))?;
         let port = listener.local_addr()?.port();
+        let oauth_listener = match &ctx.oauth {
+            Some(oauth) => {
+                // After a key rotation, re-seal what the old key sealed.
+                let n = oauth
+                    .reseal_stale_tokens()
+                    .await
+                    .context("re-sealing OAuth refresh tokens under the current key")?;
+                if n > 0 {
+                    tracing::info!(
+                        tokens = n,
+                        "Re-sealed OAuth refresh tokens under the current key."
+                    );
+                }
+                let addr = ctx.settings.oauth.listen.clone();
+                Some(
+                    TcpListener::bind(&addr)
+                        .await
+                        .with_context(|| format!("binding oauth.listen {addr}"))?,
+                )
+            }
+            None => None,
+        };
         Ok(Application {
             ctx,
             listener,
             port,
+            oauth_listener,
             _instance_lock: instance_lock,
         })
+    }
+
+    /// The port of the consent pages (oauth.listen may say port 0).
+    pub fn oauth_port(&self) -> Option<u16> {
+        self.oauth_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
     }
 
     /// The port actually bound (http.listen may say port 0).
@@ -143,10 +180,11 @@ impl Application {
         let Application {
             ctx,
             listener,
+            oauth_listener,
             _instance_lock,
             ..
         } = self;
-        let r = crate::daemon::run(ctx.clone(), listener, shutdown).await;
+        let r = crate::daemon::run(ctx.clone(), listener, oauth_listener, shutdown).await;
         ctx.store.close().await;
         r
     }

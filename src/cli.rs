@@ -94,6 +94,10 @@ pub enum SubscriptionsCommand {
         note: Option<String>,
         #[arg(long, value_name = "OPERATOR")]
         by: String,
+        /// How the mailbox is authorized: domain-wide delegation, or its
+        /// owner's OAuth consent (send them `subscriptions authorize-link`).
+        #[arg(long, value_enum, default_value_t = AuthModeArg::Delegated)]
+        auth_mode: AuthModeArg,
     },
     /// Approve a pending subscription (active).
     Approve {
@@ -121,6 +125,18 @@ pub enum SubscriptionsCommand {
         #[arg(long)]
         purge: bool,
     },
+    /// Revoke an OAuth mailbox's consent at Google, delete its token and
+    /// pause it; --purge also deletes its ingested mail.
+    Disconnect {
+        email: String,
+        #[arg(long, value_name = "OPERATOR")]
+        by: String,
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Print the consent link to send an OAuth mailbox's owner, and the
+    /// signed link with which they can disconnect later.
+    AuthorizeLink { email: String },
     /// List subscriptions.
     List(FormatArg),
     /// What needs an operator's eyes; --mark-reviewed records a review.
@@ -132,6 +148,21 @@ pub enum SubscriptionsCommand {
         #[arg(long, value_name = "OPERATOR")]
         by: Option<String>,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthModeArg {
+    Delegated,
+    Oauth,
+}
+
+impl From<AuthModeArg> for crate::domain::AuthMode {
+    fn from(a: AuthModeArg) -> Self {
+        match a {
+            AuthModeArg::Delegated => crate::domain::AuthMode::Delegated,
+            AuthModeArg::Oauth => crate::domain::AuthMode::OAuth,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -288,6 +319,16 @@ async fn demo(_: Settings, _: DemoArgs) -> anyhow::Result<u8> {
     ))
 }
 
+/// The OAuth service for the `disconnect` and `authorize-link` commands.
+fn oauth_service(
+    settings: &Settings,
+    store: &Store,
+    policy: &crate::config::Policy,
+) -> anyhow::Result<Arc<crate::oauth::OAuthService>> {
+    crate::oauth::OAuthService::from_settings(settings, store.clone(), Arc::new(policy.clone()))?
+        .ok_or_else(|| usage("oauth.enabled is false: per-mailbox consent is not configured"))
+}
+
 async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow::Result<u8> {
     let policy = settings.policy()?;
     // Parse before touching the database: bad input changes nothing.
@@ -296,9 +337,13 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
         | SubscriptionsCommand::Approve { email, by }
         | SubscriptionsCommand::Pause { email, by }
         | SubscriptionsCommand::Resume { email, by }
-        | SubscriptionsCommand::Remove { email, by, .. } => {
+        | SubscriptionsCommand::Remove { email, by, .. }
+        | SubscriptionsCommand::Disconnect { email, by, .. } => {
             mailbox(email)?;
             operator(by)?;
+        }
+        SubscriptionsCommand::AuthorizeLink { email } => {
+            mailbox(email)?;
         }
         SubscriptionsCommand::Review { by: Some(by), .. } => {
             operator(by)?;
@@ -313,18 +358,67 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
             labels,
             note,
             by,
+            auth_mode,
         } => {
             let s = subs
-                .add(mailbox(&email)?, operator(&by)?, &labels, note)
+                .add(
+                    mailbox(&email)?,
+                    operator(&by)?,
+                    &labels,
+                    note,
+                    auth_mode.into(),
+                )
                 .await?;
             output::line(format!(
-                "{} is {} (requested by {})",
-                s.mailbox, s.status, s.requested_by
+                "{} is {} (requested by {}, auth mode {})",
+                s.mailbox, s.status, s.requested_by, s.auth_mode
             ));
+        }
+        SubscriptionsCommand::Disconnect { email, by, purge } => {
+            let m = mailbox(&email)?;
+            let by = operator(&by)?;
+            let oauth = oauth_service(&settings, &store, &policy)?;
+            let done = oauth
+                .disconnect(&m, &by, false, purge)
+                .await
+                .map_err(|e| match e {
+                    crate::oauth::DisconnectError::NotFound(_)
+                    | crate::oauth::DisconnectError::NotOAuth(_) => usage(e.to_string()),
+                    other => anyhow::Error::new(other),
+                })?;
+            let revoked = if done.revoked {
+                "consent revoked at Google and the token deleted"
+            } else {
+                "no token was stored"
+            };
+            match done.purged {
+                Some(c) => output::line(format!(
+                    "{} is {}; {revoked}; purged {} messages",
+                    done.subscription.mailbox, done.subscription.status, c.messages
+                )),
+                None => output::line(format!(
+                    "{} is {}; {revoked}; its ingested mail is kept (use --purge to delete it)",
+                    done.subscription.mailbox, done.subscription.status
+                )),
+            }
+        }
+        SubscriptionsCommand::AuthorizeLink { email } => {
+            let m = mailbox(&email)?;
+            let oauth = oauth_service(&settings, &store, &policy)?;
+            output::line(format!("authorize:  {}", oauth.authorize_link(&m)));
+            output::line(format!("disconnect: {}", oauth.disconnect_link(&m)));
         }
         SubscriptionsCommand::Approve { email, by } => {
             let m = mailbox(&email)?;
-            let verdict = app::org_unit_verdict(&settings, &policy, &m).await;
+            let is_oauth = store
+                .get_subscription(&m)
+                .await?
+                .is_some_and(|s| s.auth_mode == crate::domain::AuthMode::OAuth);
+            let verdict = if is_oauth {
+                OrgUnitVerdict::NotApplicable
+            } else {
+                app::org_unit_verdict(&settings, &policy, &m).await
+            };
             if let OrgUnitVerdict::Unverified(why) = &verdict {
                 output::notice(format!(
                     "warning: org unit not verified ({why}); the daemon checks it before every sync"

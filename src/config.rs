@@ -202,6 +202,16 @@ pub struct OAuthSettings {
     pub client_secret_file: String,
     pub public_base_url: String,
     pub token_encryption_key_file: String,
+    /// The consent pages' own listener, apart from the metrics/health port.
+    pub listen: String,
+    /// Empty = Google; the emulator's base URL in tests and the demo.
+    pub accounts_base_url: String,
+    /// How long an authorization link's `state` stays valid.
+    #[serde(with = "humantime_serde")]
+    pub state_ttl: Duration,
+    /// How long a disconnect link sent to a mailbox owner stays valid.
+    #[serde(with = "humantime_serde")]
+    pub disconnect_link_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -345,9 +355,45 @@ impl Settings {
                 self.sync.full_resync_cron
             )
         })?;
+        if self.oauth.enabled {
+            self.validate_oauth()?;
+        }
         if !self.google.admin_subject.is_empty() {
             MailboxAddress::parse(&self.google.admin_subject)
                 .map_err(|e| anyhow::anyhow!("configuration: google.admin_subject: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn validate_oauth(&self) -> anyhow::Result<()> {
+        let o = &self.oauth;
+        for (key, value) in [
+            ("oauth.client_id", &o.client_id),
+            ("oauth.client_secret_file", &o.client_secret_file),
+            ("oauth.public_base_url", &o.public_base_url),
+            (
+                "oauth.token_encryption_key_file",
+                &o.token_encryption_key_file,
+            ),
+            ("oauth.listen", &o.listen),
+        ] {
+            if value.trim().is_empty() {
+                bail!("configuration: {key} must be set when oauth.enabled is true");
+            }
+        }
+        let base = url::Url::parse(o.public_base_url.trim()).map_err(|e| {
+            anyhow::anyhow!("configuration: oauth.public_base_url is not a URL: {e}")
+        })?;
+        if !matches!(base.scheme(), "https" | "http") || base.host_str().is_none() {
+            bail!("configuration: oauth.public_base_url must be an http(s) URL with a host");
+        }
+        if !o.accounts_base_url.trim().is_empty() {
+            url::Url::parse(o.accounts_base_url.trim()).map_err(|e| {
+                anyhow::anyhow!("configuration: oauth.accounts_base_url is not a URL: {e}")
+            })?;
+        }
+        if o.state_ttl < Duration::from_secs(60) {
+            bail!("configuration: oauth.state_ttl must be at least 1m");
         }
         Ok(())
     }

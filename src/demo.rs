@@ -133,6 +133,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
                 alice.clone(),
                 &[],
                 Some(format!("demo mailbox in {ou}")),
+                crate::domain::AuthMode::Delegated,
             )
             .await?;
         }

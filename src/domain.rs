@@ -468,6 +468,16 @@ impl SubscriptionStatus {
 }
 
 string_enum!(
+    /// How the daemon gets a mailbox's tokens (`subscriptions.auth_mode`):
+    /// `delegated` — the service account impersonates the mailbox (DWD);
+    /// `oauth` — its owner consented and their refresh token is stored sealed.
+    AuthMode {
+        Delegated => "delegated",
+        OAuth => "oauth",
+    }
+);
+
+string_enum!(
     /// Where a mailbox's sync stands (`sync_state.phase`).
     SyncPhase {
         Initial => "initial",

@@ -65,6 +65,14 @@ pub const METRICS: &[(&str, &str)] = &[
         "gmail_ingest_org_unit_suspensions_total",
         "Subscriptions suspended by the org-unit gate.",
     ),
+    (
+        "gmail_ingest_oauth_consents_total",
+        "Per-mailbox OAuth consent callbacks, by outcome.",
+    ),
+    (
+        "gmail_ingest_oauth_disconnects_total",
+        "OAuth mailboxes disconnected, by who asked (owner or operator).",
+    ),
     ("gmail_ingest_lease_claims_total", "Mailbox leases claimed."),
     (
         "gmail_ingest_lease_losses_total",
@@ -284,6 +292,50 @@ impl AuthRevoked<'_> {
             "Access to the mailbox was refused; an administrator must act."
         );
         counter!("gmail_ingest_auth_failures_total", "cause" => cause).increment(1);
+    }
+}
+
+/// The end of one consent callback. `outcome` is a bounded label
+/// (`stored`, `refused`, `wrong_account`, `invalid_state`, …).
+pub struct OAuthConsent<'a> {
+    pub mailbox: Option<&'a MailboxAddress>,
+    pub outcome: &'static str,
+    pub detail: &'a str,
+}
+
+impl OAuthConsent<'_> {
+    pub fn emit(&self) {
+        let mailbox = self.mailbox.map(|m| m.as_str()).unwrap_or("-");
+        if self.outcome == "stored" {
+            tracing::info!(mailbox, "OAuth consent stored.");
+        } else {
+            tracing::warn!(
+                mailbox,
+                outcome = self.outcome,
+                detail = self.detail,
+                "OAuth consent not stored."
+            );
+        }
+        counter!("gmail_ingest_oauth_consents_total", "outcome" => self.outcome).increment(1);
+    }
+}
+
+pub struct OAuthDisconnected<'a> {
+    pub mailbox: &'a MailboxAddress,
+    /// `owner` or `operator`.
+    pub by: &'static str,
+    pub purged: bool,
+}
+
+impl OAuthDisconnected<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            mailbox = %self.mailbox,
+            by = self.by,
+            purged = self.purged,
+            "OAuth mailbox disconnected: token revoked and deleted, subscription paused."
+        );
+        counter!("gmail_ingest_oauth_disconnects_total", "by" => self.by).increment(1);
     }
 }
 

@@ -10,7 +10,9 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde::Serialize;
 
 use crate::config::Policy;
-use crate::domain::{MailboxAddress, Operator, SubscriptionAction, SubscriptionStatus, SyncPhase};
+use crate::domain::{
+    AuthMode, MailboxAddress, Operator, SubscriptionAction, SubscriptionStatus, SyncPhase,
+};
 use crate::store::{
     NewSubscription, PurgeCounts, Store, StoreError, Subscription, SubscriptionUpdate,
 };
@@ -63,6 +65,8 @@ pub enum OrgUnitVerdict {
     Refused(String),
     /// The Directory could not be asked; the daemon's gate still checks before any sync.
     Unverified(String),
+    /// An OAuth mailbox: its owner's consent authorizes it, no org-unit gate applies.
+    NotApplicable,
 }
 
 pub struct Subscriptions<'a> {
@@ -119,6 +123,7 @@ impl<'a> Subscriptions<'a> {
         by: Operator,
         labels: &[String],
         note: Option<String>,
+        auth_mode: AuthMode,
     ) -> Result<Subscription, SubscriptionError> {
         self.check_domain(&mailbox)?;
         let label_filter = parse_labels(labels)?;
@@ -133,6 +138,7 @@ impl<'a> Subscriptions<'a> {
             requested_by: by,
             label_filter,
             note,
+            auth_mode,
         };
         match self.store.insert_subscription(&new).await {
             Ok(s) => Ok(s),
@@ -172,6 +178,10 @@ impl<'a> Subscriptions<'a> {
                 Some(format!(
                     "org unit not verified at approval ({why}); checked before every sync"
                 )),
+                None,
+            ),
+            OrgUnitVerdict::NotApplicable => (
+                Some("authorized by the owner's OAuth consent; no org-unit gate".to_owned()),
                 None,
             ),
         };
@@ -267,6 +277,13 @@ impl<'a> Subscriptions<'a> {
     ) -> Result<Vec<ReviewItem>, SubscriptionError> {
         let subs = self.store.list_subscriptions().await?;
         let states = self.store.list_sync_states().await?;
+        let consented: std::collections::HashSet<MailboxAddress> = self
+            .store
+            .list_oauth_tokens()
+            .await?
+            .into_iter()
+            .map(|t| t.mailbox)
+            .collect();
         let stale_after = ChronoDuration::from_std(stale_after).unwrap_or(ChronoDuration::days(5));
         let interval = ChronoDuration::days(i64::from(self.policy.review_interval_days));
         let mut items = Vec::new();
@@ -300,6 +317,12 @@ impl<'a> Subscriptions<'a> {
             }
             if sub.status == SubscriptionStatus::Pending {
                 issues.push("awaiting approval".to_owned());
+            }
+            if sub.auth_mode == AuthMode::OAuth
+                && sub.status != SubscriptionStatus::Paused
+                && !consented.contains(&sub.mailbox)
+            {
+                issues.push("no OAuth consent stored: the owner must authorize".to_owned());
             }
             let state = states.iter().find(|s| s.mailbox == sub.mailbox);
             if sub.status == SubscriptionStatus::Active {

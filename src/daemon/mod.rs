@@ -58,6 +58,7 @@ impl Health {
 pub async fn run(
     ctx: SyncContext,
     listener: TcpListener,
+    oauth_listener: Option<TcpListener>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let token = CancellationToken::new();
@@ -80,6 +81,19 @@ pub async fn run(
     let http_task = tokio::spawn(async move {
         crate::http::serve(listener, http_state, http_token.cancelled_owned()).await
     });
+
+    let oauth_task = match (oauth_listener, ctx.oauth.clone()) {
+        (Some(l), Some(svc)) => {
+            let t = token.clone();
+            if let Ok(addr) = l.local_addr() {
+                tracing::info!(%addr, "Serving the OAuth consent pages.");
+            }
+            Some(tokio::spawn(async move {
+                crate::oauth::web::serve(l, svc, t.cancelled_owned()).await
+            }))
+        }
+        _ => None,
+    };
 
     let (tx, mut rx) = mpsc::channel::<Tick>(16);
     let mut sched = scheduler::start(&settings, tx.clone()).await?;
@@ -138,6 +152,9 @@ pub async fn run(
     let grace = settings.http.shutdown_grace;
     let drained = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
     let _ = http_task.await;
+    if let Some(t) = oauth_task {
+        let _ = t.await;
+    }
     if !drained {
         anyhow::bail!(
             "shutdown grace of {} expired with {} task(s) still running",

@@ -64,24 +64,7 @@ impl ServiceAccount {
     /// only (like ssh and gcloud, we refuse a key others can read), and be a
     /// service-account key.
     pub fn load(path: &Path) -> anyhow::Result<ServiceAccount> {
-        let meta = std::fs::metadata(path)
-            .with_context(|| format!("service-account key file {}", path.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                bail!(
-                    "service-account key file {} is readable by group or others (mode {:o}); run: chmod 600 {}",
-                    path.display(),
-                    mode,
-                    path.display()
-                );
-            }
-        }
-        if !meta.is_file() {
-            bail!("service-account key file {} is not a file", path.display());
-        }
+        crate::secret_file::check_private(path, "service-account key file")?;
         let bytes = std::fs::read(path)
             .with_context(|| format!("reading service-account key file {}", path.display()))?;
         Self::parse(&bytes).with_context(|| format!("service-account key file {}", path.display()))

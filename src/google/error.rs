@@ -64,6 +64,11 @@ pub enum AuthCause {
     KeyRejected,
     /// The JWT's times were refused: the host clock is probably wrong.
     ClockSkew,
+    /// An OAuth mailbox's refresh token was refused (`invalid_grant`): the
+    /// owner revoked access, reset their password, or an admin removed the app.
+    ConsentRevoked,
+    /// An OAuth mailbox has no stored consent (never authorized, or disconnected).
+    ConsentMissing,
 }
 
 impl AuthCause {
@@ -77,6 +82,8 @@ impl AuthCause {
             Self::DelegationDenied => "delegation_denied",
             Self::KeyRejected => "key_rejected",
             Self::ClockSkew => "clock_skew",
+            Self::ConsentRevoked => "consent_revoked",
+            Self::ConsentMissing => "consent_missing",
         }
     }
 
@@ -99,6 +106,8 @@ impl AuthCause {
                 "the service-account key was refused: create a new key and update the key file"
             }
             Self::ClockSkew => "the JWT times were refused: synchronise this host's clock (NTP)",
+            Self::ConsentRevoked => "consent revoked — the owner must authorize again",
+            Self::ConsentMissing => "no consent stored — the owner must authorize",
         }
     }
 }
@@ -372,10 +381,16 @@ pub fn classify_gmail_error(
             None,
             retry_after,
         ),
-        E::MissingToken(inner) => match inner.downcast_ref::<yup_oauth2::Error>() {
-            Some(y) => classify_auth_error(method, y),
-            None => GoogleError::new(ErrorClass::Retryable, method, format!("token: {inner}")),
-        },
+        E::MissingToken(inner) => {
+            if let Some(y) = inner.downcast_ref::<yup_oauth2::Error>() {
+                classify_auth_error(method, y)
+            } else if let Some(g) = inner.downcast_ref::<GoogleError>() {
+                // Our own OAuth refresh-token source classifies its failures already.
+                g.clone()
+            } else {
+                GoogleError::new(ErrorClass::Retryable, method, format!("token: {inner}"))
+            }
+        }
         E::HttpError(h) => {
             GoogleError::new(ErrorClass::Retryable, method, format!("transport: {h}"))
         }

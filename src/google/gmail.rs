@@ -124,6 +124,8 @@ pub struct MailboxGmail {
     mailbox: MailboxAddress,
     hub: Arc<Gmail<Connector>>,
     stats: Arc<CallStats>,
+    /// Set for a mailbox authorized by OAuth consent: its token cache.
+    oauth: Option<Arc<crate::oauth::tokens::OAuthTokens>>,
 }
 
 fn parse_id(method: &'static str, id: Option<String>) -> Result<GmailMessageId, GoogleError> {
@@ -197,6 +199,20 @@ impl MailboxGmail {
             mailbox,
             hub,
             stats,
+            oauth: None,
+        }
+    }
+
+    pub(super) fn with_oauth(mut self, tokens: Arc<crate::oauth::tokens::OAuthTokens>) -> Self {
+        self.oauth = Some(tokens);
+        self
+    }
+
+    /// Forgets the mailbox's cached access token, so the next call gets a new one.
+    fn evict_token(&self) {
+        match &self.oauth {
+            Some(t) => t.evict(self.mailbox.as_str()),
+            None => self.google.tokens.evict(self.mailbox.as_str()),
         }
     }
 
@@ -245,7 +261,7 @@ impl MailboxGmail {
                     .emit();
                     if ge.status == Some(401) {
                         // A refused bearer: sign a fresh JWT next time.
-                        self.google.tokens.evict(self.mailbox.as_str());
+                        self.evict_token();
                     }
                     Err(ge)
                 }
@@ -255,7 +271,7 @@ impl MailboxGmail {
         if let Err(e) = &result
             && e.class == ErrorClass::AuthRevoked
         {
-            self.google.tokens.evict(self.mailbox.as_str());
+            self.evict_token();
         }
         result
     }

@@ -150,10 +150,42 @@ impl Google {
         Ok(MailboxGmail::new(self.clone(), mailbox.clone(), hub, stats))
     }
 
+    /// The Gmail API for a mailbox its owner authorized: tokens come from the
+    /// stored consent. Quota, retry and classification are the same as for
+    /// delegated mailboxes; only the token source differs.
+    pub fn gmail_oauth(
+        self: &Arc<Self>,
+        mailbox: &MailboxAddress,
+        tokens: Arc<crate::oauth::tokens::OAuthTokens>,
+        stats: Arc<CallStats>,
+    ) -> MailboxGmail {
+        let key = format!("oauth:{mailbox}");
+        let cached = self.lock_hubs().get(&key).cloned();
+        let hub = match cached {
+            Some(h) => h,
+            None => {
+                let mut hub = Gmail::new(
+                    self.gmail_client.clone(),
+                    crate::oauth::tokens::OAuthHubAuth {
+                        tokens: tokens.clone(),
+                        mailbox: mailbox.clone(),
+                    },
+                );
+                hub.base_url(self.gmail_base_url.clone());
+                hub.root_url(self.gmail_base_url.clone());
+                let hub = Arc::new(hub);
+                self.lock_hubs().insert(key, hub.clone());
+                hub
+            }
+        };
+        MailboxGmail::new(self.clone(), mailbox.clone(), hub, stats).with_oauth(tokens)
+    }
+
     /// Forgets the cached token and client of a mailbox (after revocation or
     /// when it is no longer subscribed).
     pub fn forget(&self, mailbox: &MailboxAddress) {
         self.lock_hubs().remove(mailbox.as_str());
+        self.lock_hubs().remove(&format!("oauth:{mailbox}"));
         self.tokens.evict(mailbox.as_str());
         self.quota.forget(mailbox.as_str());
     }

@@ -15,7 +15,7 @@ use super::{
     NewSubscription, Store, StoreError, SubscriptionUpdate, SyncBatch, SyncRunRow,
 };
 use crate::domain::{
-    AddressRole, AttachmentMeta, ChangeKind, GmailMessageId, GmailMessageMeta, HistoryId,
+    AddressRole, AttachmentMeta, AuthMode, ChangeKind, GmailMessageId, GmailMessageMeta, HistoryId,
     MailboxAddress, MessageAddress, NormalizedMessage, Operator, SubscriptionAction,
     SubscriptionStatus, SyncPhase,
 };
@@ -48,6 +48,7 @@ pub async fn active_subscription(store: &Store, m: &MailboxAddress) {
             requested_by: operator("requester"),
             label_filter: vec![],
             note: None,
+            auth_mode: AuthMode::Delegated,
         })
         .await
         .expect("insert subscription");
@@ -659,6 +660,7 @@ pub async fn claim_due_hands_each_mailbox_to_one_owner(store: &Store) {
             requested_by: operator("r"),
             label_filter: vec![],
             note: None,
+            auth_mode: AuthMode::Delegated,
         })
         .await
         .unwrap();
@@ -944,6 +946,7 @@ pub async fn subscription_lifecycle_is_audited(store: &Store) {
         requested_by: operator("alice"),
         label_filter: vec!["INBOX".into(), "Label_7".into()],
         note: Some("shared support box".into()),
+        auth_mode: AuthMode::Delegated,
     };
     let s = store.insert_subscription(&new).await.unwrap();
     assert_eq!(s.status, SubscriptionStatus::Pending);
@@ -1162,6 +1165,7 @@ pub async fn metacharacters_are_stored_verbatim(store: &Store) {
             requested_by: who.clone(),
             label_filter: vec!["Robert'); DROP TABLE labels;--".into(), "a,b".into()],
             note: Some(note.into()),
+            auth_mode: AuthMode::Delegated,
         })
         .await
         .unwrap();

@@ -34,8 +34,8 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde::Serialize;
 
 use crate::domain::{
-    ChangeKind, GmailMessageId, GmailMessageMeta, HistoryId, MailboxAddress, NormalizedMessage,
-    Operator, ParseError, SubscriptionStatus, SyncPhase,
+    AuthMode, ChangeKind, GmailMessageId, GmailMessageMeta, HistoryId, MailboxAddress,
+    NormalizedMessage, Operator, ParseError, SubscriptionStatus, SyncPhase,
 };
 
 #[doc(hidden)]
@@ -90,6 +90,7 @@ pub struct NewSubscription {
     /// Gmail label IDs to restrict ingestion to; empty means all mail.
     pub label_filter: Vec<String>,
     pub note: Option<String>,
+    pub auth_mode: AuthMode,
 }
 
 /// A guarded status change of a subscription (compare-and-set on `expected`).
@@ -126,8 +127,44 @@ pub struct Subscription {
     pub org_unit_checked_at: Option<DateTime<Utc>>,
     pub note: Option<String>,
     pub status_reason: Option<String>,
-    pub auth_mode: String,
+    pub auth_mode: AuthMode,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A mailbox owner's OAuth consent to store (`oauth_tokens`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct OAuthConsent {
+    pub mailbox: MailboxAddress,
+    /// The refresh token sealed by `oauth::TokenKeys`; never the token itself.
+    pub refresh_token_ciphertext: String,
+    pub key_id: String,
+    /// The scopes Google granted, space-separated.
+    pub scopes: String,
+    /// Google's stable account ID (`sub`) of the consenting account.
+    pub google_subject: Option<String>,
+    pub actor: Operator,
+}
+
+impl std::fmt::Debug for OAuthConsent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthConsent")
+            .field("mailbox", &self.mailbox)
+            .field("key_id", &self.key_id)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One row of `oauth_tokens`: the refresh token stays sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthToken {
+    pub mailbox: MailboxAddress,
+    pub refresh_token_ciphertext: String,
+    pub key_id: String,
+    pub scopes: String,
+    pub google_subject: Option<String>,
+    pub consented_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -494,6 +531,49 @@ impl Store {
         dispatch!(self, s => s.subscription_events(m).await)
     }
 
+    // -- OAuth consent ------------------------------------------------------
+
+    /// Stores a mailbox owner's consent (the sealed refresh token) and, in the
+    /// same transaction: creates a pending `oauth` subscription when there is
+    /// none (or it was removed) — consent never activates one, an operator
+    /// approves it; otherwise switches `auth_mode` to `oauth`; re-arms a mailbox
+    /// waiting in `auth_failed`; and records a `consent` event.
+    pub async fn record_oauth_consent(&self, c: &OAuthConsent) -> Result<Subscription, StoreError> {
+        dispatch!(self, s => s.record_oauth_consent(c).await)
+    }
+
+    pub async fn oauth_token(&self, m: &MailboxAddress) -> Result<Option<OAuthToken>, StoreError> {
+        dispatch!(self, s => s.oauth_token(m).await)
+    }
+
+    pub async fn list_oauth_tokens(&self) -> Result<Vec<OAuthToken>, StoreError> {
+        dispatch!(self, s => s.list_oauth_tokens().await)
+    }
+
+    /// Re-seals a token under another key (compare-and-set on the old
+    /// ciphertext, so a consent stored meanwhile is not overwritten).
+    pub async fn replace_oauth_ciphertext(
+        &self,
+        m: &MailboxAddress,
+        old_ciphertext: &str,
+        new_ciphertext: &str,
+        key_id: &str,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.replace_oauth_ciphertext(m, old_ciphertext, new_ciphertext, key_id).await)
+    }
+
+    /// Deletes the mailbox's stored consent and, in the same transaction,
+    /// pauses an active or suspended subscription (a pending one stays
+    /// pending) and records a `disconnect` event.
+    pub async fn disconnect_oauth(
+        &self,
+        m: &MailboxAddress,
+        actor: &Operator,
+        reason: &str,
+    ) -> Result<Subscription, StoreError> {
+        dispatch!(self, s => s.disconnect_oauth(m, actor, reason).await)
+    }
+
     /// Deletes everything ingested for the mailbox (messages and their
     /// children, labels, changes, runs, sync state) in one transaction.
     /// The subscription row and its events are kept.
@@ -811,8 +891,34 @@ impl TryFrom<SubscriptionRow> for Subscription {
             org_unit_checked_at: r.org_unit_checked_at,
             note: r.note,
             status_reason: r.status_reason,
-            auth_mode: r.auth_mode,
+            auth_mode: r.auth_mode.parse().map_err(decode_err)?,
             created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct OAuthTokenRow {
+    mailbox: String,
+    refresh_token_ciphertext: String,
+    key_id: String,
+    scopes: String,
+    google_subject: Option<String>,
+    consented_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<OAuthTokenRow> for OAuthToken {
+    type Error = StoreError;
+    fn try_from(r: OAuthTokenRow) -> Result<Self, StoreError> {
+        Ok(OAuthToken {
+            mailbox: MailboxAddress::parse(&r.mailbox).map_err(decode_err)?,
+            refresh_token_ciphertext: r.refresh_token_ciphertext,
+            key_id: r.key_id,
+            scopes: r.scopes,
+            google_subject: r.google_subject,
+            consented_at: r.consented_at,
             updated_at: r.updated_at,
         })
     }

@@ -60,8 +60,8 @@ macro_rules! shared_store_impl {
                 let row: SubscriptionRow = match current.as_ref().map(|(st,)| st.as_str()) {
                     None => sqlx::query_as::<$db, SubscriptionRow>(concat!(
                         "INSERT INTO subscriptions (mailbox, status, label_filter, requested_by, \
-                         requested_at, note, created_at, updated_at) \
-                         VALUES ($1, 'pending', $2, $3, $4, $5, $4, $4) RETURNING ",
+                         requested_at, note, auth_mode, created_at, updated_at) \
+                         VALUES ($1, 'pending', $2, $3, $4, $5, $6, $4, $4) RETURNING ",
                         subscription_columns!()
                     ))
                     .bind(mailbox)
@@ -69,6 +69,7 @@ macro_rules! shared_store_impl {
                     .bind(s.requested_by.as_str())
                     .bind(now)
                     .bind(&note)
+                    .bind(s.auth_mode.as_str())
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(|e| match e.as_database_error() {
@@ -80,7 +81,7 @@ macro_rules! shared_store_impl {
                     Some("removed") => sqlx::query_as::<$db, SubscriptionRow>(concat!(
                         "UPDATE subscriptions SET status = 'pending', label_filter = $2, \
                          requested_by = $3, requested_at = $4, note = $5, approved_by = NULL, \
-                         approved_at = NULL, status_reason = NULL, updated_at = $4 \
+                         approved_at = NULL, status_reason = NULL, auth_mode = $6, updated_at = $4 \
                          WHERE mailbox = $1 RETURNING ",
                         subscription_columns!()
                     ))
@@ -89,6 +90,7 @@ macro_rules! shared_store_impl {
                     .bind(s.requested_by.as_str())
                     .bind(now)
                     .bind(&note)
+                    .bind(s.auth_mode.as_str())
                     .fetch_one(&mut *tx)
                     .await?,
                     Some(other) => {
@@ -254,6 +256,178 @@ macro_rules! shared_store_impl {
                     .fetch_all(&self.pool)
                     .await?,
                 )
+            }
+
+            // -- OAuth consent --------------------------------------------------
+
+            pub(crate) async fn record_oauth_consent(
+                &self,
+                c: &OAuthConsent,
+            ) -> Result<Subscription, StoreError> {
+                let now = now();
+                let mailbox = c.mailbox.as_str();
+                let mut tx = self.begin_write().await?;
+                let current: Option<(String,)> =
+                    sqlx::query_as::<$db, (String,)>("SELECT status FROM subscriptions WHERE mailbox = $1")
+                        .bind(mailbox)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let old = current.map(|(st,)| st);
+                match old.as_deref() {
+                    // The consent is the request: an operator must still approve it.
+                    None | Some("removed") => {
+                        sqlx::query::<$db>(
+                            "INSERT INTO subscriptions (mailbox, status, label_filter, requested_by, \
+                             requested_at, auth_mode, created_at, updated_at) \
+                             VALUES ($1, 'pending', '[]', $2, $3, 'oauth', $3, $3) \
+                             ON CONFLICT (mailbox) DO UPDATE SET status = 'pending', label_filter = '[]', \
+                             requested_by = $2, requested_at = $3, approved_by = NULL, approved_at = NULL, \
+                             status_reason = NULL, auth_mode = 'oauth', updated_at = $3",
+                        )
+                        .bind(mailbox)
+                        .bind(c.actor.as_str())
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                        Self::insert_event(&mut tx, mailbox, now, c.actor.as_str(), "add", old.as_deref(), "pending",
+                            Some("requested by the mailbox owner's OAuth consent")).await?;
+                    }
+                    Some(_) => {
+                        sqlx::query::<$db>(
+                            "UPDATE subscriptions SET auth_mode = 'oauth', updated_at = $2 WHERE mailbox = $1",
+                        )
+                        .bind(mailbox)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                sqlx::query::<$db>(
+                    "INSERT INTO oauth_tokens (mailbox, refresh_token_ciphertext, key_id, scopes, \
+                     google_subject, consented_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) \
+                     ON CONFLICT (mailbox) DO UPDATE SET refresh_token_ciphertext = $2, key_id = $3, \
+                     scopes = $4, google_subject = $5, consented_at = $6, updated_at = $6",
+                )
+                .bind(mailbox)
+                .bind(&c.refresh_token_ciphertext)
+                .bind(&c.key_id)
+                .bind(clean(&c.scopes))
+                .bind(clean_opt(c.google_subject.as_deref()))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                // A mailbox waiting after a revoked consent is retried now.
+                sqlx::query::<$db>(
+                    "UPDATE sync_state SET next_poll_at = $2, consecutive_failures = 0 \
+                     WHERE mailbox = $1 AND phase = 'auth_failed'",
+                )
+                .bind(mailbox)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let row = sqlx::query_as::<$db, SubscriptionRow>(concat!(
+                    "SELECT ",
+                    subscription_columns!(),
+                    " FROM subscriptions WHERE mailbox = $1"
+                ))
+                .bind(mailbox)
+                .fetch_one(&mut *tx)
+                .await?;
+                Self::insert_event(&mut tx, mailbox, now, c.actor.as_str(), "consent", Some(&row.status), &row.status,
+                    Some(&format!("OAuth consent for {}", c.scopes))).await?;
+                tx.commit().await?;
+                row.try_into()
+            }
+
+            pub(crate) async fn oauth_token(
+                &self,
+                m: &MailboxAddress,
+            ) -> Result<Option<OAuthToken>, StoreError> {
+                sqlx::query_as::<$db, OAuthTokenRow>(
+                    "SELECT mailbox, refresh_token_ciphertext, key_id, scopes, google_subject, \
+                     consented_at, updated_at FROM oauth_tokens WHERE mailbox = $1",
+                )
+                .bind(m.as_str())
+                .fetch_optional(&self.pool)
+                .await?
+                .map(OAuthToken::try_from)
+                .transpose()
+            }
+
+            pub(crate) async fn list_oauth_tokens(&self) -> Result<Vec<OAuthToken>, StoreError> {
+                convert(
+                    sqlx::query_as::<$db, OAuthTokenRow>(
+                        "SELECT mailbox, refresh_token_ciphertext, key_id, scopes, google_subject, \
+                         consented_at, updated_at FROM oauth_tokens ORDER BY mailbox",
+                    )
+                    .fetch_all(&self.pool)
+                    .await?,
+                )
+            }
+
+            pub(crate) async fn replace_oauth_ciphertext(
+                &self,
+                m: &MailboxAddress,
+                old_ciphertext: &str,
+                new_ciphertext: &str,
+                key_id: &str,
+            ) -> Result<bool, StoreError> {
+                let done = sqlx::query::<$db>(
+                    "UPDATE oauth_tokens SET refresh_token_ciphertext = $3, key_id = $4, updated_at = $5 \
+                     WHERE mailbox = $1 AND refresh_token_ciphertext = $2",
+                )
+                .bind(m.as_str())
+                .bind(old_ciphertext)
+                .bind(new_ciphertext)
+                .bind(key_id)
+                .bind(now())
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(done == 1)
+            }
+
+            pub(crate) async fn disconnect_oauth(
+                &self,
+                m: &MailboxAddress,
+                actor: &Operator,
+                reason: &str,
+            ) -> Result<Subscription, StoreError> {
+                let now = now();
+                let mailbox = m.as_str();
+                let mut tx = self.begin_write().await?;
+                let current: Option<(String,)> =
+                    sqlx::query_as::<$db, (String,)>("SELECT status FROM subscriptions WHERE mailbox = $1")
+                        .bind(mailbox)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let Some((old,)) = current else {
+                    return Err(StoreError::NotFound(format!("no subscription for {mailbox}")));
+                };
+                sqlx::query::<$db>("DELETE FROM oauth_tokens WHERE mailbox = $1")
+                    .bind(mailbox)
+                    .execute(&mut *tx)
+                    .await?;
+                // Pending stays pending: pausing it would let `resume` skip approval.
+                let new = match old.as_str() {
+                    "active" | "suspended" => "paused",
+                    other => other,
+                };
+                let row = sqlx::query_as::<$db, SubscriptionRow>(concat!(
+                    "UPDATE subscriptions SET status = $2, status_reason = $3, updated_at = $4 \
+                     WHERE mailbox = $1 RETURNING ",
+                    subscription_columns!()
+                ))
+                .bind(mailbox)
+                .bind(new)
+                .bind(clean(reason))
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                Self::insert_event(&mut tx, mailbox, now, actor.as_str(), "disconnect", Some(&old), new, Some(reason))
+                    .await?;
+                tx.commit().await?;
+                row.try_into()
             }
 
             pub(crate) async fn purge_mailbox(

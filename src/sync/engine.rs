@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{Policy, Settings};
-use crate::domain::{GmailMessageId, HistoryId, MailboxAddress, SyncPhase};
+use crate::domain::{AuthMode, GmailMessageId, HistoryId, MailboxAddress, SyncPhase};
 use crate::events;
 use crate::google::Google;
 use crate::google::error::{ErrorClass, GoogleError};
@@ -55,6 +55,8 @@ pub struct SyncContext {
     pub policy: Arc<Policy>,
     /// This replica's identity, recorded as lease owner and in `sync_runs`.
     pub replica: String,
+    /// Per-mailbox OAuth consent, when `oauth.enabled`.
+    pub oauth: Option<Arc<crate::oauth::OAuthService>>,
 }
 
 impl SyncContext {
@@ -214,8 +216,34 @@ async fn run_pass(
     let started = Utc::now();
     let clock = Instant::now();
 
-    // The approved-OU gate runs before any impersonation, on every pass.
-    match gate::check_mailbox(ctx, &mailbox).await {
+    let auth_mode = match ctx.store.get_subscription(&mailbox).await {
+        Ok(sub) => sub.map_or(AuthMode::Delegated, |s| s.auth_mode),
+        Err(e) => {
+            let error = format!("reading the subscription: {e}");
+            fail(
+                ctx,
+                lease,
+                &mut report,
+                SyncKind::Incremental,
+                started,
+                SyncPhase::Error,
+                "database",
+                error,
+                None,
+            )
+            .await;
+            return report;
+        }
+    };
+
+    // The approved-OU gate runs before any impersonation, on every pass. A
+    // mailbox authorized by its owner's consent is not impersonated: the
+    // gate is the consent itself (and the allowed domains, checked again).
+    let gate = match auth_mode {
+        AuthMode::Delegated => gate::check_mailbox(ctx, &mailbox).await,
+        AuthMode::OAuth => Ok(gate::evaluate_consented(&ctx.policy, &mailbox)),
+    };
+    match gate {
         Ok(GateDecision::Allowed) => {}
         Ok(GateDecision::Refused(reason)) => {
             report.outcome = Outcome::Suspended { reason };
@@ -239,7 +267,20 @@ async fn run_pass(
         }
     }
 
-    let gmail = match ctx.google.gmail(&mailbox, stats.clone()).await {
+    let gmail = match auth_mode {
+        AuthMode::Delegated => ctx.google.gmail(&mailbox, stats.clone()).await,
+        AuthMode::OAuth => match &ctx.oauth {
+            Some(o) => Ok(ctx
+                .google
+                .gmail_oauth(&mailbox, o.tokens().clone(), stats.clone())),
+            None => Err(GoogleError::new(
+                ErrorClass::Fatal,
+                crate::google::auth::TOKEN_METHOD,
+                "an OAuth subscription, but oauth.enabled is false",
+            )),
+        },
+    };
+    let gmail = match gmail {
         Ok(g) => g,
         Err(e) => {
             handle_google_failure(ctx, lease, &mut report, SyncKind::Incremental, started, e).await;

@@ -62,6 +62,23 @@ pub fn evaluate(
     GateDecision::Allowed
 }
 
+/// The gate for a mailbox its owner authorized (OAuth consent): no
+/// impersonation happens, so no org-unit restriction applies; the domain
+/// must still be allowed.
+pub fn evaluate_consented(
+    policy: &crate::config::Policy,
+    mailbox: &MailboxAddress,
+) -> GateDecision {
+    if policy.domain_allowed(mailbox) {
+        GateDecision::Allowed
+    } else {
+        GateDecision::Refused(format!(
+            "domain {} is not in policy.allowed_domains",
+            mailbox.domain()
+        ))
+    }
+}
+
 /// Checks one mailbox against the Directory and applies the decision to its
 /// subscription (suspend / reinstate). Errors mean "could not check": the
 /// caller must not impersonate the mailbox then either.

@@ -168,9 +168,15 @@ impl World {
     pub(crate) async fn subscribe(&self, m: &MailboxAddress) {
         let policy = self.settings.policy().unwrap();
         let subs = Subscriptions::new(&self.ctx.store, &policy);
-        subs.add(m.clone(), Operator::parse("ops-a").unwrap(), &[], None)
-            .await
-            .unwrap();
+        subs.add(
+            m.clone(),
+            Operator::parse("ops-a").unwrap(),
+            &[],
+            None,
+            gmail_ingest::domain::AuthMode::Delegated,
+        )
+        .await
+        .unwrap();
         subs.approve(
             m,
             Operator::parse("ops-b").unwrap(),

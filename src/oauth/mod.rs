@@ -1,0 +1,588 @@
+//! Per-mailbox OAuth consent: the second way to authorize a mailbox, beside
+//! domain-wide delegation.
+//!
+//! The mailbox owner opens `/oauth/authorize?mailbox=…` on the daemon's
+//! consent listener, approves Google's consent screen, and comes back to
+//! `/oauth/callback`; the refresh token is sealed with the key from
+//! `oauth.token_encryption_key_file` and stored in `oauth_tokens`. The
+//! subscription (created pending if there was none) still needs an
+//! operator's approval: consent alone never starts ingestion. The sync
+//! engine then asks [`tokens::OAuthTokens`] instead of the DWD token source.
+//!
+//! - [`keys`]: sealing and signing with the at-rest key (rotation-aware).
+//! - [`accounts`]: Google's authorization, token, revocation and userinfo calls.
+//! - [`tokens`]: per-mailbox access-token cache and the google-gmail1 adapter.
+//! - [`web`]: the consent pages.
+
+pub mod accounts;
+pub mod keys;
+pub mod tokens;
+pub mod web;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::Utc;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use self::accounts::{AccountsClient, Endpoints};
+use self::keys::{Purpose, TokenKeys};
+use self::tokens::OAuthTokens;
+use crate::config::{Policy, Settings};
+use crate::domain::{AuthMode, MailboxAddress, Operator};
+use crate::events;
+use crate::google::error::{ErrorClass, GoogleError};
+use crate::store::{OAuthConsent, PurgeCounts, Store, StoreError, Subscription};
+
+/// Scopes asked for besides the Gmail ones: the identity check needs them.
+pub const IDENTITY_SCOPES: &[&str] = &["openid", "email"];
+
+/// The consent flow and the OAuth token source of one replica.
+pub struct OAuthService {
+    client: Arc<AccountsClient>,
+    keys: Arc<TokenKeys>,
+    tokens: Arc<OAuthTokens>,
+    store: Store,
+    policy: Arc<Policy>,
+    public_base: String,
+    gmail_scopes: Vec<String>,
+    state_ttl: chrono::Duration,
+    link_ttl: chrono::Duration,
+}
+
+impl std::fmt::Debug for OAuthService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthService")
+            .field("client", &self.client)
+            .field("keys", &self.keys)
+            .field("public_base", &self.public_base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The consent flow's `state`: sealed (encrypted and authenticated), so the
+/// PKCE verifier inside stays secret and nothing in it can be altered.
+#[derive(Serialize, Deserialize)]
+struct FlowState {
+    /// The mailbox the link was made for.
+    m: String,
+    /// PKCE code verifier.
+    v: String,
+    /// Browser binding: must equal the cookie set when the flow began.
+    n: String,
+    /// Expiry, Unix seconds.
+    e: i64,
+}
+
+/// Why a consent was not stored, phrased for the person in front of the browser.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsentError {
+    #[error("this mailbox address is not valid: {0}")]
+    BadMailbox(String),
+    #[error("{0} is not in a domain this service may read")]
+    ForeignDomain(String),
+    #[error("this authorization link is not valid (it was altered or is not ours); start again")]
+    InvalidState,
+    #[error("this authorization link has expired; start again")]
+    ExpiredState,
+    #[error("this authorization was started in another browser; start again in this one")]
+    OtherBrowser,
+    #[error("Google did not grant access ({0})")]
+    Refused(String),
+    #[error(
+        "you signed in as {got}, but this link is for {expected}: sign in as {expected} and start again"
+    )]
+    WrongAccount { expected: String, got: String },
+    #[error("Google did not confirm the account's email address")]
+    Unverified,
+    #[error("the read-only Gmail permission was not granted; start again and allow it")]
+    ScopeMissing,
+    #[error("Google returned no refresh token; start again")]
+    NoRefreshToken,
+    #[error("Google could not be reached ({0}); try again in a few minutes")]
+    Google(GoogleError),
+    #[error("the consent could not be saved; try again in a few minutes")]
+    Store(#[from] StoreError),
+}
+
+impl ConsentError {
+    /// Bounded label for the consent metric.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::BadMailbox(_) => "bad_mailbox",
+            Self::ForeignDomain(_) => "foreign_domain",
+            Self::InvalidState => "invalid_state",
+            Self::ExpiredState => "expired_state",
+            Self::OtherBrowser => "other_browser",
+            Self::Refused(_) => "refused",
+            Self::WrongAccount { .. } => "wrong_account",
+            Self::Unverified => "unverified",
+            Self::ScopeMissing => "scope_missing",
+            Self::NoRefreshToken => "no_refresh_token",
+            Self::Google(_) => "google_error",
+            Self::Store(_) => "store_error",
+        }
+    }
+
+    /// The HTTP status of the page that shows it.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadMailbox(_) | Self::InvalidState | Self::ExpiredState | Self::OtherBrowser => {
+                400
+            }
+            Self::ForeignDomain(_)
+            | Self::Refused(_)
+            | Self::WrongAccount { .. }
+            | Self::Unverified
+            | Self::ScopeMissing => 403,
+            Self::NoRefreshToken | Self::Google(_) => 502,
+            Self::Store(_) => 503,
+        }
+    }
+}
+
+/// Where a consent flow begins: the browser goes to `location` carrying
+/// `nonce` in a cookie.
+#[derive(Debug)]
+pub struct FlowStart {
+    pub location: String,
+    pub nonce: String,
+}
+
+/// What a completed consent did.
+#[derive(Debug)]
+pub struct ConsentOutcome {
+    pub subscription: Subscription,
+    pub disconnect_link: String,
+}
+
+/// What a disconnect did.
+#[derive(Debug)]
+pub struct DisconnectOutcome {
+    pub subscription: Subscription,
+    /// False when no token was stored (nothing to revoke).
+    pub revoked: bool,
+    pub purged: Option<PurgeCounts>,
+}
+
+/// Why a disconnect was refused; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum DisconnectError {
+    #[error("no subscription for {0}")]
+    NotFound(MailboxAddress),
+    #[error(
+        "{0} is authorized by domain-wide delegation, not OAuth consent: use `subscriptions pause`"
+    )]
+    NotOAuth(MailboxAddress),
+    #[error("this disconnect link is not valid or has expired")]
+    BadLink,
+    #[error("revoking the token at Google failed ({0}); nothing was changed, try again")]
+    Revoke(GoogleError),
+    #[error("the stored token cannot be opened ({0}); nothing was changed")]
+    Sealed(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn now_unix() -> i64 {
+    Utc::now().timestamp()
+}
+
+fn pkce_challenge(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        verifier.as_bytes(),
+    ))
+}
+
+/// Equality that takes the same time wherever the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn disconnect_message(mailbox: &str, expires: i64) -> Vec<u8> {
+    format!("disconnect\0{mailbox}\0{expires}").into_bytes()
+}
+
+impl OAuthService {
+    /// Builds the service when `oauth.enabled`; reads the client secret and
+    /// the key file (both must be private files).
+    pub fn from_settings(
+        settings: &Settings,
+        store: Store,
+        policy: Arc<Policy>,
+    ) -> anyhow::Result<Option<Arc<OAuthService>>> {
+        let o = &settings.oauth;
+        if !o.enabled {
+            return Ok(None);
+        }
+        let secret = crate::secret_file::read_secret(
+            Path::new(&o.client_secret_file),
+            "oauth.client_secret_file",
+        )?;
+        let keys = Arc::new(TokenKeys::load(Path::new(&o.token_encryption_key_file))?);
+        let client = Arc::new(AccountsClient::new(
+            Endpoints::new(&o.accounts_base_url),
+            o.client_id.trim().to_owned(),
+            secret,
+            settings.google.request_timeout,
+        ));
+        let tokens = Arc::new(OAuthTokens::new(
+            store.clone(),
+            keys.clone(),
+            client.clone(),
+        ));
+        Ok(Some(Arc::new(OAuthService {
+            client,
+            keys,
+            tokens,
+            store,
+            policy,
+            public_base: o.public_base_url.trim().trim_end_matches('/').to_owned(),
+            gmail_scopes: settings.google.scopes.clone(),
+            state_ttl: chrono::Duration::from_std(o.state_ttl)
+                .context("oauth.state_ttl is too large")?,
+            link_ttl: chrono::Duration::from_std(o.disconnect_link_ttl)
+                .context("oauth.disconnect_link_ttl is too large")?,
+        })))
+    }
+
+    pub fn tokens(&self) -> &Arc<OAuthTokens> {
+        &self.tokens
+    }
+
+    pub fn accounts(&self) -> &AccountsClient {
+        &self.client
+    }
+
+    /// `public_base_url` + `/oauth/callback`: must be registered as an
+    /// authorized redirect URI of the OAuth client.
+    pub fn redirect_uri(&self) -> String {
+        format!("{}/oauth/callback", self.public_base)
+    }
+
+    /// The link an operator sends a mailbox owner to start the consent.
+    pub fn authorize_link(&self, mailbox: &MailboxAddress) -> String {
+        let q = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("mailbox", mailbox.as_str())
+            .finish();
+        format!("{}/oauth/authorize?{q}", self.public_base)
+    }
+
+    fn scopes(&self) -> Vec<String> {
+        let mut s = self.gmail_scopes.clone();
+        s.extend(IDENTITY_SCOPES.iter().map(|x| (*x).to_owned()));
+        s
+    }
+
+    fn check_mailbox(&self, raw: &str) -> Result<MailboxAddress, ConsentError> {
+        let mailbox =
+            MailboxAddress::parse(raw).map_err(|e| ConsentError::BadMailbox(e.to_string()))?;
+        if !self.policy.domain_allowed(&mailbox) {
+            return Err(ConsentError::ForeignDomain(mailbox.to_string()));
+        }
+        Ok(mailbox)
+    }
+
+    /// Step 1: checks the mailbox and makes Google's authorization URL with
+    /// a sealed state, a PKCE challenge and a browser-binding nonce.
+    pub fn begin(&self, mailbox: &str) -> Result<FlowStart, ConsentError> {
+        let mailbox = self.check_mailbox(mailbox)?;
+        let verifier = self.keys.random_token(32);
+        let nonce = self.keys.random_token(16);
+        let state = FlowState {
+            m: mailbox.to_string(),
+            v: verifier.clone(),
+            n: nonce.clone(),
+            e: now_unix() + self.state_ttl.num_seconds(),
+        };
+        // Serialising four strings and an integer cannot fail.
+        let json = serde_json::to_vec(&state).unwrap_or_default();
+        let sealed = self.keys.seal(Purpose::State, "", &json);
+        let location = self.client.authorization_url(
+            &self.redirect_uri(),
+            &self.scopes(),
+            &sealed,
+            &pkce_challenge(&verifier),
+            mailbox.as_str(),
+        );
+        Ok(FlowStart { location, nonce })
+    }
+
+    pub fn state_ttl(&self) -> chrono::Duration {
+        self.state_ttl
+    }
+
+    fn open_state(
+        &self,
+        state: &str,
+        cookie_nonce: Option<&str>,
+    ) -> Result<FlowState, ConsentError> {
+        let json = self
+            .keys
+            .open(Purpose::State, "", state)
+            .map_err(|_| ConsentError::InvalidState)?;
+        let st: FlowState =
+            serde_json::from_slice(&json).map_err(|_| ConsentError::InvalidState)?;
+        if st.e < now_unix() {
+            return Err(ConsentError::ExpiredState);
+        }
+        match cookie_nonce {
+            Some(n) if constant_time_eq(n.as_bytes(), st.n.as_bytes()) => Ok(st),
+            _ => Err(ConsentError::OtherBrowser),
+        }
+    }
+
+    /// Step 2, Google's redirect back: checks the state, exchanges the code,
+    /// checks the identity, stores the sealed refresh token.
+    pub async fn complete(
+        &self,
+        state: &str,
+        cookie_nonce: Option<&str>,
+        code: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<ConsentOutcome, ConsentError> {
+        let st = self.open_state(state, cookie_nonce)?;
+        let expected = self.check_mailbox(&st.m)?;
+        if let Some(err) = error {
+            return Err(ConsentError::Refused(err.chars().take(100).collect()));
+        }
+        let code = code.ok_or_else(|| ConsentError::Refused("no code".to_owned()))?;
+        let grant = self
+            .client
+            .exchange_code(code, &st.v, &self.redirect_uri())
+            .await
+            .map_err(|e| match e.class {
+                ErrorClass::AuthRevoked | ErrorClass::Fatal => {
+                    ConsentError::Refused(e.reason.clone().unwrap_or_else(|| e.message.clone()))
+                }
+                _ => ConsentError::Google(e),
+            })?;
+        // From here on we hold a grant: anything that refuses it revokes it,
+        // so no unwanted access is left behind at Google.
+        match self.accept(&expected, &grant).await {
+            Ok(outcome) => Ok(outcome),
+            Err(e) => {
+                let token = grant.refresh_token.as_ref().unwrap_or(&grant.access_token);
+                if let Err(re) = self.client.revoke(token).await {
+                    tracing::warn!(mailbox = %expected, error = %re, "Could not revoke a refused grant.");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn accept(
+        &self,
+        expected: &MailboxAddress,
+        grant: &accounts::CodeGrant,
+    ) -> Result<ConsentOutcome, ConsentError> {
+        // Google may let the user pick another account, and granular consent
+        // lets them untick the Gmail scope.
+        if !self.gmail_scopes.iter().all(|s| grant.scopes.contains(s)) {
+            return Err(ConsentError::ScopeMissing);
+        }
+        let info = self
+            .client
+            .userinfo(&grant.access_token)
+            .await
+            .map_err(ConsentError::Google)?;
+        let email = info.email.clone().unwrap_or_default();
+        let got = MailboxAddress::parse(&email).map_err(|_| ConsentError::WrongAccount {
+            expected: expected.to_string(),
+            got: if email.is_empty() {
+                "an account without an email address".to_owned()
+            } else {
+                email.clone()
+            },
+        })?;
+        if &got != expected {
+            return Err(ConsentError::WrongAccount {
+                expected: expected.to_string(),
+                got: got.to_string(),
+            });
+        }
+        if !info.email_verified {
+            return Err(ConsentError::Unverified);
+        }
+        if !self.policy.domain_allowed(&got) {
+            return Err(ConsentError::ForeignDomain(got.to_string()));
+        }
+        let refresh = grant
+            .refresh_token
+            .as_ref()
+            .ok_or(ConsentError::NoRefreshToken)?;
+        let sealed = self.keys.seal(
+            Purpose::RefreshToken,
+            expected.as_str(),
+            refresh.expose_secret().as_bytes(),
+        );
+        let actor = owner(expected);
+        let subscription = self
+            .store
+            .record_oauth_consent(&OAuthConsent {
+                mailbox: expected.clone(),
+                refresh_token_ciphertext: sealed,
+                key_id: self.keys.current_id().to_owned(),
+                scopes: grant.scopes.join(" "),
+                google_subject: Some(info.sub.clone()),
+                actor,
+            })
+            .await?;
+        self.tokens.evict(expected.as_str());
+        Ok(ConsentOutcome {
+            subscription,
+            disconnect_link: self.disconnect_link(expected),
+        })
+    }
+
+    /// A signed, expiring link the mailbox owner can use to disconnect.
+    pub fn disconnect_link(&self, mailbox: &MailboxAddress) -> String {
+        let expires = now_unix() + self.link_ttl.num_seconds();
+        let sig = self
+            .keys
+            .sign(&disconnect_message(mailbox.as_str(), expires));
+        let q = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("mailbox", mailbox.as_str())
+            .append_pair("token", &format!("{expires}.{sig}"))
+            .finish();
+        format!("{}/oauth/disconnect?{q}", self.public_base)
+    }
+
+    /// Checks a disconnect link's `mailbox` and `token`.
+    pub fn verify_disconnect_link(&self, mailbox: &str, token: &str) -> Option<MailboxAddress> {
+        let mailbox = MailboxAddress::parse(mailbox).ok()?;
+        let (expires, sig) = token.split_once('.')?;
+        let expires: i64 = expires.parse().ok()?;
+        if expires < now_unix() {
+            return None;
+        }
+        self.keys
+            .verify(&disconnect_message(mailbox.as_str(), expires), sig)
+            .then_some(mailbox)
+    }
+
+    /// Revokes the mailbox's token at Google, deletes it, pauses the
+    /// subscription and records the event; with `purge`, deletes the
+    /// mailbox's ingested data too. If Google cannot be told, nothing changes.
+    pub async fn disconnect(
+        &self,
+        mailbox: &MailboxAddress,
+        actor: &Operator,
+        by_owner: bool,
+        purge: bool,
+    ) -> Result<DisconnectOutcome, DisconnectError> {
+        let sub = self
+            .store
+            .get_subscription(mailbox)
+            .await?
+            .ok_or_else(|| DisconnectError::NotFound(mailbox.clone()))?;
+        let stored = self.store.oauth_token(mailbox).await?;
+        if sub.auth_mode != AuthMode::OAuth && stored.is_none() {
+            return Err(DisconnectError::NotOAuth(mailbox.clone()));
+        }
+        let revoked = match &stored {
+            Some(t) => {
+                let plain = self
+                    .keys
+                    .open(
+                        Purpose::RefreshToken,
+                        mailbox.as_str(),
+                        &t.refresh_token_ciphertext,
+                    )
+                    .map_err(|e| DisconnectError::Sealed(e.to_string()))?;
+                let token = SecretString::from(String::from_utf8_lossy(&plain).into_owned());
+                self.client
+                    .revoke(&token)
+                    .await
+                    .map_err(DisconnectError::Revoke)?;
+                true
+            }
+            None => false,
+        };
+        let reason = if by_owner {
+            "disconnected by the mailbox owner; consent revoked at Google"
+        } else {
+            "disconnected by an operator; consent revoked at Google"
+        };
+        let subscription = self.store.disconnect_oauth(mailbox, actor, reason).await?;
+        self.tokens.evict(mailbox.as_str());
+        let purged = if purge {
+            Some(self.store.purge_mailbox(mailbox).await?)
+        } else {
+            None
+        };
+        events::OAuthDisconnected {
+            mailbox,
+            by: if by_owner { "owner" } else { "operator" },
+            purged: purge,
+        }
+        .emit();
+        Ok(DisconnectOutcome {
+            subscription,
+            revoked,
+            purged,
+        })
+    }
+
+    /// Re-seals every stored token not sealed with the current key (after a
+    /// key rotation). Returns how many were re-sealed.
+    pub async fn reseal_stale_tokens(&self) -> anyhow::Result<usize> {
+        let mut n = 0;
+        for t in self.store.list_oauth_tokens().await? {
+            if TokenKeys::sealed_key_id(&t.refresh_token_ciphertext) == Some(self.keys.current_id())
+            {
+                continue;
+            }
+            let plain = self
+                .keys
+                .open(
+                    Purpose::RefreshToken,
+                    t.mailbox.as_str(),
+                    &t.refresh_token_ciphertext,
+                )
+                .with_context(|| format!("re-sealing the refresh token of {}", t.mailbox))?;
+            let sealed = self
+                .keys
+                .seal(Purpose::RefreshToken, t.mailbox.as_str(), &plain);
+            if self
+                .store
+                .replace_oauth_ciphertext(
+                    &t.mailbox,
+                    &t.refresh_token_ciphertext,
+                    &sealed,
+                    self.keys.current_id(),
+                )
+                .await?
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The actor recorded for a mailbox owner's own actions.
+pub fn owner(mailbox: &MailboxAddress) -> Operator {
+    // "owner " + an address of at most 254 characters can exceed the 200
+    // characters an operator may have; fall back to the system name then.
+    Operator::parse(&format!("owner {mailbox}")).unwrap_or_else(|_| Operator::system())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pkce_challenge_is_the_rfc_7636_s256_transform() {
+        // RFC 7636, appendix B.
+        assert_eq!(
+            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+    }
+}

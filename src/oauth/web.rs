@@ -1,0 +1,293 @@
+//! The consent pages, on their own listener (`oauth.listen`), apart from the
+//! health and metrics port: only these need to be reachable from browsers.
+//!
+//! `GET /oauth/authorize?mailbox=…` → Google; `GET /oauth/callback` ← Google;
+//! `GET /oauth/disconnect?mailbox=…&token=…` shows a confirmation form that
+//! `POST /oauth/disconnect` acts on (a GET never changes anything: mail
+//! scanners follow links). Pages are plain HTML, never cached, never framed,
+//! and send no referrer (the callback URL carries the code).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use super::{ConsentError, OAuthService, owner};
+use crate::domain::SubscriptionStatus;
+use crate::events;
+
+const COOKIE: &str = "gmail_ingest_oauth";
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A page; `body` is already-escaped HTML.
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width\"><title>{t}</title>\
+         <style>body{{font-family:sans-serif;max-width:40em;margin:3em auto;padding:0 1em;line-height:1.5}}\
+         code{{word-break:break-all}}</style></head><body><h1>{t}</h1>{body}</body></html>",
+        t = escape(title)
+    );
+    let mut resp = (status, html).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    secure_headers(h);
+    resp
+}
+
+fn secure_headers(h: &mut HeaderMap) {
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+        ),
+    );
+}
+
+fn error_page(e: &ConsentError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    page(
+        status,
+        "Not connected",
+        &format!("<p>{}</p>", escape(&e.to_string())),
+    )
+}
+
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+async fn authorize(
+    State(svc): State<Arc<OAuthService>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let mailbox = q.get("mailbox").map(String::as_str).unwrap_or("");
+    let start = match svc.begin(mailbox) {
+        Ok(s) => s,
+        Err(e) => return error_page(&e),
+    };
+    let secure = if svc.public_base.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    let set_cookie = format!(
+        "{COOKIE}={}; Path=/oauth; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+        start.nonce,
+        svc.state_ttl().num_seconds()
+    );
+    let mut resp = StatusCode::FOUND.into_response();
+    let h = resp.headers_mut();
+    secure_headers(h);
+    if let (Ok(loc), Ok(c)) = (
+        HeaderValue::from_str(&start.location),
+        HeaderValue::from_str(&set_cookie),
+    ) {
+        h.insert(header::LOCATION, loc);
+        h.insert(header::SET_COOKIE, c);
+        resp
+    } else {
+        page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Not connected",
+            "<p>Could not build the authorization link.</p>",
+        )
+    }
+}
+
+async fn callback(
+    State(svc): State<Arc<OAuthService>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let state = q.get("state").map(String::as_str).unwrap_or("");
+    let nonce = cookie(&headers);
+    let result = svc
+        .complete(
+            state,
+            nonce.as_deref(),
+            q.get("code").map(String::as_str),
+            q.get("error").map(String::as_str),
+        )
+        .await;
+    match result {
+        Ok(done) => {
+            let m = &done.subscription.mailbox;
+            events::OAuthConsent {
+                mailbox: Some(m),
+                outcome: "stored",
+                detail: "",
+            }
+            .emit();
+            let next = match done.subscription.status {
+                SubscriptionStatus::Active => "Ingestion continues with this authorization.",
+                SubscriptionStatus::Paused => {
+                    "The subscription is paused: an operator must resume it before ingestion starts again."
+                }
+                _ => "An operator must approve the subscription before anything is read.",
+            };
+            page(
+                StatusCode::OK,
+                "Connected",
+                &format!(
+                    "<p><b>{}</b> has given gmail-ingest read-only access to its mail.</p><p>{}</p>\
+                     <p>To withdraw this access later, keep this link: <a href=\"{link}\"><code>{link}</code></a>. \
+                     You can also remove the app in your Google Account under Security → Third-party apps.</p>",
+                    escape(m.as_str()),
+                    escape(next),
+                    link = escape(&done.disconnect_link),
+                ),
+            )
+        }
+        Err(e) => {
+            events::OAuthConsent {
+                mailbox: None,
+                outcome: e.outcome(),
+                detail: &e.to_string(),
+            }
+            .emit();
+            error_page(&e)
+        }
+    }
+}
+
+async fn disconnect_form(
+    State(svc): State<Arc<OAuthService>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let mailbox = q.get("mailbox").map(String::as_str).unwrap_or("");
+    let token = q.get("token").map(String::as_str).unwrap_or("");
+    let Some(m) = svc.verify_disconnect_link(mailbox, token) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Link not valid",
+            "<p>This disconnect link is not valid or has expired. Ask an operator for a new one.</p>",
+        );
+    };
+    page(
+        StatusCode::OK,
+        "Disconnect",
+        &format!(
+            "<p>Stop gmail-ingest from reading <b>{m}</b>? The authorization is revoked at Google and the stored token deleted.</p>\
+             <form method=\"post\" action=\"/oauth/disconnect\">\
+             <input type=\"hidden\" name=\"mailbox\" value=\"{m}\"><input type=\"hidden\" name=\"token\" value=\"{t}\">\
+             <button type=\"submit\">Disconnect</button></form>",
+            m = escape(m.as_str()),
+            t = escape(token),
+        ),
+    )
+}
+
+async fn disconnect(
+    State(svc): State<Arc<OAuthService>>,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    let mailbox = f.get("mailbox").map(String::as_str).unwrap_or("");
+    let token = f.get("token").map(String::as_str).unwrap_or("");
+    let Some(m) = svc.verify_disconnect_link(mailbox, token) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Link not valid",
+            "<p>This disconnect link is not valid or has expired. Ask an operator for a new one.</p>",
+        );
+    };
+    match svc.disconnect(&m, &owner(&m), true, false).await {
+        Ok(_) => page(
+            StatusCode::OK,
+            "Disconnected",
+            &format!(
+                "<p>gmail-ingest no longer has access to <b>{}</b>: the authorization was revoked at Google.</p>",
+                escape(m.as_str())
+            ),
+        ),
+        Err(super::DisconnectError::Revoke(_)) | Err(super::DisconnectError::Store(_)) => page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not disconnected",
+            "<p>Google or the database could not be reached; nothing was changed. Try again in a few minutes.</p>",
+        ),
+        Err(e) => page(
+            StatusCode::BAD_REQUEST,
+            "Not disconnected",
+            &format!("<p>{}</p>", escape(&e.to_string())),
+        ),
+    }
+}
+
+pub fn router(svc: Arc<OAuthService>) -> Router {
+    Router::new()
+        .route("/oauth/authorize", get(authorize))
+        .route("/oauth/callback", get(callback))
+        .route("/oauth/disconnect", get(disconnect_form).post(disconnect))
+        .with_state(svc)
+}
+
+/// Serves the consent pages until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    svc: Arc<OAuthService>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(svc))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_escape_what_they_echo() {
+        assert_eq!(escape("<script>\"&'"), "&lt;script&gt;&quot;&amp;&#39;");
+    }
+
+    #[test]
+    fn the_flow_cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; gmail_ingest_oauth=NONCE; b=2"),
+        );
+        assert_eq!(cookie(&h).as_deref(), Some("NONCE"));
+        assert_eq!(cookie(&HeaderMap::new()), None);
+    }
+}
