@@ -392,8 +392,8 @@ impl Settings {
                 anyhow::anyhow!("configuration: oauth.accounts_base_url is not a URL: {e}")
             })?;
         }
-        if o.state_ttl < Duration::from_secs(60) {
-            bail!("configuration: oauth.state_ttl must be at least 1m");
+        if o.state_ttl < Duration::from_secs(1) || o.state_ttl > Duration::from_secs(3600) {
+            bail!("configuration: oauth.state_ttl must be between 1s and 1h");
         }
         Ok(())
     }
