@@ -473,15 +473,22 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
 
     let google = match Google::from_settings(settings) {
         Ok(g) => {
-            report(
-                true,
-                format!(
-                    "key file {} (service account {}, client ID {})",
-                    settings.google.service_account_key_file.display(),
-                    g.account().client_email(),
-                    g.account().client_id()
+            match g.account() {
+                Some(a) => report(
+                    true,
+                    format!(
+                        "key file {} (service account {}, client ID {})",
+                        settings.google.service_account_key_file.display(),
+                        a.client_email(),
+                        a.client_id()
+                    ),
                 ),
-            );
+                None => report(
+                    true,
+                    "no service-account key: OAuth-only deployment (no domain-wide delegation)"
+                        .to_owned(),
+                ),
+            }
             Some(g)
         }
         Err(e) => {
@@ -493,37 +500,45 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
         return Ok(1);
     };
 
-    // Clock skew: JWTs are refused when our clock is off by minutes.
-    match crate::google::auth::server_clock_skew(google.account().token_uri()).await {
-        Ok(Some(skew)) if skew.abs() > 60 => report(
-            false,
-            format!(
-                "clock skew of {skew}s against the token endpoint: synchronise this host's clock (NTP)"
+    let client_id = google
+        .account()
+        .map(|a| a.client_id().to_owned())
+        .unwrap_or_default();
+    if let Some(account) = google.account() {
+        // Clock skew: JWTs are refused when our clock is off by minutes.
+        match crate::google::auth::server_clock_skew(account.token_uri()).await {
+            Ok(Some(skew)) if skew.abs() > 60 => report(
+                false,
+                format!(
+                    "clock skew of {skew}s against the token endpoint: synchronise this host's clock (NTP)"
+                ),
             ),
-        ),
-        Ok(Some(skew)) => report(true, format!("clock skew {skew}s")),
-        Ok(None) => report(
-            true,
-            "clock skew not measurable (no Date header)".to_owned(),
-        ),
-        Err(e) => report(false, format!("token endpoint unreachable: {e}")),
-    }
+            Ok(Some(skew)) => report(true, format!("clock skew {skew}s")),
+            Ok(None) => report(
+                true,
+                "clock skew not measurable (no Date header)".to_owned(),
+            ),
+            Err(e) => report(false, format!("token endpoint unreachable: {e}")),
+        }
 
-    let client_id = google.account().client_id().to_owned();
-    let admin = google.admin_subject().to_owned();
-    match google
-        .tokens()
-        .token(&admin, &[crate::google::DIRECTORY_SCOPE.to_owned()])
-        .await
-    {
-        Ok(_) => report(true, format!("Directory token for admin {admin}")),
-        Err(e) => report(
-            false,
-            format!(
-                "Directory token for admin {admin}: {e}. Fix: in the Admin console authorize client ID {client_id} for scope {} and make sure {admin} is an admin",
-                crate::google::DIRECTORY_SCOPE
+        let admin = google.admin_subject().to_owned();
+        let token = match google.tokens() {
+            Ok(t) => {
+                t.token(&admin, &[crate::google::DIRECTORY_SCOPE.to_owned()])
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match token {
+            Ok(_) => report(true, format!("Directory token for admin {admin}")),
+            Err(e) => report(
+                false,
+                format!(
+                    "Directory token for admin {admin}: {e}. Fix: in the Admin console authorize client ID {client_id} for scope {} and make sure {admin} is an admin",
+                    crate::google::DIRECTORY_SCOPE
+                ),
             ),
-        ),
+        }
     }
 
     let Some(store) = store else { return Ok(1) };
@@ -533,6 +548,24 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
         .iter()
         .map(|o| o.to_string())
         .collect();
+    let oauth = match crate::oauth::OAuthService::from_settings(
+        settings,
+        store.clone(),
+        Arc::new(policy.clone()),
+    ) {
+        Ok(Some(o)) => {
+            report(
+                true,
+                "OAuth client secret and token encryption key loaded".to_owned(),
+            );
+            Some(o)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            report(false, format!("oauth: {e:#}"));
+            None
+        }
+    };
     for sub in subs.iter().filter(|s| {
         matches!(
             s.status,
@@ -542,6 +575,10 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
         )
     }) {
         let m = &sub.mailbox;
+        if sub.auth_mode == crate::domain::AuthMode::OAuth {
+            check_oauth_mailbox(&google, oauth.as_ref(), m, &mut report).await;
+            continue;
+        }
         // The gate first: a mailbox outside policy is never impersonated,
         // not even to check it.
         let allowed = match google.directory_user(m).await {
@@ -576,11 +613,11 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
             continue;
         }
         for scope in google.scopes() {
-            match google
-                .tokens()
-                .token(m.as_str(), std::slice::from_ref(scope))
-                .await
-            {
+            let token = match google.tokens() {
+                Ok(t) => t.token(m.as_str(), std::slice::from_ref(scope)).await,
+                Err(e) => Err(e),
+            };
+            match token {
                 Ok(_) => report(true, format!("{m}: token for {scope}")),
                 Err(e) => report(
                     false,
@@ -593,16 +630,7 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
         }
         let stats = Arc::new(crate::google::gmail::CallStats::default());
         match google.gmail(m, stats).await {
-            Ok(g) => match g.get_profile().await {
-                Ok(p) => report(
-                    true,
-                    format!(
-                        "{m}: profile ({} messages, historyId {})",
-                        p.messages_total, p.history_id
-                    ),
-                ),
-                Err(e) => report(false, format!("{m}: profile: {e}")),
-            },
+            Ok(g) => check_profile(&g, m, &mut report).await,
             Err(e) => report(false, format!("{m}: {e}")),
         }
     }
@@ -611,4 +639,54 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
         return Ok(1);
     }
     Ok(0)
+}
+
+async fn check_profile(
+    g: &crate::google::gmail::MailboxGmail,
+    m: &MailboxAddress,
+    report: &mut impl FnMut(bool, String),
+) {
+    match g.get_profile().await {
+        Ok(p) => report(
+            true,
+            format!(
+                "{m}: profile ({} messages, historyId {})",
+                p.messages_total, p.history_id
+            ),
+        ),
+        Err(e) => report(false, format!("{m}: profile: {e}")),
+    }
+}
+
+/// `check` for a mailbox authorized by its owner: a refresh with the stored
+/// consent, then the profile with that token.
+async fn check_oauth_mailbox(
+    google: &Arc<Google>,
+    oauth: Option<&Arc<crate::oauth::OAuthService>>,
+    m: &MailboxAddress,
+    report: &mut impl FnMut(bool, String),
+) {
+    let Some(oauth) = oauth else {
+        report(
+            false,
+            format!("{m}: an OAuth subscription, but oauth.enabled is false"),
+        );
+        return;
+    };
+    match oauth.tokens().access_token(m).await {
+        Ok(_) => report(true, format!("{m}: OAuth token from the owner's consent")),
+        Err(e) => {
+            report(
+                false,
+                format!(
+                    "{m}: OAuth token: {e}. Fix: send the owner {}",
+                    oauth.authorize_link(m)
+                ),
+            );
+            return;
+        }
+    }
+    let stats = Arc::new(crate::google::gmail::CallStats::default());
+    let g = google.gmail_oauth(m, oauth.tokens().clone(), stats);
+    check_profile(&g, m, report).await;
 }

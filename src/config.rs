@@ -357,6 +357,10 @@ impl Settings {
         })?;
         if self.oauth.enabled {
             self.validate_oauth()?;
+        } else if self.google.service_account_key_file.as_os_str().is_empty() {
+            bail!(
+                "configuration: google.service_account_key_file must be set (it may be empty only when oauth.enabled is true)"
+            );
         }
         if !self.google.admin_subject.is_empty() {
             MailboxAddress::parse(&self.google.admin_subject)

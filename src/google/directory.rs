@@ -65,7 +65,7 @@ impl Google {
         );
         let scopes = vec![DIRECTORY_SCOPE.to_owned()];
         let result = call_with_retry(&self.retry, USERS_GET, || async {
-            let token = self.tokens.token(self.admin_subject(), &scopes).await?;
+            let token = self.tokens()?.token(self.admin_subject(), &scopes).await?;
             let req = http::Request::get(&url)
                 .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
                 .header(http::header::ACCEPT, "application/json")

@@ -212,7 +212,11 @@ impl MailboxGmail {
     fn evict_token(&self) {
         match &self.oauth {
             Some(t) => t.evict(self.mailbox.as_str()),
-            None => self.google.tokens.evict(self.mailbox.as_str()),
+            None => {
+                if let Some(t) = &self.google.tokens {
+                    t.evict(self.mailbox.as_str());
+                }
+            }
         }
     }
 

@@ -31,7 +31,8 @@ pub const DIRECTORY_SCOPE: &str = "https://www.googleapis.com/auth/admin.directo
 
 /// Shared Google clients of one replica.
 pub struct Google {
-    pub(crate) tokens: TokenSource,
+    /// `None` in an OAuth-only deployment (no service-account key).
+    pub(crate) tokens: Option<TokenSource>,
     pub(crate) quota: QuotaLimiter,
     pub(crate) retry: RetryPolicy,
     pub(crate) scopes: Vec<String>,
@@ -59,14 +60,25 @@ fn with_slash(url: &str, default: &str) -> String {
 
 impl Google {
     /// Loads the key (refusing loose permissions) and builds the clients.
+    /// An empty `google.service_account_key_file` means an OAuth-only
+    /// deployment: delegated mailboxes and the Directory are unavailable.
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Arc<Google>> {
-        let account = ServiceAccount::load(&settings.google.service_account_key_file)?;
-        Ok(Self::new(account, settings))
+        let path = &settings.google.service_account_key_file;
+        let account = if path.as_os_str().is_empty() {
+            None
+        } else {
+            Some(ServiceAccount::load(path)?)
+        };
+        Ok(Self::build(account, settings))
     }
 
     pub fn new(account: ServiceAccount, settings: &Settings) -> Arc<Google> {
+        Self::build(Some(account), settings)
+    }
+
+    fn build(account: Option<ServiceAccount>, settings: &Settings) -> Arc<Google> {
         let g = &settings.google;
-        let tokens = TokenSource::new(account, g.scopes.clone(), g.request_timeout);
+        let tokens = account.map(|a| TokenSource::new(a, g.scopes.clone(), g.request_timeout));
         let executor = hyper_util::rt::TokioExecutor::new();
         let gmail_client = hyper_util::client::legacy::Client::builder(executor.clone())
             .pool_idle_timeout(std::time::Duration::from_secs(90))
@@ -93,8 +105,9 @@ impl Google {
         })
     }
 
-    pub fn account(&self) -> &ServiceAccount {
-        self.tokens.account()
+    /// The service account, unless this is an OAuth-only deployment.
+    pub fn account(&self) -> Option<&ServiceAccount> {
+        self.tokens.as_ref().map(TokenSource::account)
     }
 
     pub fn scopes(&self) -> &[String] {
@@ -105,8 +118,16 @@ impl Google {
         &self.quota
     }
 
-    pub fn tokens(&self) -> &TokenSource {
-        &self.tokens
+    /// The domain-wide-delegation token source; an error naming the missing
+    /// key in an OAuth-only deployment.
+    pub fn tokens(&self) -> Result<&TokenSource, error::GoogleError> {
+        self.tokens.as_ref().ok_or_else(|| {
+            error::GoogleError::new(
+                error::ErrorClass::Fatal,
+                auth::TOKEN_METHOD,
+                "google.service_account_key_file is empty: domain-wide delegation (and the Directory) is not configured",
+            )
+        })
     }
 
     pub(crate) fn directory_base_url(&self) -> &str {
@@ -131,7 +152,7 @@ impl Google {
         let hub = match cached {
             Some(h) => h,
             None => {
-                let auth = self.tokens.authenticator(mailbox.as_str()).await?;
+                let auth = self.tokens()?.authenticator(mailbox.as_str()).await?;
                 let mut hub = Gmail::new(
                     self.gmail_client.clone(),
                     HubAuth {
@@ -186,7 +207,9 @@ impl Google {
     pub fn forget(&self, mailbox: &MailboxAddress) {
         self.lock_hubs().remove(mailbox.as_str());
         self.lock_hubs().remove(&format!("oauth:{mailbox}"));
-        self.tokens.evict(mailbox.as_str());
+        if let Some(t) = &self.tokens {
+            t.evict(mailbox.as_str());
+        }
         self.quota.forget(mailbox.as_str());
     }
 
