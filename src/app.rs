@@ -250,10 +250,10 @@ pub async fn sync_with(
         }
     }
     // Suspended subscriptions come back by themselves when their org unit is approved again.
-    for s in subs
-        .iter()
-        .filter(|s| s.status == SubscriptionStatus::Suspended)
-    {
+    for s in subs.iter().filter(|s| {
+        s.status == SubscriptionStatus::Suspended
+            && s.auth_mode == crate::domain::AuthMode::Delegated
+    }) {
         if only.as_ref().is_none_or(|m| m == &s.mailbox)
             && let Err(e) = gate::check_mailbox(ctx, &s.mailbox).await
         {

@@ -482,6 +482,7 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
                     &[
                         "MAILBOX",
                         "STATUS",
+                        "AUTH",
                         "REQUESTED BY",
                         "APPROVED BY",
                         "LAST REVIEW",
@@ -495,6 +496,7 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
                             vec![
                                 s.mailbox.to_string(),
                                 s.status.to_string(),
+                                s.auth_mode.to_string(),
                                 s.requested_by.to_string(),
                                 s.approved_by
                                     .as_ref()

@@ -10,7 +10,7 @@
 
 use anyhow::Context;
 
-use crate::domain::{MailboxAddress, Operator, SubscriptionAction, SubscriptionStatus};
+use crate::domain::{AuthMode, MailboxAddress, Operator, SubscriptionAction, SubscriptionStatus};
 use crate::events;
 use crate::google::directory::DirectoryUser;
 use crate::store::SubscriptionUpdate;
@@ -165,10 +165,13 @@ pub async fn check_all(
         .context("listing subscriptions")?;
     let mut out = Vec::new();
     for sub in subs {
-        if matches!(
-            sub.status,
-            SubscriptionStatus::Active | SubscriptionStatus::Suspended
-        ) {
+        // The org-unit gate is for impersonation; OAuth mailboxes are not impersonated.
+        if sub.auth_mode == AuthMode::Delegated
+            && matches!(
+                sub.status,
+                SubscriptionStatus::Active | SubscriptionStatus::Suspended
+            )
+        {
             let r = check_mailbox(ctx, &sub.mailbox).await;
             out.push((sub.mailbox, r));
         }
