@@ -215,6 +215,16 @@ impl TokenSource {
     }
 }
 
+/// What google-gmail1's `GetToken::get_token` returns.
+pub(crate) type GetTokenFuture<'a> = Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<Option<String>, Box<dyn std::error::Error + Send + Sync>>,
+            > + Send
+            + 'a,
+    >,
+>;
+
 /// Adapter handing google-gmail1 a token for one mailbox with our scopes,
 /// whatever scopes the generated call builder asks for.
 #[derive(Clone)]
@@ -224,17 +234,7 @@ pub struct HubAuth {
 }
 
 impl google_gmail1::common::GetToken for HubAuth {
-    fn get_token<'a>(
-        &'a self,
-        _requested: &'a [&str],
-    ) -> Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<Option<String>, Box<dyn std::error::Error + Send + Sync>>,
-                > + Send
-                + 'a,
-        >,
-    > {
+    fn get_token<'a>(&'a self, _requested: &'a [&str]) -> GetTokenFuture<'a> {
         Box::pin(async move {
             let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
             let tok = self.auth.token(&scopes).await?;

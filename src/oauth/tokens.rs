@@ -4,7 +4,6 @@
 //! mailbox, however many fetches ask at once.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::accounts::{AccountsClient, TOKEN};
 use super::keys::{Purpose, TokenKeys};
 use crate::domain::MailboxAddress;
+use crate::google::auth::GetTokenFuture;
 use crate::google::error::{AuthCause, ErrorClass, GoogleError};
 use crate::store::Store;
 
@@ -121,17 +121,7 @@ pub struct OAuthHubAuth {
 }
 
 impl google_gmail1::common::GetToken for OAuthHubAuth {
-    fn get_token<'a>(
-        &'a self,
-        _requested: &'a [&str],
-    ) -> Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<Option<String>, Box<dyn std::error::Error + Send + Sync>>,
-                > + Send
-                + 'a,
-        >,
-    > {
+    fn get_token<'a>(&'a self, _requested: &'a [&str]) -> GetTokenFuture<'a> {
         Box::pin(async move {
             match self.tokens.access_token(&self.mailbox).await {
                 Ok(t) => Ok(Some(t)),

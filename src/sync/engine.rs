@@ -216,41 +216,32 @@ async fn run_pass(
     let started = Utc::now();
     let clock = Instant::now();
 
-    let auth_mode = match ctx.store.get_subscription(&mailbox).await {
-        Ok(sub) => sub.map_or(AuthMode::Delegated, |s| s.auth_mode),
-        Err(e) => {
-            let error = format!("reading the subscription: {e}");
-            fail(
-                ctx,
-                lease,
-                &mut report,
-                SyncKind::Incremental,
-                started,
-                SyncPhase::Error,
-                "database",
-                error,
-                None,
-            )
-            .await;
-            return report;
-        }
-    };
-
     // The approved-OU gate runs before any impersonation, on every pass. A
     // mailbox authorized by its owner's consent is not impersonated: the
     // gate is the consent itself (and the allowed domains, checked again).
-    let gate = match auth_mode {
-        AuthMode::Delegated => gate::check_mailbox(ctx, &mailbox).await,
-        AuthMode::OAuth => Ok(gate::evaluate_consented(&ctx.policy, &mailbox)),
-    };
-    match gate {
-        Ok(GateDecision::Allowed) => {}
-        Ok(GateDecision::Refused(reason)) => {
+    let checked: Result<(AuthMode, GateDecision), (&'static str, String)> = async {
+        let sub = ctx
+            .store
+            .get_subscription(&mailbox)
+            .await
+            .map_err(|e| ("database", format!("reading the subscription: {e}")))?;
+        let mode = sub.map_or(AuthMode::Delegated, |s| s.auth_mode);
+        let decision = match mode {
+            AuthMode::Delegated => gate::check_mailbox(ctx, &mailbox)
+                .await
+                .map_err(|e| ("directory", format!("org-unit check failed: {e:#}")))?,
+            AuthMode::OAuth => gate::evaluate_consented(&ctx.policy, &mailbox),
+        };
+        Ok((mode, decision))
+    }
+    .await;
+    let auth_mode = match checked {
+        Ok((mode, GateDecision::Allowed)) => mode,
+        Ok((_, GateDecision::Refused(reason))) => {
             report.outcome = Outcome::Suspended { reason };
             return report;
         }
-        Err(e) => {
-            let error = format!("org-unit check failed: {e:#}");
+        Err((error_type, error)) => {
             fail(
                 ctx,
                 lease,
@@ -258,14 +249,14 @@ async fn run_pass(
                 SyncKind::Incremental,
                 started,
                 SyncPhase::Error,
-                "directory",
+                error_type,
                 error,
                 None,
             )
             .await;
             return report;
         }
-    }
+    };
 
     let gmail = match auth_mode {
         AuthMode::Delegated => ctx.google.gmail(&mailbox, stats.clone()).await,
