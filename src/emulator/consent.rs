@@ -341,14 +341,14 @@ fn authenticate_client(
     shared: &Shared,
     headers: &HeaderMap,
     form: &[(String, String)],
-) -> Result<(), Response> {
+) -> Result<(), Refusal> {
     let basic = basic_credentials(headers);
     let (id, secret) = match &basic {
         Some((id, secret)) => (Some(id.as_str()), Some(secret.as_str())),
         None => (param(form, "client_id"), param(form, "client_secret")),
     };
     let Some(id) = id.filter(not_empty) else {
-        return Err(oauth_error(
+        return Err(refusal(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "Could not determine client ID from request.",
@@ -356,21 +356,21 @@ fn authenticate_client(
     };
     let client = &shared.oauth_client;
     if id != client.client_id {
-        return Err(oauth_error(
+        return Err(refusal(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "The OAuth client was not found.",
         ));
     }
     let Some(secret) = secret.filter(not_empty) else {
-        return Err(oauth_error(
+        return Err(refusal(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "client_secret is missing.",
         ));
     };
     if secret != client.client_secret {
-        return Err(oauth_error(
+        return Err(refusal(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "Unauthorized",
@@ -440,7 +440,7 @@ pub(crate) async fn token_grant(
     };
     let Issued { mut body, id_token } = match issued {
         Ok(issued) => issued,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     if let Some(claims) = id_token {
         match tokio::task::spawn_blocking(move || sign_id_token(&claims)).await {
@@ -462,8 +462,15 @@ pub(crate) async fn token_grant(
     response
 }
 
-fn invalid_grant(description: &str) -> Response {
-    oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", description)
+/// A refusal from the token endpoint, boxed to keep `Result`s small.
+type Refusal = Box<Response>;
+
+fn refusal(status: StatusCode, error: &str, description: &str) -> Refusal {
+    Box::new(oauth_error(status, error, description))
+}
+
+fn invalid_grant(description: &str) -> Refusal {
+    refusal(StatusCode::BAD_REQUEST, "invalid_grant", description)
 }
 
 /// Whether the user may still hold tokens for the app: exists, can sign in, not blocked.
@@ -477,10 +484,10 @@ fn redeem_code(
     shared: &Shared,
     headers: &HeaderMap,
     form: &[(String, String)],
-) -> Result<Issued, Response> {
+) -> Result<Issued, Refusal> {
     authenticate_client(shared, headers, form)?;
     let Some(code) = param(form, "code").filter(not_empty) else {
-        return Err(oauth_error(
+        return Err(refusal(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "Missing required parameter: code",
@@ -505,14 +512,14 @@ fn redeem_code(
         return Err(invalid_grant("Bad Request"));
     }
     let Some(redirect_uri) = param(form, "redirect_uri") else {
-        return Err(oauth_error(
+        return Err(refusal(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "Missing parameter: redirect_uri",
         ));
     };
     if redirect_uri != entry.redirect_uri {
-        return Err(oauth_error(
+        return Err(refusal(
             StatusCode::BAD_REQUEST,
             "redirect_uri_mismatch",
             "Bad Request",
@@ -571,10 +578,10 @@ fn refresh(
     shared: &Shared,
     headers: &HeaderMap,
     form: &[(String, String)],
-) -> Result<Issued, Response> {
+) -> Result<Issued, Refusal> {
     authenticate_client(shared, headers, form)?;
     let Some(refresh_token) = param(form, "refresh_token").filter(not_empty) else {
-        return Err(oauth_error(
+        return Err(refusal(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "Missing required parameter: refresh_token",
@@ -595,7 +602,7 @@ fn refresh(
         return Err(invalid_grant(EXPIRED_OR_REVOKED));
     };
     if session.client_id != shared.oauth_client.client_id {
-        return Err(oauth_error(
+        return Err(refusal(
             StatusCode::UNAUTHORIZED,
             "unauthorized_client",
             "Unauthorized",
@@ -618,7 +625,7 @@ fn refresh(
                         }
                     }
                     None => {
-                        return Err(oauth_error(
+                        return Err(refusal(
                             StatusCode::BAD_REQUEST,
                             "invalid_scope",
                             "Bad Request",
