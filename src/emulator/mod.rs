@@ -246,6 +246,8 @@ pub async fn run_command(
     tracing::info!(
         url = %emulator.base_url(),
         token_url = %emulator.token_url(),
+        accounts_url = %emulator.accounts_base_url(),
+        oauth_client_id = %emulator.oauth_client().client_id,
         admin = %emulator.admin_email(),
         users,
         messages,
