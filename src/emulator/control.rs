@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::errors::control_error;
-use super::model::{FaultConfig, INBOX, LabelMask, Mailbox, UNREAD, User};
+use super::model::{FaultConfig, INBOX, LabelMask, Mailbox, UNREAD, User, World};
 use super::server::Shared;
 use super::util::{SplitMix, decode_base64_any, json_response};
 
@@ -42,6 +42,11 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
             post(expire_history),
         )
         .route("/emulator/v1/delegation", put(delegation))
+        .route("/emulator/v1/oauth", get(oauth).put(oauth_policy))
+        .route(
+            "/emulator/v1/users/{email}/oauth/revoke",
+            post(revoke_user_grant),
+        )
         .route("/emulator/v1/faults", put(faults))
         .route("/emulator/v1/quota", put(quota))
         .route("/emulator/v1/stats", get(stats))
@@ -383,6 +388,101 @@ async fn delegation(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
     }
     drop(world);
     ok(&json!({"client_id": grant.client_id, "scopes": grant.scopes}))
+}
+
+/// The consent flow as the control API shows it. Never shows a code or token.
+fn oauth_json(shared: &Shared, world: &World) -> Value {
+    let oauth = &world.oauth;
+    let grants: Vec<Value> = oauth
+        .grants
+        .iter()
+        .map(|(user, grant)| json!({"user": user, "scopes": grant.scopes, "active": grant.active}))
+        .collect();
+    json!({
+        "client_id": shared.oauth_client.client_id,
+        "client_secret": shared.oauth_client.client_secret,
+        "consent_user": oauth.consent_user,
+        "blocked_users": oauth.blocked_users,
+        "app_blocked": oauth.app_blocked,
+        "grants": grants,
+    })
+}
+
+async fn oauth(State(shared): State<Arc<Shared>>) -> Response {
+    let body = oauth_json(&shared, &shared.lock());
+    ok(&body)
+}
+
+/// `Some(None)` for an explicit `null`, `None` (through `default`) for an absent member.
+fn explicit_null<'de, D>(deserializer: D) -> Result<Option<Option<String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Option::<String>::deserialize(deserializer).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OAuthPolicy {
+    #[serde(default, deserialize_with = "explicit_null")]
+    consent_user: Option<Option<String>>,
+    blocked_users: Option<Vec<String>>,
+    app_blocked: Option<bool>,
+}
+
+/// `PUT /oauth`: a partial update. Blocking a user, or the whole app, revokes the grants it
+/// covers, as a Workspace admin's block does: their refresh tokens then get `invalid_grant`.
+async fn oauth_policy(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let change: OAuthPolicy = match parse_body(&body) {
+        Ok(change) => change,
+        Err(refusal) => return *refusal,
+    };
+    let emails = change
+        .consent_user
+        .iter()
+        .flatten()
+        .chain(change.blocked_users.iter().flatten());
+    for email in emails {
+        if !valid_email(email) {
+            return bad_request(format!("invalid email address {email:?}"));
+        }
+    }
+    let mut world = shared.lock();
+    let oauth = &mut world.oauth;
+    if let Some(consent_user) = change.consent_user {
+        oauth.consent_user = consent_user.map(|e| e.to_ascii_lowercase());
+    }
+    if let Some(blocked) = change.blocked_users {
+        oauth.blocked_users = blocked.iter().map(|e| e.to_ascii_lowercase()).collect();
+        let blocked: Vec<String> = oauth.blocked_users.iter().cloned().collect();
+        for user in blocked {
+            oauth.revoke_user(&user);
+        }
+    }
+    if let Some(app_blocked) = change.app_blocked {
+        oauth.app_blocked = app_blocked;
+        if app_blocked {
+            oauth.revoke_all();
+        }
+    }
+    let body = oauth_json(&shared, &world);
+    drop(world);
+    ok(&body)
+}
+
+/// `POST /users/{email}/oauth/revoke`: the user removes the app's access (or resets their
+/// password), so every grant of theirs ends.
+async fn revoke_user_grant(
+    State(shared): State<Arc<Shared>>,
+    Path(email): Path<String>,
+) -> Response {
+    let mut world = shared.lock();
+    if world.user(&email).is_none() {
+        return unknown_user(&email);
+    }
+    let revoked = usize::from(world.oauth.revoke_user(&email));
+    drop(world);
+    ok(&json!({ "revoked": revoked }))
 }
 
 async fn faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {

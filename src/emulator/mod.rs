@@ -1,7 +1,9 @@
-//! The local Google: OAuth token endpoint, Gmail API v1 and Admin SDK Directory on one port.
+//! The local Google: OAuth (service-account token endpoint and the per-user web-server flow),
+//! Gmail API v1 and Admin SDK Directory on one port.
 //!
 //! Tests, benchmarks and `demo` run the real client libraries (yup-oauth2's service-account
-//! flow, the google-gmail1 hub) against it unchanged. Mailboxes are generated lazily and
+//! flow, the google-gmail1 hub) against it unchanged; the daemon's per-mailbox consent mode
+//! runs its own code against the authorization, token, revocation and userinfo endpoints. Mailboxes are generated lazily and
 //! deterministically from a seed; history, quota, the per-user concurrency cap and fault
 //! injection follow Google's documented behaviour (see `reference/gmail-api.md`), and the
 //! control API under `/emulator/v1` steers it.
@@ -13,16 +15,20 @@
 //!
 //! - `server`: shared state, the request pipeline and the accept loop.
 //! - `oauth`: the token endpoint and the service-account key.
+//! - `consent` and `grants`: the web-server flow (authorize, code and refresh grants, revoke,
+//!   userinfo, tokeninfo) of the one registered web client, and the grants it creates.
 //! - `gmail`, `directory`, `control`: the three route families.
 //! - `model`: users, mailboxes, history, quota windows, counters.
 //! - `generate` and `payload`: RFC 822 rendering from the seed, and Gmail's parsed view of it.
 
 mod clock;
+mod consent;
 mod control;
 mod directory;
 mod errors;
 mod generate;
 mod gmail;
+mod grants;
 mod model;
 mod oauth;
 mod payload;
@@ -81,6 +87,24 @@ pub struct ServiceAccountInfo {
     pub key_path: PathBuf,
 }
 
+/// The emulator's registered OAuth web client (see [`Emulator::oauth_client`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct OAuthClientInfo {
+    /// `<12 digits>-emulator.apps.googleusercontent.com`.
+    pub client_id: String,
+    /// `GOCSPX-` and 28 URL-safe characters; a secret, so `Debug` leaves it out.
+    pub client_secret: String,
+}
+
+impl std::fmt::Debug for OAuthClientInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthClientInfo")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .finish()
+    }
+}
+
 /// A running emulator; it owns its server task.
 #[derive(Debug)]
 pub struct Emulator {
@@ -114,10 +138,12 @@ impl Emulator {
         let world = tokio::task::spawn_blocking(move || World::seeded(seeding))
             .await
             .context("generating the emulator's mailboxes")?;
+        let oauth_client = grants::client_for_seed(cfg.seed);
         let shared = Arc::new(Shared::new(
             world,
             format!("http://{addr}/token"),
             addr.port(),
+            oauth_client,
         ));
         let router = router(Arc::clone(&shared));
         let cancel = CancellationToken::new();
@@ -138,6 +164,27 @@ impl Emulator {
     /// The OAuth token endpoint, `base_url() + "token"`.
     pub fn token_url(&self) -> String {
         self.shared.token_url.clone()
+    }
+
+    /// `http://127.0.0.1:PORT` (no trailing slash): the base of Google's account endpoints as
+    /// the emulator serves them: `/o/oauth2/v2/auth`, `/token`, `/revoke`, `/tokeninfo` and
+    /// `/oauth2/v3/userinfo`.
+    pub fn accounts_base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The one web OAuth client registered at start; the same for the same seed.
+    pub fn oauth_client(&self) -> OAuthClientInfo {
+        self.shared.oauth_client.clone()
+    }
+
+    /// Writes the web client's secret (nothing else, no newline) to a file with mode 0600, for
+    /// a `client_secret_file` setting.
+    pub fn write_oauth_client_secret(&self, path: &Path) -> anyhow::Result<OAuthClientInfo> {
+        let client = self.oauth_client();
+        oauth::write_private_file(path, client.client_secret.as_bytes())
+            .with_context(|| format!("writing the client secret file {}", path.display()))?;
+        Ok(client)
     }
 
     /// The seeded admin, to impersonate for Directory look-ups.
@@ -168,6 +215,7 @@ impl Emulator {
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/token", axum::routing::post(oauth::token))
+        .merge(consent::router())
         .merge(gmail::router())
         .merge(directory::router())
         .merge(control::router())
@@ -198,6 +246,8 @@ pub async fn run_command(
     tracing::info!(
         url = %emulator.base_url(),
         token_url = %emulator.token_url(),
+        accounts_url = %emulator.accounts_base_url(),
+        oauth_client_id = %emulator.oauth_client().client_id,
         admin = %emulator.admin_email(),
         users,
         messages,

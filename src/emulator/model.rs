@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::errors::GoogleError;
 use super::generate::{self, MessageSpec};
+use super::grants::OAuthState;
 use super::util::{SplitMix, hash, hash_str};
 
 /// System labels, in bit order: bit `i` of a [`LabelMask`] is `SYSTEM_LABELS[i]`.
@@ -818,6 +819,10 @@ pub(crate) enum ApiMethod {
     DirectoryUsersGet,
     DirectoryMembersList,
     Token,
+    Authorize,
+    Revoke,
+    Userinfo,
+    Tokeninfo,
 }
 
 impl ApiMethod {
@@ -832,17 +837,27 @@ impl ApiMethod {
             ApiMethod::DirectoryUsersGet => "directory.users.get",
             ApiMethod::DirectoryMembersList => "directory.members.list",
             ApiMethod::Token => "oauth2.token",
+            ApiMethod::Authorize => "oauth2.authorize",
+            ApiMethod::Revoke => "oauth2.revoke",
+            ApiMethod::Userinfo => "oauth2.userinfo",
+            ApiMethod::Tokeninfo => "oauth2.tokeninfo",
         }
     }
 
-    /// Quota units under the 2026 regime; Directory and token calls are not charged.
+    /// Quota units under the 2026 regime; Directory and OAuth calls are not charged.
     pub(crate) fn cost(self) -> u64 {
         match self {
             ApiMethod::GetProfile | ApiMethod::LabelsList => 1,
             ApiMethod::HistoryList => 2,
             ApiMethod::MessagesList => 5,
             ApiMethod::MessagesGet | ApiMethod::AttachmentsGet => 20,
-            ApiMethod::DirectoryUsersGet | ApiMethod::DirectoryMembersList | ApiMethod::Token => 0,
+            ApiMethod::DirectoryUsersGet
+            | ApiMethod::DirectoryMembersList
+            | ApiMethod::Token
+            | ApiMethod::Authorize
+            | ApiMethod::Revoke
+            | ApiMethod::Userinfo
+            | ApiMethod::Tokeninfo => 0,
         }
     }
 
@@ -877,6 +892,11 @@ pub(crate) struct IssuedToken {
     pub(crate) subject: Option<String>,
     pub(crate) scopes: Vec<String>,
     pub(crate) expires_at_ms: i64,
+    /// The OAuth client it was issued to: the service account's numeric ID, or the web client.
+    pub(crate) client_id: String,
+    /// The consent-flow session it belongs to (`None` for a service-account token): revoking
+    /// the session or the user's grant ends the token before it expires.
+    pub(crate) session: Option<u64>,
 }
 
 /// How the seeded state is built; kept so that `POST /reset` can rebuild it.
@@ -926,6 +946,8 @@ pub(crate) struct World {
     /// The DWD table: client ID → scopes.
     pub(crate) grants: HashMap<String, BTreeSet<String>>,
     pub(crate) tokens: HashMap<String, IssuedToken>,
+    /// The per-user web-server flow: policy, grants, codes, sessions, refresh tokens.
+    pub(crate) oauth: OAuthState,
     pub(crate) quota: QuotaConfig,
     pub(crate) project_window: Window,
     pub(crate) faults: FaultConfig,
@@ -943,6 +965,7 @@ impl World {
             registered_grants: HashMap::new(),
             grants: HashMap::new(),
             tokens: HashMap::new(),
+            oauth: OAuthState::default(),
             quota: QuotaConfig::default(),
             project_window: Window::default(),
             faults: FaultConfig::default(),
@@ -1008,16 +1031,25 @@ impl World {
         }
     }
 
-    /// Back to the seeded state: users, mailboxes, grants, faults, quota and counters. Issued
-    /// tokens and registered service accounts survive, like a real token outliving a test step.
+    /// Back to the seeded state: users, mailboxes, grants, consent-flow state, faults, quota
+    /// and counters. Service-account tokens and registered service accounts survive, like a
+    /// real token outliving a test step; consent-flow tokens die with their sessions.
     pub(crate) fn reset(&mut self) {
         self.populate();
         self.grants = self.registered_grants.clone();
+        self.oauth.reset();
         self.quota = QuotaConfig::default();
         self.project_window = Window::default();
         self.faults = FaultConfig::default();
         self.fault_rng = SplitMix::new(self.seeding.seed);
         self.stats = Stats::default();
+    }
+
+    /// An access token that is unexpired at `now` and whose consent session, if any, is live.
+    pub(crate) fn live_token(&self, token: &str, now: i64) -> Option<&IssuedToken> {
+        self.tokens.get(token).filter(|t| {
+            t.expires_at_ms > now && t.session.is_none_or(|id| self.oauth.session_live(id))
+        })
     }
 
     pub(crate) fn user(&self, email: &str) -> Option<&User> {

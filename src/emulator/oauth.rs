@@ -1,4 +1,6 @@
-//! The OAuth 2.0 JWT-bearer token endpoint and the emulator's service-account key.
+//! The OAuth 2.0 token endpoint (the JWT-bearer grant here, the web client's grants in
+//! `consent`) and the emulator's process key: the service-account key, which also signs ID
+//! tokens.
 //!
 //! The endpoint checks an assertion the way Google does for domain-wide delegation: RS256
 //! signature against the registered key, `aud`, `iat`/`exp`, `scope` against the DWD grant of the
@@ -11,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::Context as _;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::Engine as _;
 use rand::Rng as _;
@@ -25,8 +27,9 @@ use sha2::{Digest as _, Sha256};
 
 use super::ServiceAccountInfo;
 use super::clock::wall_ms;
+use super::consent;
 use super::errors::oauth_error;
-use super::model::{ApiMethod, IssuedToken, ServiceAccount};
+use super::model::{ApiMethod, IssuedToken, ServiceAccount, World};
 use super::server::Shared;
 use super::util::{URL_SAFE_LENIENT, hash, json_response, param, query_pairs};
 
@@ -43,7 +46,8 @@ const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const CLOCK_SKEW_S: i64 = 300;
 /// Google refuses assertions valid for longer than 65 minutes.
 const MAX_ASSERTION_LIFETIME_S: i64 = 3900;
-const TOKEN_LIFETIME_S: i64 = 3600;
+/// Access tokens live an hour (Google reports `expires_in` 3599 or so).
+pub(crate) const TOKEN_LIFETIME_S: i64 = 3600;
 
 const UNAUTHORIZED_CLIENT: &str = "Client is unauthorized to retrieve access tokens using this method, or client not authorized for any of the scopes requested.";
 const SHORT_LIVED: &str = "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. Check your 'iat' and 'exp' values in the JWT claim.";
@@ -74,14 +78,7 @@ pub(crate) fn write_service_account_key(
     let seed = shared.lock().seeding.seed;
     let client_id = format!("1{:020}", hash(&[seed, 0x5341]));
     let client_email = "gmail-ingest@emulator-project.iam.gserviceaccount.com".to_owned();
-    let key_id = {
-        let digest = Sha256::digest(pem.as_bytes());
-        digest
-            .iter()
-            .take(20)
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let key_id = process_key_id()?;
     let document = json!({
         "type": "service_account",
         "project_id": "emulator-project",
@@ -121,7 +118,7 @@ pub(crate) fn write_service_account_key(
     })
 }
 
-fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -181,30 +178,37 @@ fn decode_assertion(assertion: &str) -> Option<Assertion> {
     })
 }
 
-/// `POST /token`.
-pub(crate) async fn token(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+/// `POST /token`: the JWT-bearer grant here, the authorization-code and refresh-token grants of
+/// the web client in `consent`.
+pub(crate) async fn token(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let latency = shared.lock().roll_fault_latency_only();
     if latency > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
     }
-    let response = exchange(&shared, &body);
+    let form = query_pairs(Some(&String::from_utf8_lossy(&body)));
+    let response = match param(&form, "grant_type").unwrap_or_default() {
+        JWT_BEARER => exchange(&shared, &form),
+        grant @ ("authorization_code" | "refresh_token") => {
+            consent::token_grant(&shared, grant, &headers, &form).await
+        }
+        other => oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            &format!("Invalid grant_type: {other}"),
+        ),
+    };
     shared
         .lock()
         .record(ApiMethod::Token, response.status().as_u16(), None);
     response
 }
 
-fn exchange(shared: &Shared, body: &[u8]) -> Response {
-    let form = query_pairs(Some(&String::from_utf8_lossy(body)));
-    let grant_type = param(&form, "grant_type").unwrap_or_default();
-    if grant_type != JWT_BEARER {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            &format!("Invalid grant_type: {grant_type}"),
-        );
-    }
-    let Some(assertion) = param(&form, "assertion") else {
+fn exchange(shared: &Shared, form: &[(String, String)]) -> Response {
+    let Some(assertion) = param(form, "assertion") else {
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
@@ -299,34 +303,65 @@ fn exchange(shared: &Shared, body: &[u8]) -> Response {
             return oauth_error(StatusCode::BAD_REQUEST, &error, description);
         }
     }
-    let token: String = {
-        let mut rng = rand::rng();
-        let body: String = (0..64)
-            .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
-            .collect();
-        format!("ya29.emu.{body}")
-    };
-    let now_ms = shared.clock.now_ms();
-    if world.tokens.len() > 10_000 {
-        world.tokens.retain(|_, t| t.expires_at_ms > now_ms);
-    }
-    world.tokens.insert(
-        token.clone(),
+    let token = issue_access_token(
+        &mut world,
+        shared.clock.now_ms(),
         IssuedToken {
-            subject: subject.clone(),
+            subject,
             scopes: scopes.clone(),
-            expires_at_ms: now_ms + TOKEN_LIFETIME_S * 1000,
+            expires_at_ms: 0,
+            client_id: account.client_id.clone(),
+            session: None,
         },
     );
-    if let Some(sub) = subject {
-        *world.stats.tokens_issued.entry(sub).or_default() += 1;
-    }
     drop(world);
     json_response(
         StatusCode::OK,
         &json!({"access_token": token, "expires_in": TOKEN_LIFETIME_S, "token_type": "Bearer", "scope": scopes.join(" ")}),
         false,
     )
+}
+
+/// `n` random alphanumeric characters: the body of every opaque token and code.
+pub(crate) fn random_string(n: usize) -> String {
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
+        .collect()
+}
+
+/// Stores a new access token valid for [`TOKEN_LIFETIME_S`] from `now_ms` (the emulator's
+/// clock), counts it for its subject and returns it. `issued.expires_at_ms` is overwritten.
+pub(crate) fn issue_access_token(world: &mut World, now_ms: i64, issued: IssuedToken) -> String {
+    let token = format!("ya29.emu.{}", random_string(64));
+    if world.tokens.len() > 10_000 {
+        world.tokens.retain(|_, t| t.expires_at_ms > now_ms);
+    }
+    if let Some(subject) = &issued.subject {
+        *world
+            .stats
+            .tokens_issued
+            .entry(subject.clone())
+            .or_default() += 1;
+    }
+    world.tokens.insert(
+        token.clone(),
+        IssuedToken {
+            expires_at_ms: now_ms + TOKEN_LIFETIME_S * 1000,
+            ..issued
+        },
+    );
+    token
+}
+
+/// The `kid` of the process key: the service-account key's `private_key_id`, and the key ID in
+/// ID-token headers and `/oauth2/v3/certs`.
+pub(crate) fn process_key_id() -> anyhow::Result<String> {
+    let pem = process_key()?
+        .to_pkcs8_pem(LineEnding::LF)
+        .context("encoding the emulator's key as PKCS#8")?;
+    let digest = Sha256::digest(pem.as_bytes());
+    Ok(digest.iter().take(20).map(|b| format!("{b:02x}")).collect())
 }
 
 fn audience_ok(shared: &Shared, aud: &str) -> bool {

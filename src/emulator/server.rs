@@ -15,6 +15,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::OAuthClientInfo;
 use super::clock::Clock;
 use super::errors::GoogleError;
 use super::model::{ApiMethod, Fault, World};
@@ -27,6 +28,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Clock,
     pub(crate) token_url: String,
     pub(crate) port: u16,
+    /// The registered web client; fixed for the emulator's life (`POST /reset` keeps it).
+    pub(crate) oauth_client: OAuthClientInfo,
 }
 
 impl std::fmt::Debug for Shared {
@@ -38,12 +41,18 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(world: World, token_url: String, port: u16) -> Self {
+    pub(crate) fn new(
+        world: World,
+        token_url: String,
+        port: u16,
+        oauth_client: OAuthClientInfo,
+    ) -> Self {
         Self {
             world: Mutex::new(world),
             clock: Clock::default(),
             token_url,
             port,
+            oauth_client,
         }
     }
 
@@ -114,7 +123,7 @@ impl Drop for InFlight {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -130,9 +139,7 @@ fn admit(
 ) -> Result<Caller, GoogleError> {
     let token = bearer(headers).ok_or_else(GoogleError::unauthenticated)?;
     let issued = world
-        .tokens
-        .get(token)
-        .filter(|t| t.expires_at_ms > now)
+        .live_token(token, now)
         .ok_or_else(GoogleError::unauthenticated)?;
     let Some(subject) = issued.subject.clone() else {
         return Err(GoogleError::failed_precondition(

@@ -9,6 +9,7 @@ mod daemon;
 mod deploy;
 mod emulator;
 mod emulator_helpers;
+mod emulator_oauth;
 mod helpers;
 mod normalize;
 mod outage;
