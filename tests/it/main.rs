@@ -12,6 +12,7 @@ mod emulator_helpers;
 mod emulator_oauth;
 mod helpers;
 mod normalize;
+mod oauth;
 mod outage;
 mod pg;
 mod security;
