@@ -110,8 +110,16 @@ fn location(r: &reqwest::Response) -> String {
         .to_owned()
 }
 
+/// Where the callback is opened: in the browser that began the flow (with
+/// its cookie), the same one after a pause, or another one (no cookie).
+enum Browser {
+    Same,
+    SameAfter(Duration),
+    Other,
+}
+
 /// The browser's side of a consent: authorize → Google (emulator) → callback.
-/// `tamper` may rewrite the callback URL; `with_cookie` false drops the cookie.
+/// `tamper` may rewrite the callback URL.
 struct Consent {
     status: StatusCode,
     body: String,
@@ -121,7 +129,7 @@ async fn consent_with(
     base: &str,
     mailbox: &str,
     tamper: impl FnOnce(String) -> String,
-    with_cookie: bool,
+    browser: Browser,
 ) -> Consent {
     let http = no_redirects();
     let r = http
@@ -152,8 +160,13 @@ async fn consent_with(
     assert_eq!(r.status(), StatusCode::FOUND, "the emulator redirects back");
     let callback = tamper(location(&r));
     let mut req = http.get(&callback);
-    if with_cookie {
-        req = req.header(reqwest::header::COOKIE, cookie);
+    match browser {
+        Browser::Same => req = req.header(reqwest::header::COOKIE, cookie),
+        Browser::SameAfter(wait) => {
+            tokio::time::sleep(wait).await;
+            req = req.header(reqwest::header::COOKIE, cookie);
+        }
+        Browser::Other => {}
     }
     let r = req.send().await.unwrap();
     Consent {
@@ -163,7 +176,7 @@ async fn consent_with(
 }
 
 async fn consent(base: &str, mailbox: &MailboxAddress) -> Consent {
-    consent_with(base, mailbox.as_str(), |u| u, true).await
+    consent_with(base, mailbox.as_str(), |u| u, Browser::Same).await
 }
 
 async fn oauth_control(w: &World, method: reqwest::Method, body: Option<Value>) -> Value {
@@ -310,10 +323,10 @@ async fn tampered_expired_foreign_and_wrong_account_consents_are_refused() {
     let d = Daemon::start(&w).await;
 
     // A foreign domain never reaches Google.
-    let c = consent_with(&d.consent, "someone@evil.example", |u| u, true).await;
+    let c = consent_with(&d.consent, "someone@evil.example", |u| u, Browser::Same).await;
     assert_eq!(c.status, StatusCode::FORBIDDEN);
     assert!(c.body.contains("not in a domain"), "{}", c.body);
-    let c = consent_with(&d.consent, "not an address", |u| u, true).await;
+    let c = consent_with(&d.consent, "not an address", |u| u, Browser::Same).await;
     assert_eq!(c.status, StatusCode::BAD_REQUEST);
 
     // A tampered state.
@@ -339,14 +352,14 @@ async fn tampered_expired_foreign_and_wrong_account_consents_are_refused() {
             url.query_pairs_mut().clear().extend_pairs(pairs);
             url.to_string()
         },
-        true,
+        Browser::Same,
     )
     .await;
     assert_eq!(c.status, StatusCode::BAD_REQUEST);
     assert!(c.body.contains("not valid"), "{}", c.body);
 
     // Another browser (no flow cookie).
-    let c = consent_with(&d.consent, m.as_str(), |u| u, false).await;
+    let c = consent_with(&d.consent, m.as_str(), |u| u, Browser::Other).await;
     assert_eq!(c.status, StatusCode::BAD_REQUEST);
     assert!(c.body.contains("another browser"), "{}", c.body);
 
@@ -354,11 +367,8 @@ async fn tampered_expired_foreign_and_wrong_account_consents_are_refused() {
     let c = consent_with(
         &d.consent,
         m.as_str(),
-        |u| {
-            std::thread::sleep(Duration::from_millis(3100));
-            u
-        },
-        true,
+        |u| u,
+        Browser::SameAfter(Duration::from_millis(3100)),
     )
     .await;
     assert_eq!(c.status, StatusCode::BAD_REQUEST);
