@@ -847,6 +847,6 @@ fn the_container_image_runs_as_a_non_root_user() {
     assert!(
         lines[..final_from]
             .iter()
-            .any(|l| l.contains("cargo build --release --locked"))
+            .any(|l| l.contains("cargo build --profile dist --locked"))
     );
 }

@@ -431,6 +431,36 @@ async fn disconnect_with_and_without_purge(backend: Backend) {
         })
         .await;
     }
+    let cfg = w.dir.path().join("oauth.toml");
+    let o = &w.settings.oauth;
+    crate::chaos_helpers::write_config(
+        &w,
+        &cfg,
+        &format!(
+            "[oauth]\nenabled = true\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\npublic_base_url = \"{}\"\ntoken_encryption_key_file = \"{}\"\naccounts_base_url = \"{}\"\n",
+            o.client_id,
+            o.client_secret_file,
+            o.public_base_url,
+            o.token_encryption_key_file,
+            o.accounts_base_url
+        ),
+    );
+    // `check` refreshes each OAuth mailbox's token and reads its profile.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gmail-ingest"))
+        .args(["--config", cfg.to_str().unwrap(), "check"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("{a}: OAuth token from the owner's consent")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{b}: profile (")), "{text}");
     let oauth = w.ctx.oauth.clone().expect("oauth service");
 
     // The owner's link: GET shows a form and changes nothing; POST disconnects.
@@ -486,20 +516,6 @@ async fn disconnect_with_and_without_purge(backend: Backend) {
     );
 
     // The operator, with --purge, through the CLI.
-    let cfg = w.dir.path().join("oauth.toml");
-    let o = &w.settings.oauth;
-    crate::chaos_helpers::write_config(
-        &w,
-        &cfg,
-        &format!(
-            "[oauth]\nenabled = true\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\npublic_base_url = \"{}\"\ntoken_encryption_key_file = \"{}\"\naccounts_base_url = \"{}\"\n",
-            o.client_id,
-            o.client_secret_file,
-            o.public_base_url,
-            o.token_encryption_key_file,
-            o.accounts_base_url
-        ),
-    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gmail-ingest"))
         .args([
             "--config",
