@@ -52,6 +52,8 @@ pub struct OAuthService {
     gmail_scopes: Vec<String>,
     state_ttl: chrono::Duration,
     link_ttl: chrono::Duration,
+    /// `integration.enabled`: when false no new consent is taken (disconnecting still works).
+    integration_enabled: bool,
 }
 
 impl std::fmt::Debug for OAuthService {
@@ -81,6 +83,8 @@ struct FlowState {
 /// Why a consent was not stored, phrased for the person in front of the browser.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsentError {
+    #[error("this service is switched off by its administrator; nothing can be authorized now")]
+    Disabled,
     #[error("this mailbox address is not valid: {0}")]
     BadMailbox(String),
     #[error("{0} is not in a domain this service may read")]
@@ -113,6 +117,7 @@ impl ConsentError {
     /// Bounded label for the consent metric.
     pub fn outcome(&self) -> &'static str {
         match self {
+            Self::Disabled => "disabled",
             Self::BadMailbox(_) => "bad_mailbox",
             Self::ForeignDomain(_) => "foreign_domain",
             Self::InvalidState => "invalid_state",
@@ -140,7 +145,7 @@ impl ConsentError {
             | Self::Unverified
             | Self::ScopeMissing => 403,
             Self::NoRefreshToken | Self::Google(_) => 502,
-            Self::Store(_) => 503,
+            Self::Store(_) | Self::Disabled => 503,
         }
     }
 }
@@ -248,6 +253,7 @@ impl OAuthService {
                 .context("oauth.state_ttl is too large")?,
             link_ttl: chrono::Duration::from_std(o.disconnect_link_ttl)
                 .context("oauth.disconnect_link_ttl is too large")?,
+            integration_enabled: settings.integration.enabled,
         })))
     }
 
@@ -291,6 +297,9 @@ impl OAuthService {
     /// Step 1: checks the mailbox and makes Google's authorization URL with
     /// a sealed state, a PKCE challenge and a browser-binding nonce.
     pub fn begin(&self, mailbox: &str) -> Result<FlowStart, ConsentError> {
+        if !self.integration_enabled {
+            return Err(ConsentError::Disabled);
+        }
         let mailbox = self.check_mailbox(mailbox)?;
         let verifier = self.keys.random_token(32);
         let nonce = self.keys.random_token(16);
@@ -346,6 +355,9 @@ impl OAuthService {
         code: Option<&str>,
         error: Option<&str>,
     ) -> Result<ConsentOutcome, ConsentError> {
+        if !self.integration_enabled {
+            return Err(ConsentError::Disabled);
+        }
         let st = self.open_state(state, cookie_nonce)?;
         let expected = self.check_mailbox(&st.m)?;
         if let Some(err) = error {

@@ -405,6 +405,17 @@ async fn tampered_expired_foreign_and_wrong_account_consents_are_refused() {
     assert_eq!(c.status, StatusCode::FORBIDDEN);
     assert!(c.body.contains("Google did not grant access"), "{}", c.body);
 
+    // The admin's off switch: no consent is taken while integration.enabled is false.
+    d.stop().await;
+    let mut off = w.settings.clone();
+    off.integration.enabled = false;
+    let w = World { settings: off, ..w };
+    let d = Daemon::start(&w).await;
+    oauth_control(&w, reqwest::Method::PUT, Some(json!({"blocked_users": []}))).await;
+    let c = consent(&d.consent, &m).await;
+    assert_eq!(c.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(c.body.contains("switched off"), "{}", c.body);
+
     // Nothing was stored by any of them.
     assert!(w.ctx.store.list_oauth_tokens().await.unwrap().is_empty());
     assert!(w.ctx.store.list_subscriptions().await.unwrap().is_empty());
