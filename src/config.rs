@@ -498,6 +498,30 @@ mod tests {
     }
 
     #[test]
+    fn oauth_needs_its_settings_and_alone_may_do_without_a_key_file() {
+        let err = load("[oauth]\nenabled = true\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("oauth.client_id must be set"), "{err}");
+        let full = "[oauth]\nenabled = true\nclient_id = \"1.apps.googleusercontent.com\"\n\
+                    client_secret_file = \"/s\"\ntoken_encryption_key_file = \"/k\"\n\
+                    public_base_url = \"https://ingest.example.com\"\n";
+        assert!(load(full, &[]).is_ok());
+        let err = load(&full.replace("https://ingest.example.com", "ingest"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("oauth.public_base_url"), "{err}");
+        // An OAuth-only deployment has no service-account key; DWD needs one.
+        let no_key = "[google]\nservice_account_key_file = \"\"\n";
+        assert!(load(&format!("{no_key}{full}"), &[]).is_ok());
+        let err = load(no_key, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("google.service_account_key_file must be set"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn layers_apply_in_order_file_then_env() {
         let s = load(
             "[sync]\npoll_interval = \"5m\"\n[database]\nurl = \"sqlite://a.db\"\n",
