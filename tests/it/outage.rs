@@ -61,7 +61,14 @@ async fn the_daemon_rides_out_killed_database_connections_and_converges() {
     let mut killer = PgConnection::connect(w.settings.database.url.expose())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Start the outage once the full sync is under way (a loaded machine can
+    // take seconds to store the first batch; a fixed pause made this flaky).
+    let begun = Instant::now();
+    while w.ctx.store.count_messages(&m).await.unwrap_or(0) == 0
+        && begun.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Act: kill every other connection to the database, ten times over ~4s.
     let mut killed = 0i64;
