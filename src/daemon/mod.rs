@@ -113,8 +113,10 @@ pub async fn run(
     notify::notify("READY=1");
 
     tokio::pin!(shutdown);
-    // If the scheduler falls silent, keep dispatching anyway (readiness still
-    // reports it stale, which is the truth an operator needs).
+    // If the scheduler falls silent, dispatch anyway and start a new one:
+    // tokio-cron-scheduler's repeated jobs never fire again once the process
+    // was paused past their period (SIGSTOP, a VM pause, a clock step), which
+    // would leave /readyz stale for good. Readiness reports the silent window.
     let silence = health.tick_budget;
     loop {
         let tick = tokio::select! {
@@ -123,7 +125,15 @@ pub async fn run(
                 Ok(Some(tick)) => tick,
                 Ok(None) => break,
                 Err(_) => {
-                    tracing::warn!("The scheduler sent no tick for {:?}; dispatching anyway.", silence);
+                    tracing::warn!(
+                        "The scheduler sent no tick for {:?}; restarting it and dispatching meanwhile.",
+                        silence
+                    );
+                    let _ = tokio::time::timeout(Duration::from_secs(5), sched.shutdown()).await;
+                    match scheduler::start(&settings, tx.clone()).await {
+                        Ok(s) => sched = s,
+                        Err(e) => tracing::error!(error = %format!("{e:#}"), "Could not restart the scheduler."),
+                    }
                     Tick::SlotFreed
                 }
             },
