@@ -13,6 +13,7 @@ mod helpers;
 mod normalize;
 mod outage;
 mod pg;
+mod replicas;
 mod security;
 mod store;
 mod sync;
