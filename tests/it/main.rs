@@ -15,6 +15,7 @@ mod normalize;
 mod oauth;
 mod outage;
 mod pg;
+mod replicas;
 mod security;
 mod store;
 mod sync;
