@@ -11,8 +11,8 @@
 
 use std::panic;
 
-use gmail_ingest::sync::normalize::{NormalizeLimits, normalize};
 use libfuzzer_sys::fuzz_target;
+use normalizer::sync::normalize::{NormalizeLimits, normalize};
 
 /// mail-parser's recoverable-state debug assertions (`src/parsers/message.rs`).
 const MAIL_PARSER_DEBUG_ASSERTS: &[&str] = &[
