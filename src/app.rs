@@ -109,13 +109,11 @@ pub async fn context(settings: Settings) -> anyhow::Result<SyncContext> {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        // Install the recorder before anything counts, or early events are lost.
-        crate::telemetry::metrics_handle();
-        let listen = settings.http.listen.clone();
         // Install the metrics recorder before any work: it used to be
         // installed by the first /metrics scrape, so every event before that
         // scrape was lost.
         crate::telemetry::metrics_handle();
+        let listen = settings.http.listen.clone();
         let ctx = context(settings).await?;
         let instance_lock = match ctx.store.sqlite_path() {
             Some(p) => Some(lock_sqlite(p)?),
