@@ -253,7 +253,7 @@ pub async fn sync_with(
             && s.auth_mode == crate::domain::AuthMode::Delegated
     }) {
         if only.as_ref().is_none_or(|m| m == &s.mailbox)
-            && let Err(e) = gate::check_mailbox(ctx, &s.mailbox).await
+            && let Err(e) = gate::check_subscription(ctx, &s.mailbox, Some(s)).await
         {
             tracing::warn!(mailbox = %s.mailbox, error = %format!("{e:#}"), "Org-unit re-check failed.");
         }

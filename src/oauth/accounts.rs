@@ -264,25 +264,19 @@ impl AccountsClient {
                 format!("token endpoint answered {status} without JSON"),
             )
         })?;
-        match (status, parsed.access_token) {
-            (200..=299, Some(access)) => Ok(CodeGrant {
-                access_token: SecretString::from(access),
-                refresh_token: parsed.refresh_token.map(SecretString::from),
-                scopes: parsed
-                    .scope
-                    .unwrap_or_default()
-                    .split_whitespace()
-                    .map(str::to_owned)
-                    .collect(),
-            }),
-            (_, _) => Err(Self::token_failure(
-                status,
-                &TokenBody {
-                    access_token: None,
-                    ..parsed
-                },
-            )),
+        if !(200..300).contains(&status) || parsed.access_token.is_none() {
+            return Err(Self::token_failure(status, &parsed));
         }
+        Ok(CodeGrant {
+            access_token: SecretString::from(parsed.access_token.unwrap_or_default()),
+            refresh_token: parsed.refresh_token.map(SecretString::from),
+            scopes: parsed
+                .scope
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+        })
     }
 
     /// The `refresh_token` grant. `invalid_grant` means the consent is gone

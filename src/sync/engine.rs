@@ -225,9 +225,9 @@ async fn run_pass(
             .get_subscription(&mailbox)
             .await
             .map_err(|e| ("database", format!("reading the subscription: {e}")))?;
-        let mode = sub.map_or(AuthMode::Delegated, |s| s.auth_mode);
+        let mode = sub.as_ref().map_or(AuthMode::Delegated, |s| s.auth_mode);
         let decision = match mode {
-            AuthMode::Delegated => gate::check_mailbox(ctx, &mailbox)
+            AuthMode::Delegated => gate::check_subscription(ctx, &mailbox, sub.as_ref())
                 .await
                 .map_err(|e| ("directory", format!("org-unit check failed: {e:#}")))?,
             AuthMode::OAuth => gate::evaluate_consented(&ctx.policy, &mailbox),

@@ -80,11 +80,13 @@ pub fn evaluate_consented(
 }
 
 /// Checks one mailbox against the Directory and applies the decision to its
-/// subscription (suspend / reinstate). Errors mean "could not check": the
-/// caller must not impersonate the mailbox then either.
-pub async fn check_mailbox(
+/// subscription `sub` as the caller read it (suspend / reinstate; the update
+/// is a compare-and-set, so a status changed meanwhile wins). Errors mean
+/// "could not check": the caller must not impersonate the mailbox then either.
+pub async fn check_subscription(
     ctx: &SyncContext,
     mailbox: &MailboxAddress,
+    sub: Option<&crate::store::Subscription>,
 ) -> anyhow::Result<GateDecision> {
     let user = if ctx.policy.domain_allowed(mailbox) {
         ctx.google
@@ -100,12 +102,7 @@ pub async fn check_mailbox(
         .record_org_unit(mailbox, org_unit.as_deref())
         .await
         .context("recording the org unit")?;
-    let Some(sub) = ctx
-        .store
-        .get_subscription(mailbox)
-        .await
-        .context("reading the subscription")?
-    else {
+    let Some(sub) = sub else {
         return Ok(decision);
     };
     let action = match (&decision, sub.status) {
@@ -172,7 +169,7 @@ pub async fn check_all(
                 SubscriptionStatus::Active | SubscriptionStatus::Suspended
             )
         {
-            let r = check_mailbox(ctx, &sub.mailbox).await;
+            let r = check_subscription(ctx, &sub.mailbox, Some(&sub)).await;
             out.push((sub.mailbox, r));
         }
     }
