@@ -40,6 +40,7 @@ use crate::domain::{
 
 #[doc(hidden)]
 pub mod conformance;
+mod migrations;
 mod postgres;
 mod shared;
 mod sqlite;
@@ -853,24 +854,51 @@ pub(crate) fn fts_addresses(content: &NormalizedMessage) -> String {
 // Raw rows (one FromRow type serves both backends).
 // ---------------------------------------------------------------------------
 
-#[derive(sqlx::FromRow)]
-pub(crate) struct SubscriptionRow {
-    mailbox: String,
-    status: String,
-    label_filter: String,
-    requested_by: String,
-    requested_at: DateTime<Utc>,
-    approved_by: Option<String>,
-    approved_at: Option<DateTime<Utc>>,
-    last_reviewed_at: Option<DateTime<Utc>>,
-    reviewed_by: Option<String>,
-    org_unit_seen: Option<String>,
-    org_unit_checked_at: Option<DateTime<Utc>>,
-    note: Option<String>,
-    status_reason: Option<String>,
-    auth_mode: String,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
+/// Declares a row struct read by column name (the column is the field's name)
+/// on either backend: what sqlx's `FromRow` derive generates. sqlx's derive
+/// and `migrate!` are proc macros whose crate builds the SQLite and PostgreSQL
+/// drivers (and bundled SQLite's C) a second time, for the compiler: about a
+/// minute of CPU on a cold build, which the first `demo` pays.
+macro_rules! row_struct {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $($field: $ty,)*
+        }
+
+        impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for $name
+        where
+            &'static str: sqlx::ColumnIndex<R>,
+            $($ty: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,)*
+        {
+            fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+                Ok(Self {
+                    $($field: row.try_get(stringify!($field))?,)*
+                })
+            }
+        }
+    };
+}
+
+row_struct! {
+    pub(crate) struct SubscriptionRow {
+        mailbox: String,
+        status: String,
+        label_filter: String,
+        requested_by: String,
+        requested_at: DateTime<Utc>,
+        approved_by: Option<String>,
+        approved_at: Option<DateTime<Utc>>,
+        last_reviewed_at: Option<DateTime<Utc>>,
+        reviewed_by: Option<String>,
+        org_unit_seen: Option<String>,
+        org_unit_checked_at: Option<DateTime<Utc>>,
+        note: Option<String>,
+        status_reason: Option<String>,
+        auth_mode: String,
+        created_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+    }
 }
 
 impl TryFrom<SubscriptionRow> for Subscription {
@@ -898,15 +926,16 @@ impl TryFrom<SubscriptionRow> for Subscription {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(crate) struct OAuthTokenRow {
-    mailbox: String,
-    refresh_token_ciphertext: String,
-    key_id: String,
-    scopes: String,
-    google_subject: Option<String>,
-    consented_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
+row_struct! {
+    pub(crate) struct OAuthTokenRow {
+        mailbox: String,
+        refresh_token_ciphertext: String,
+        key_id: String,
+        scopes: String,
+        google_subject: Option<String>,
+        consented_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+    }
 }
 
 impl TryFrom<OAuthTokenRow> for OAuthToken {
@@ -924,16 +953,17 @@ impl TryFrom<OAuthTokenRow> for OAuthToken {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(crate) struct EventRow {
-    id: i64,
-    mailbox: String,
-    at: DateTime<Utc>,
-    actor: String,
-    action: String,
-    old_status: Option<String>,
-    new_status: String,
-    reason: Option<String>,
+row_struct! {
+    pub(crate) struct EventRow {
+        id: i64,
+        mailbox: String,
+        at: DateTime<Utc>,
+        actor: String,
+        action: String,
+        old_status: Option<String>,
+        new_status: String,
+        reason: Option<String>,
+    }
 }
 
 impl TryFrom<EventRow> for SubscriptionEvent {
@@ -960,22 +990,23 @@ fn history(v: Option<i64>) -> Result<Option<HistoryId>, StoreError> {
     v.map(HistoryId::from_i64).transpose().map_err(decode_err)
 }
 
-#[derive(sqlx::FromRow)]
-pub(crate) struct SyncStateRow {
-    mailbox: String,
-    phase: String,
-    history_id: Option<i64>,
-    page_token: Option<String>,
-    full_sync_history_id: Option<i64>,
-    full_sync_generation: i64,
-    last_success_at: Option<DateTime<Utc>>,
-    next_poll_at: Option<DateTime<Utc>>,
-    consecutive_failures: i64,
-    last_error: Option<String>,
-    lease_owner: Option<String>,
-    lease_epoch: i64,
-    lease_expires_at: Option<DateTime<Utc>>,
-    updated_at: DateTime<Utc>,
+row_struct! {
+    pub(crate) struct SyncStateRow {
+        mailbox: String,
+        phase: String,
+        history_id: Option<i64>,
+        page_token: Option<String>,
+        full_sync_history_id: Option<i64>,
+        full_sync_generation: i64,
+        last_success_at: Option<DateTime<Utc>>,
+        next_poll_at: Option<DateTime<Utc>>,
+        consecutive_failures: i64,
+        last_error: Option<String>,
+        lease_owner: Option<String>,
+        lease_epoch: i64,
+        lease_expires_at: Option<DateTime<Utc>>,
+        updated_at: DateTime<Utc>,
+    }
 }
 
 impl TryFrom<SyncStateRow> for SyncState {
@@ -1000,19 +1031,20 @@ impl TryFrom<SyncStateRow> for SyncState {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(crate) struct StatusRow {
-    mailbox: String,
-    status: String,
-    phase: Option<String>,
-    history_id: Option<i64>,
-    last_success_at: Option<DateTime<Utc>>,
-    next_poll_at: Option<DateTime<Utc>>,
-    consecutive_failures: i64,
-    last_error: Option<String>,
-    lease_owner: Option<String>,
-    lease_expires_at: Option<DateTime<Utc>>,
-    messages: i64,
+row_struct! {
+    pub(crate) struct StatusRow {
+        mailbox: String,
+        status: String,
+        phase: Option<String>,
+        history_id: Option<i64>,
+        last_success_at: Option<DateTime<Utc>>,
+        next_poll_at: Option<DateTime<Utc>>,
+        consecutive_failures: i64,
+        last_error: Option<String>,
+        lease_owner: Option<String>,
+        lease_expires_at: Option<DateTime<Utc>>,
+        messages: i64,
+    }
 }
 
 impl TryFrom<StatusRow> for MailboxStatus {
@@ -1034,21 +1066,22 @@ impl TryFrom<StatusRow> for MailboxStatus {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(crate) struct RunRow {
-    mailbox: String,
-    kind: String,
-    replica: String,
-    started_at: DateTime<Utc>,
-    finished_at: Option<DateTime<Utc>>,
-    added: i64,
-    updated: i64,
-    deleted: i64,
-    label_changes: i64,
-    api_calls: i64,
-    quota_units: i64,
-    outcome: String,
-    error: Option<String>,
+row_struct! {
+    pub(crate) struct RunRow {
+        mailbox: String,
+        kind: String,
+        replica: String,
+        started_at: DateTime<Utc>,
+        finished_at: Option<DateTime<Utc>>,
+        added: i64,
+        updated: i64,
+        deleted: i64,
+        label_changes: i64,
+        api_calls: i64,
+        quota_units: i64,
+        outcome: String,
+        error: Option<String>,
+    }
 }
 
 impl TryFrom<RunRow> for SyncRunRow {
@@ -1072,15 +1105,16 @@ impl TryFrom<RunRow> for SyncRunRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(crate) struct ChangeRowDb {
-    id: i64,
-    mailbox: String,
-    gmail_id: String,
-    change: String,
-    label_id: Option<String>,
-    history_id: Option<i64>,
-    observed_at: DateTime<Utc>,
+row_struct! {
+    pub(crate) struct ChangeRowDb {
+        id: i64,
+        mailbox: String,
+        gmail_id: String,
+        change: String,
+        label_id: Option<String>,
+        history_id: Option<i64>,
+        observed_at: DateTime<Utc>,
+    }
 }
 
 impl TryFrom<ChangeRowDb> for MessageChange {
@@ -1098,11 +1132,12 @@ impl TryFrom<ChangeRowDb> for MessageChange {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(crate) struct LiveRow {
-    gmail_id: String,
-    thread_id: String,
-    label_ids: String,
+row_struct! {
+    pub(crate) struct LiveRow {
+        gmail_id: String,
+        thread_id: String,
+        label_ids: String,
+    }
 }
 
 impl TryFrom<LiveRow> for LiveMessage {
@@ -1118,11 +1153,12 @@ impl TryFrom<LiveRow> for LiveMessage {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(crate) struct HitRow {
-    mailbox: String,
-    gmail_id: String,
-    subject: Option<String>,
+row_struct! {
+    pub(crate) struct HitRow {
+        mailbox: String,
+        gmail_id: String,
+        subject: Option<String>,
+    }
 }
 
 impl TryFrom<HitRow> for SearchHit {
@@ -1136,12 +1172,13 @@ impl TryFrom<HitRow> for SearchHit {
     }
 }
 
-/// The state of a stored message that a batch plan depends on.
-#[derive(sqlx::FromRow)]
-pub(crate) struct ExistingRow {
-    gmail_id: String,
-    live: bool,
-    label_ids: String,
+row_struct! {
+    /// The state of a stored message that a batch plan depends on.
+    pub(crate) struct ExistingRow {
+        gmail_id: String,
+        live: bool,
+        label_ids: String,
+    }
 }
 
 fn convert<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>, StoreError> {

@@ -30,9 +30,6 @@ use super::{
 };
 use crate::domain::{ChangeKind, GmailMessageId, HistoryId, MailboxAddress, Operator};
 
-/// Migrations embedded at compile time from `migrations/postgres`.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::sqlx_macros::migrate!("migrations/postgres");
-
 /// How long `connect` waits for the first connection before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -73,7 +70,7 @@ impl PgStore {
     }
 
     pub(crate) async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
+        super::migrations::POSTGRES_MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
 
@@ -92,7 +89,7 @@ impl PgStore {
         } else {
             HashSet::new()
         };
-        Ok(pending(&MIGRATOR, &applied))
+        Ok(pending(&super::migrations::POSTGRES_MIGRATOR, &applied))
     }
 
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {

@@ -29,12 +29,6 @@ use super::{
 };
 use crate::domain::{ChangeKind, GmailMessageId, HistoryId, MailboxAddress, Operator};
 
-/// Migrations embedded at compile time from `migrations/sqlite`.
-///
-/// `sqlx::migrate!` needs sqlx's `macros` feature, which would also enable
-/// the `query!` macros we avoid; this is the proc macro it forwards to.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::sqlx_macros::migrate!("migrations/sqlite");
-
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -87,7 +81,7 @@ impl SqliteStore {
     }
 
     pub(crate) async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
+        super::migrations::SQLITE_MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
 
@@ -107,7 +101,7 @@ impl SqliteStore {
                 .map(|(v,)| v)
                 .collect()
         };
-        Ok(pending(&MIGRATOR, &applied))
+        Ok(pending(&super::migrations::SQLITE_MIGRATOR, &applied))
     }
 
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {
