@@ -101,8 +101,10 @@ impl PgStore {
         self.pool.close().await;
     }
 
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
-        Ok(self.pool.begin().await?)
+    /// A write transaction (the unit is SQLite's writer turn: PostgreSQL
+    /// has row locks and needs none).
+    async fn begin_write(&self) -> Result<((), sqlx::Transaction<'static, Postgres>), StoreError> {
+        Ok(((), self.pool.begin().await?))
     }
 
     pub(crate) async fn claim_due(
@@ -114,7 +116,7 @@ impl PgStore {
     ) -> Result<Vec<Lease>, StoreError> {
         let now = micros(now);
         let expires = plus(now, lease_for);
-        let mut tx = self.begin_write().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         // Rows are inserted in mailbox order so two replicas creating the
         // same rows wait on each other in the same order (no deadlock).
         sqlx::query(

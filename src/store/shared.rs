@@ -49,7 +49,7 @@ macro_rules! shared_store_impl {
             ) -> Result<Subscription, StoreError> {
                 let now = now();
                 let mailbox = s.mailbox.as_str();
-                let mut tx = self.begin_write().await?;
+                let (_turn, mut tx) = self.begin_write().await?;
                 let current: Option<(String,)> =
                     sqlx::query_as::<$db, (String,)>("SELECT status FROM subscriptions WHERE mailbox = $1")
                         .bind(mailbox)
@@ -168,7 +168,7 @@ macro_rules! shared_store_impl {
             ) -> Result<Subscription, StoreError> {
                 let now = now();
                 let mailbox = u.mailbox.as_str();
-                let mut tx = self.begin_write().await?;
+                let (_turn, mut tx) = self.begin_write().await?;
                 let row = sqlx::query_as::<$db, SubscriptionRow>(concat!(
                     "UPDATE subscriptions SET status = $3, \
                      approved_by = COALESCE($4, approved_by), \
@@ -266,7 +266,7 @@ macro_rules! shared_store_impl {
             ) -> Result<Subscription, StoreError> {
                 let now = now();
                 let mailbox = c.mailbox.as_str();
-                let mut tx = self.begin_write().await?;
+                let (_turn, mut tx) = self.begin_write().await?;
                 let current: Option<(String,)> =
                     sqlx::query_as::<$db, (String,)>("SELECT status FROM subscriptions WHERE mailbox = $1")
                         .bind(mailbox)
@@ -395,7 +395,7 @@ macro_rules! shared_store_impl {
             ) -> Result<Subscription, StoreError> {
                 let now = now();
                 let mailbox = m.as_str();
-                let mut tx = self.begin_write().await?;
+                let (_turn, mut tx) = self.begin_write().await?;
                 let current: Option<(String,)> =
                     sqlx::query_as::<$db, (String,)>("SELECT status FROM subscriptions WHERE mailbox = $1")
                         .bind(mailbox)
@@ -434,7 +434,7 @@ macro_rules! shared_store_impl {
                 &self,
                 m: &MailboxAddress,
             ) -> Result<PurgeCounts, StoreError> {
-                let mut tx = self.begin_write().await?;
+                let (_turn, mut tx) = self.begin_write().await?;
                 let mut run = async |sql: &'static str| -> Result<u64, StoreError> {
                     Ok(sqlx::query::<$db>(sql)
                         .bind(m.as_str())
@@ -513,7 +513,7 @@ macro_rules! shared_store_impl {
             ) -> Result<Option<Lease>, StoreError> {
                 let now = micros(now);
                 let expires = plus(now, lease_for);
-                let mut tx = self.begin_write().await?;
+                let (_turn, mut tx) = self.begin_write().await?;
                 sqlx::query::<$db>(
                     "INSERT INTO sync_state (mailbox, phase, updated_at) \
                      SELECT mailbox, 'initial', $2 FROM subscriptions \
@@ -667,7 +667,7 @@ macro_rules! shared_store_impl {
             ) -> Result<BatchStats, StoreError> {
                 let now = now();
                 let mailbox = l.mailbox.as_str();
-                let mut tx = self.begin_write().await?;
+                let (_turn, mut tx) = self.begin_write().await?;
                 Self::fence(&mut tx, l, now).await?;
 
                 // The stored state the plan depends on.
@@ -918,7 +918,7 @@ macro_rules! shared_store_impl {
                 f: &FailureRecord,
             ) -> Result<(), StoreError> {
                 let now = now();
-                let mut tx = self.begin_write().await?;
+                let (_turn, mut tx) = self.begin_write().await?;
                 let done = sqlx::query::<$db>(
                     "UPDATE sync_state SET phase = $5, last_error = $6, \
                      consecutive_failures = consecutive_failures + 1, next_poll_at = $7, \
