@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use self::scheduler::Tick;
 use self::worker::{Pool, ResyncRequests};
-use crate::domain::{SubscriptionStatus, SyncPhase};
+use crate::domain::{MailboxAddress, SubscriptionStatus, SyncPhase};
 use crate::events;
 use crate::sync::engine::SyncContext;
 use crate::sync::gate;
@@ -239,11 +239,15 @@ async fn fleet_snapshot(ctx: &SyncContext) -> anyhow::Result<(u64, u64)> {
     let mut at_risk = 0u64;
     let window = chrono::Duration::from_std(ctx.settings.sync.history_window_alert)
         .unwrap_or_else(|_| chrono::Duration::days(5));
+    // A set, not a scan of `subs` per state: at 10,000 mailboxes that was
+    // 10^8 comparisons every 30 s.
+    let active: std::collections::HashSet<&MailboxAddress> = subs
+        .iter()
+        .filter(|s| s.status == SubscriptionStatus::Active)
+        .map(|s| &s.mailbox)
+        .collect();
     for st in &states {
-        let active = subs
-            .iter()
-            .any(|s| s.mailbox == st.mailbox && s.status == SubscriptionStatus::Active);
-        if !active {
+        if !active.contains(&st.mailbox) {
             continue;
         }
         if let Some(e) = by_phase.iter_mut().find(|(p, _)| *p == st.phase) {
