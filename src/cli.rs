@@ -243,7 +243,11 @@ fn fmt_time(t: Option<DateTime<Utc>>) -> String {
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let url = settings.database.connect_url()?;
-    let store = Store::connect(url.expose(), settings.database.max_connections)
+    let options = crate::store::ConnectOptions {
+        max_connections: settings.database.max_connections,
+        idle_in_transaction_timeout: Some(settings.database.idle_in_transaction_timeout),
+    };
+    let store = Store::connect_with(url.expose(), options)
         .await
         .with_context(|| format!("opening database {}", url.redacted()))?;
     Ok(store)

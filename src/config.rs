@@ -89,6 +89,20 @@ pub struct DatabaseSettings {
     /// Optional file holding the password; it replaces the URL's password.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// PostgreSQL aborts a transaction of ours left idle this long
+    /// (`idle_in_transaction_session_timeout`), releasing its row locks, so a
+    /// replica frozen mid-transaction cannot pin mailboxes; `0s` leaves the
+    /// server's setting (e.g. one set on the role behind PgBouncer). Our
+    /// transactions never wait on anything but the database.
+    #[serde(
+        with = "humantime_serde",
+        default = "default_idle_in_transaction_timeout"
+    )]
+    pub idle_in_transaction_timeout: Duration,
+}
+
+fn default_idle_in_transaction_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl DatabaseSettings {
@@ -166,6 +180,14 @@ pub struct SyncSettings {
     pub history_window_alert: Duration,
     /// Messages written per database transaction during a full sync.
     pub batch_size: usize,
+    /// `sync_runs` rows older than this are deleted by the hourly
+    /// housekeeping; zero keeps them forever.
+    #[serde(with = "humantime_serde", default = "default_run_retention")]
+    pub run_retention: Duration,
+}
+
+fn default_run_retention() -> Duration {
+    Duration::from_secs(90 * 24 * 3600)
 }
 
 /// Quota units charged per Gmail method (2026 regime by default).
@@ -335,6 +357,16 @@ impl Settings {
         }
         if self.sync.lease_duration < Duration::from_secs(2) {
             bail!("configuration: sync.lease_duration must be at least 2s");
+        }
+        let keep = self.sync.run_retention;
+        if !keep.is_zero() && keep < Duration::from_secs(3600) {
+            bail!("configuration: sync.run_retention must be 0s (keep every run) or at least 1h");
+        }
+        let idle = self.database.idle_in_transaction_timeout;
+        if !idle.is_zero() && idle < Duration::from_secs(1) {
+            bail!(
+                "configuration: database.idle_in_transaction_timeout must be 0s (off) or at least 1s"
+            );
         }
         let uses_metadata_scope = self
             .google
@@ -557,6 +589,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("GMAIL_INGEST__SYNC__POLL_INTERVALL"), "{err}");
+    }
+
+    #[test]
+    fn idle_in_transaction_timeout_is_off_or_at_least_a_second() {
+        let s = load("", &[]).unwrap();
+        assert_eq!(
+            s.database.idle_in_transaction_timeout,
+            Duration::from_secs(60)
+        );
+        let s = load("[database]\nidle_in_transaction_timeout = \"0s\"\n", &[]).unwrap();
+        assert!(s.database.idle_in_transaction_timeout.is_zero());
+        let err = load("[database]\nidle_in_transaction_timeout = \"500ms\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("database.idle_in_transaction_timeout"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub const METRICS: &[(&str, &str)] = &[
     ),
     ("gmail_ingest_scheduler_ticks_total", "Scheduler ticks."),
     (
+        "gmail_ingest_rows_pruned_total",
+        "Rows deleted by housekeeping (sync_runs past sync.run_retention, old quota windows), by table.",
+    ),
+    (
         "gmail_ingest_mailboxes",
         "Subscribed mailboxes by sync phase.",
     ),
@@ -433,6 +437,27 @@ pub struct InFlight {
 impl InFlight {
     pub fn emit(&self) {
         gauge!("gmail_ingest_mailboxes_in_flight").set(self.count as f64);
+    }
+}
+
+/// The hourly housekeeping removed rows.
+pub struct Pruned<'a> {
+    pub pruned: &'a crate::store::Pruned,
+}
+
+impl Pruned<'_> {
+    pub fn emit(&self) {
+        let p = self.pruned;
+        counter!("gmail_ingest_rows_pruned_total", "table" => "sync_runs").increment(p.sync_runs);
+        counter!("gmail_ingest_rows_pruned_total", "table" => "quota_usage")
+            .increment(p.quota_windows);
+        if p.sync_runs > 0 || p.quota_windows > 0 {
+            tracing::info!(
+                sync_runs = p.sync_runs,
+                quota_windows = p.quota_windows,
+                "Housekeeping deleted old sync_runs rows and quota windows."
+            );
+        }
     }
 }
 

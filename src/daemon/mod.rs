@@ -100,6 +100,7 @@ pub async fn run(
     // A first tick right away rather than after one period.
     let _ = tx.try_send(Tick::Poll);
     let _ = tx.try_send(Tick::Fleet);
+    let _ = tx.try_send(Tick::Housekeeping);
 
     let pool = Pool {
         ctx: ctx.clone(),
@@ -216,6 +217,20 @@ async fn handle_tick(tick: Tick, pool: &Pool, health: &Health, tracker: &TaskTra
                 }
             });
         }
+        Tick::Housekeeping => {
+            let ctx = pool.ctx.clone();
+            let token = pool.shutdown.clone();
+            tracker.spawn(async move {
+                tokio::select! {
+                    () = token.cancelled() => {}
+                    r = housekeeping(&ctx, Utc::now()) => {
+                        if let Err(e) = r {
+                            tracing::warn!(error = %format!("{e:#}"), "Housekeeping failed; retrying at the next tick.");
+                        }
+                    }
+                }
+            });
+        }
         Tick::Fleet | Tick::Reminder => match fleet_snapshot(&pool.ctx).await {
             Ok((overdue, at_risk)) if tick == Tick::Reminder => events::Reminder {
                 reviews_overdue: overdue,
@@ -226,6 +241,31 @@ async fn handle_tick(tick: Tick, pool: &Pool, health: &Health, tracker: &TaskTra
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "Could not refresh fleet gauges."),
         },
     }
+}
+
+/// Quota windows kept: the limiter only reads the current minute; a day is
+/// kept for diagnosis.
+const QUOTA_WINDOWS_KEPT: chrono::TimeDelta = chrono::TimeDelta::days(1);
+
+/// Deletes what only grows: `sync_runs` past `sync.run_retention` and quota
+/// windows past [`QUOTA_WINDOWS_KEPT`]. Every replica may run it; the deletes
+/// are idempotent.
+pub async fn housekeeping(
+    ctx: &SyncContext,
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<crate::store::Pruned> {
+    let retention = ctx.settings.sync.run_retention;
+    // Zero keeps every run; a retention reaching before the epoch too.
+    let runs_before = (!retention.is_zero())
+        .then(|| chrono::TimeDelta::from_std(retention).ok())
+        .flatten()
+        .and_then(|keep| now.checked_sub_signed(keep));
+    let pruned = ctx
+        .store
+        .prune_history(runs_before, now - QUOTA_WINDOWS_KEPT, 5_000)
+        .await?;
+    events::Pruned { pruned: &pruned }.emit();
+    Ok(pruned)
 }
 
 /// Computes the fleet gauges from the database (cheap: one row per mailbox);

@@ -25,6 +25,8 @@ pub enum Tick {
     Fleet,
     /// Log overdue reviews (WARN) and history-window risk (ERROR).
     Reminder,
+    /// Delete `sync_runs` past `sync.run_retention` and old quota windows.
+    Housekeeping,
 }
 
 /// How often the dispatcher looks for due mailboxes: a tenth of the poll
@@ -66,6 +68,13 @@ pub async fn start(settings: &Settings, tx: mpsc::Sender<Tick>) -> anyhow::Resul
         .await?;
     sched
         .add(repeated(Duration::from_secs(3600), &tx, Tick::Reminder)?)
+        .await?;
+    sched
+        .add(repeated(
+            Duration::from_secs(3600),
+            &tx,
+            Tick::Housekeeping,
+        )?)
         .await?;
     let resync_tx = tx.clone();
     let cron = Job::new_async(settings.sync.full_resync_cron.as_str(), move |_, _| {

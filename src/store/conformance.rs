@@ -8,11 +8,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DurationRound, TimeDelta, Utc};
 
 use super::{
     BatchStats, Checkpoint, FailureRecord, LabelChange, LabelRow, Lease, MessageUpsert,
-    NewSubscription, Store, StoreError, SubscriptionUpdate, SyncBatch, SyncRunRow,
+    NewSubscription, Pruned, Store, StoreError, SubscriptionUpdate, SyncBatch, SyncRunRow, micros,
 };
 use crate::domain::{
     AddressRole, AttachmentMeta, AuthMode, ChangeKind, GmailMessageId, GmailMessageMeta, HistoryId,
@@ -1381,6 +1381,90 @@ pub async fn failures_are_counted_and_reset(store: &Store) {
     assert_eq!(state.history_id, Some(hid(30)));
     let statuses = store.mailbox_statuses().await.unwrap();
     assert_eq!(statuses[0].history_id, Some(hid(30)));
+}
+
+/// Housekeeping deletes runs and quota windows older than the cut-offs, in
+/// batches, and nothing else; `None` keeps every run.
+pub async fn old_runs_and_quota_windows_are_pruned(store: &Store) {
+    let m = mailbox("prune@example.com");
+    active_subscription(store, &m).await;
+    let l = lease(store, &m).await;
+    let now = super::now();
+    let record = |age: TimeDelta| {
+        let mut run = run_row(&m);
+        run.started_at = now - age;
+        run.finished_at = now - age + TimeDelta::seconds(2);
+        FailureRecord {
+            phase: SyncPhase::Error,
+            error: "HTTP 500 from Gmail".into(),
+            next_poll_at: now,
+            run: Some(run),
+        }
+    };
+    for days in [200, 120, 100, 95, 91, 3] {
+        store
+            .record_failure(&l, &record(TimeDelta::days(days)))
+            .await
+            .unwrap();
+    }
+    let minute = |age: TimeDelta| {
+        (now - age)
+            .duration_trunc(TimeDelta::minutes(1))
+            .expect("a minute boundary")
+    };
+    for age in [TimeDelta::days(3), TimeDelta::hours(25), TimeDelta::zero()] {
+        assert!(
+            store
+                .reserve_quota("project-minute", minute(age), 20, 1_000)
+                .await
+                .unwrap()
+        );
+    }
+
+    let cutoff = now - TimeDelta::days(90);
+    let kept_runs = store
+        .prune_history(None, now - TimeDelta::days(30), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        kept_runs,
+        Pruned {
+            sync_runs: 0,
+            quota_windows: 0
+        }
+    );
+    assert_eq!(store.sync_runs(&m).await.unwrap().len(), 6);
+
+    // Five old runs in batches of two: the loop must not stop after one.
+    let pruned = store
+        .prune_history(Some(cutoff), now - TimeDelta::days(1), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        pruned,
+        Pruned {
+            sync_runs: 5,
+            quota_windows: 2
+        }
+    );
+    let runs = store.sync_runs(&m).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].started_at, micros(now - TimeDelta::days(3)));
+    let windows = store
+        .query_first_column("SELECT units FROM quota_usage")
+        .await
+        .unwrap();
+    assert_eq!(windows, vec!["20"]);
+    assert_eq!(
+        store
+            .prune_history(Some(cutoff), now - TimeDelta::days(1), 2)
+            .await
+            .unwrap(),
+        Pruned::default(),
+        "a second pass finds nothing"
+    );
+    let state = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(state.consecutive_failures, 6, "sync_state is not touched");
 }
 
 /// Migrations are embedded and idempotent.

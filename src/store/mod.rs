@@ -248,7 +248,8 @@ pub struct SyncRunRow {
     pub label_changes: i64,
     pub api_calls: i64,
     pub quota_units: i64,
-    /// `ok`, `error`, `auth_failed` or `lease_lost`.
+    /// `ok`, `error` or `auth_failed` (`lease_lost` is reserved: a fenced-out
+    /// replica cannot write its run row).
     pub outcome: String,
     pub error: Option<String>,
 }
@@ -279,6 +280,13 @@ pub struct SearchHit {
     pub mailbox: MailboxAddress,
     pub gmail_id: GmailMessageId,
     pub subject: Option<String>,
+}
+
+/// Rows removed by [`Store::prune_history`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    pub sync_runs: u64,
+    pub quota_windows: u64,
 }
 
 /// Rows deleted per table by [`Store::purge_mailbox`].
@@ -421,19 +429,43 @@ macro_rules! dispatch {
 /// be fetched; such rows are refetched at the start of every pass.
 pub const UNFETCHED_PREFIX: &str = "not fetched: ";
 
+/// How a pool is opened, beyond its URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectOptions {
+    pub max_connections: u32,
+    /// PostgreSQL only: set as `idle_in_transaction_session_timeout` on every
+    /// connection, so the server aborts a transaction whose client stopped
+    /// mid-way (SIGSTOP, VM pause, partition) and its row locks (the lease
+    /// fence) are released instead of pinning mailboxes until TCP gives up.
+    pub idle_in_transaction_timeout: Option<Duration>,
+}
+
+impl ConnectOptions {
+    /// `max_connections` and nothing else set.
+    pub fn pool(max_connections: u32) -> Self {
+        Self {
+            max_connections,
+            idle_in_transaction_timeout: None,
+        }
+    }
+}
+
 impl Store {
+    /// Opens a pool of at most `max_connections`. See [`Store::connect_with`].
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        Self::connect_with(url, ConnectOptions::pool(max_connections)).await
+    }
+
     /// Opens a pool. `sqlite://path` (created if missing; WAL, busy_timeout
     /// 5 s, foreign keys on, synchronous=NORMAL), `sqlite::memory:`, or
     /// `postgres://` / `postgresql://`. Does not migrate.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+    pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Store, StoreError> {
         let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("");
         match scheme {
             "sqlite" => Ok(Store::Sqlite(
-                SqliteStore::connect(url, max_connections).await?,
+                SqliteStore::connect(url, options.max_connections).await?,
             )),
-            "postgres" | "postgresql" => Ok(Store::Postgres(
-                PgStore::connect(url, max_connections).await?,
-            )),
+            "postgres" | "postgresql" => Ok(Store::Postgres(PgStore::connect(url, options).await?)),
             "" => Err(StoreError::InvalidUrl(
                 "database url has no scheme (expected sqlite:// or postgres://)".to_owned(),
             )),
@@ -723,6 +755,22 @@ impl Store {
     /// The mailbox's sync runs, oldest first.
     pub async fn sync_runs(&self, m: &MailboxAddress) -> Result<Vec<SyncRunRow>, StoreError> {
         dispatch!(self, s => s.sync_runs(m).await)
+    }
+
+    // -- housekeeping -------------------------------------------------------
+
+    /// Deletes `sync_runs` rows started before `runs_before` (none if `None`)
+    /// and `quota_usage` windows that began before `quota_before`, in
+    /// statements of at most `batch` rows. Mail and its change log are never
+    /// pruned.
+    pub async fn prune_history(
+        &self,
+        runs_before: Option<DateTime<Utc>>,
+        quota_before: DateTime<Utc>,
+        batch: usize,
+    ) -> Result<Pruned, StoreError> {
+        let batch = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
+        dispatch!(self, s => s.prune_history(runs_before, quota_before, batch).await)
     }
 
     // -- quota --------------------------------------------------------------

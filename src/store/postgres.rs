@@ -19,14 +19,14 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use super::shared::{shared_store_impl, subscription_columns, sync_state_columns};
 use super::sqlite::{leases, pending};
 use super::{
-    BatchStats, ChangeRow, ChangeRowDb, EventRow, ExistingRow, FailureRecord, HitRow, Lease,
-    LiveMessage, LiveRow, MailboxStatus, MessageChange, NewSubscription, OAuthConsent, OAuthToken,
-    OAuthTokenRow, PurgeCounts, RunRow, SearchHit, StatusRow, StoreError, Subscription,
-    SubscriptionEvent, SubscriptionRow, SubscriptionUpdate, SyncBatch, SyncRunRow, SyncState,
-    SyncStateRow, addresses_json, attachments_json, batch_ids, changes_json, clean, clean_opt,
-    convert, decode_err, existing_map, json_strings, label_pairs_json, label_rows_json,
-    label_updates_json, messages_json, micros, now, plan_batch, plus, search_words,
-    upsert_labels_json,
+    BatchStats, ChangeRow, ChangeRowDb, ConnectOptions, EventRow, ExistingRow, FailureRecord,
+    HitRow, Lease, LiveMessage, LiveRow, MailboxStatus, MessageChange, NewSubscription,
+    OAuthConsent, OAuthToken, OAuthTokenRow, Pruned, PurgeCounts, RunRow, SearchHit, StatusRow,
+    StoreError, Subscription, SubscriptionEvent, SubscriptionRow, SubscriptionUpdate, SyncBatch,
+    SyncRunRow, SyncState, SyncStateRow, addresses_json, attachments_json, batch_ids, changes_json,
+    clean, clean_opt, convert, decode_err, existing_map, json_strings, label_pairs_json,
+    label_rows_json, label_updates_json, messages_json, micros, now, plan_batch, plus,
+    search_words, upsert_labels_json,
 };
 use crate::domain::{ChangeKind, GmailMessageId, HistoryId, MailboxAddress, Operator};
 
@@ -39,7 +39,7 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    pub(crate) async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    pub(crate) async fn connect(url: &str, options: ConnectOptions) -> Result<Self, StoreError> {
         let opts = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::InvalidUrl(format!("invalid PostgreSQL database url: {e}")))?;
         let target = format!("{}:{}", opts.get_host(), opts.get_port());
@@ -62,9 +62,26 @@ impl PgStore {
                 let _ = conn.close().await;
             }
         }
+        // A session setting, not the `options` startup parameter, which
+        // PgBouncer refuses.
+        let idle_timeout_ms = options
+            .idle_in_transaction_timeout
+            .filter(|t| !t.is_zero())
+            .map(|t| t.as_millis().max(1));
         let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(1))
+            .max_connections(options.max_connections.max(1))
             .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if let Some(ms) = idle_timeout_ms {
+                        let set = format!("SET idle_in_transaction_session_timeout = {ms}");
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(set))
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_lazy_with(opts);
         Ok(Self { pool })
     }

@@ -1097,6 +1097,42 @@ macro_rules! shared_store_impl {
                 Ok(done.rows_affected() == 1)
             }
 
+            // -- housekeeping -------------------------------------------------
+
+            pub(crate) async fn prune_history(
+                &self,
+                runs_before: Option<DateTime<Utc>>,
+                quota_before: DateTime<Utc>,
+                batch: i64,
+            ) -> Result<Pruned, StoreError> {
+                let mut pruned = Pruned::default();
+                if let Some(before) = runs_before {
+                    // Oldest first by id (ids follow time), a batch per
+                    // statement: short transactions beside the sync's, and
+                    // the scan stops at the first batch.
+                    loop {
+                        let done = sqlx::query::<$db>(
+                            "DELETE FROM sync_runs WHERE id IN (SELECT id FROM sync_runs \
+                             WHERE started_at < $1 ORDER BY id LIMIT $2)",
+                        )
+                        .bind(micros(before))
+                        .bind(batch)
+                        .execute(&self.pool)
+                        .await?;
+                        pruned.sync_runs += done.rows_affected();
+                        if done.rows_affected() < batch.max(1) as u64 {
+                            break;
+                        }
+                    }
+                }
+                let done = sqlx::query::<$db>("DELETE FROM quota_usage WHERE window_start < $1")
+                    .bind(micros(quota_before))
+                    .execute(&self.pool)
+                    .await?;
+                pruned.quota_windows = done.rows_affected();
+                Ok(pruned)
+            }
+
             // -- analyst queries (docs test) ----------------------------------
 
             pub(crate) async fn count_query_rows(&self, sql: &str) -> Result<usize, StoreError> {

@@ -24,7 +24,7 @@ use super::shared::{shared_store_impl, subscription_columns, sync_state_columns}
 use super::{
     BatchStats, ChangeRow, ChangeRowDb, EventRow, ExistingRow, FailureRecord, HitRow, Lease,
     LiveMessage, LiveRow, MailboxStatus, MessageChange, NewSubscription, OAuthConsent, OAuthToken,
-    OAuthTokenRow, PurgeCounts, RunRow, SearchHit, StatusRow, StoreError, Subscription,
+    OAuthTokenRow, Pruned, PurgeCounts, RunRow, SearchHit, StatusRow, StoreError, Subscription,
     SubscriptionEvent, SubscriptionRow, SubscriptionUpdate, SyncBatch, SyncRunRow, SyncState,
     SyncStateRow, addresses_json, attachments_json, batch_ids, changes_json, clean, clean_opt,
     convert, decode_err, existing_map, fts5_query, json_strings, label_pairs_json, label_rows_json,

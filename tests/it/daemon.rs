@@ -193,6 +193,112 @@ both_backends!(
     }
 );
 
+both_backends!(
+    housekeeping_prunes_old_runs_and_quota_windows_at_start,
+    |b: Backend| async move {
+        let Some(w) = world(b, small(1, 5)).await else {
+            return;
+        };
+        let m = w.shared_mailboxes().await[0].clone();
+        w.subscribe(&m).await;
+        // History left by an earlier replica: failed passes 120 and 95 days
+        // ago and one yesterday, and quota windows from three days and one
+        // minute ago.
+        let store = &w.ctx.store;
+        let now = Utc::now();
+        let lease = store
+            .claim_mailbox(&m, "earlier-replica", now, Duration::from_secs(2))
+            .await
+            .unwrap()
+            .expect("claimable");
+        for days in [120, 95, 1] {
+            let started = now - chrono::TimeDelta::days(days);
+            let run = gmail_ingest::store::SyncRunRow {
+                mailbox: m.clone(),
+                kind: "incremental".into(),
+                replica: "earlier-replica".into(),
+                started_at: started,
+                finished_at: started + chrono::TimeDelta::seconds(1),
+                added: 0,
+                updated: 0,
+                deleted: 0,
+                label_changes: 0,
+                api_calls: 1,
+                quota_units: 5,
+                outcome: "error".into(),
+                error: Some("HTTP 503".into()),
+            };
+            let failure = gmail_ingest::store::FailureRecord {
+                phase: gmail_ingest::domain::SyncPhase::Error,
+                error: "HTTP 503".into(),
+                next_poll_at: now,
+                run: Some(run),
+            };
+            store.record_failure(&lease, &failure).await.unwrap();
+        }
+        let minute = |ago: chrono::TimeDelta| {
+            chrono::DurationRound::duration_trunc(now - ago, chrono::TimeDelta::minutes(1)).unwrap()
+        };
+        for ago in [chrono::TimeDelta::days(3), chrono::TimeDelta::minutes(1)] {
+            assert!(
+                store
+                    .reserve_quota("project-minute", minute(ago), 5, 1_000_000)
+                    .await
+                    .unwrap()
+            );
+        }
+
+        let app = Running::start(&w).await.unwrap();
+        let old = now - chrono::TimeDelta::days(90);
+        eventually("the old runs pruned", Duration::from_secs(20), || async {
+            let runs = store.sync_runs(&m).await.unwrap();
+            runs.iter().all(|r| r.started_at > old)
+                && runs.iter().any(|r| r.replica == "earlier-replica")
+        })
+        .await;
+        eventually("the mailbox synced", Duration::from_secs(30), || {
+            converged(&w, &m)
+        })
+        .await;
+        let windows = store
+            .query_first_column("SELECT units FROM quota_usage ORDER BY window_start")
+            .await
+            .unwrap();
+        assert!(!windows.is_empty() && windows.len() <= 3, "{windows:?}");
+        let oldest = store
+            .query_first_column("SELECT MIN(window_start) FROM quota_usage")
+            .await
+            .unwrap();
+        assert!(
+            !oldest[0].starts_with(
+                &minute(chrono::TimeDelta::days(3))
+                    .format("%Y-%m-%d")
+                    .to_string()
+            ),
+            "{oldest:?}"
+        );
+        let metrics = reqwest::get(app.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        // The recorder is process-wide: the other backend's run of this test
+        // may have added its own rows.
+        let pruned = |table: &str| {
+            let series = format!("gmail_ingest_rows_pruned_total{{table=\"{table}\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        assert!(pruned("sync_runs") >= 2.0, "{metrics}");
+        assert!(pruned("quota_usage") >= 1.0, "{metrics}");
+        app.stop().await.unwrap();
+    }
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_the_same_sqlite_file_refuses_to_start() {
     let Some(w) = world(Backend::Sqlite, small(1, 1)).await else {

@@ -2,7 +2,7 @@
 //! migration tidiness, and the analysts' example queries in docs/schema.md.
 
 use gmail_ingest::store::conformance;
-use gmail_ingest::store::{Store, StoreError};
+use gmail_ingest::store::{ConnectOptions, Store, StoreError};
 
 use crate::pg;
 
@@ -63,10 +63,51 @@ conformance_tests!(
     quota_reservations_respect_the_limit,
     full_sync_deletes_unseen_messages,
     failures_are_counted_and_reset,
+    old_runs_and_quota_windows_are_pruned,
     migrations_are_applied_once,
 );
 
 // -- connection errors ------------------------------------------------------
+
+/// Every pooled PostgreSQL connection carries the idle-in-transaction
+/// timeout, so the server aborts a frozen replica's open transaction and
+/// releases the fence's row lock; without the option the server's default
+/// stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_carry_the_idle_in_transaction_timeout() {
+    let Some(url) = pg::fresh_pg_url().await else {
+        return;
+    };
+    // Concurrent queries that each hold their connection for a moment, so
+    // several pooled connections answer, not one reused.
+    async fn settings_seen(store: &Store) -> Vec<String> {
+        let sql =
+            "SELECT current_setting('idle_in_transaction_session_timeout') FROM pg_sleep(0.2)";
+        let answers =
+            futures::future::join_all((0..4).map(|_| store.query_first_column(sql))).await;
+        answers
+            .into_iter()
+            .flat_map(|r| r.expect("query"))
+            .collect()
+    }
+    let options = ConnectOptions {
+        max_connections: 4,
+        idle_in_transaction_timeout: Some(std::time::Duration::from_millis(1500)),
+    };
+    let store = Store::connect_with(&url, options).await.expect("connect");
+    assert_eq!(settings_seen(&store).await, vec!["1500ms"; 4]);
+    store.close().await;
+
+    let plain = Store::connect(&url, 4).await.expect("connect");
+    let server_default = settings_seen(&plain).await;
+    assert_eq!(server_default.len(), 4);
+    assert!(
+        server_default.iter().all(|v| v != "1500ms"),
+        "{server_default:?}"
+    );
+    plain.close().await;
+    pg::drop_database(&url).await;
+}
 
 #[tokio::test]
 async fn an_unsupported_url_scheme_is_refused_by_name() {
