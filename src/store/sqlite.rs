@@ -241,3 +241,45 @@ pub(crate) fn leases(
     out.sort_by(|a, b| a.mailbox.cmp(&b.mailbox));
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer of ours queued behind a slow one waits its turn: left to
+    /// SQLite's busy handler it failed with "database is locked" once the
+    /// 5 s busy timeout ran out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_behind_a_slow_one_waits_its_turn_instead_of_failing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("turns.db").display());
+        let store = SqliteStore::connect(&url, 4).await.expect("open");
+        store.migrate().await.expect("migrate");
+
+        let (turn, mut tx) = store.begin_write().await.expect("first writer");
+        sqlx::query("UPDATE sync_state SET updated_at = updated_at")
+            .execute(&mut *tx)
+            .await
+            .expect("write inside the first transaction");
+        let other = store.clone();
+        let queued = tokio::spawn(async move {
+            other
+                .claim_due("replica-b", Utc::now(), Duration::from_secs(60), 10)
+                .await
+        });
+        // Past the busy timeout.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(
+            !queued.is_finished(),
+            "the queued writer gave up: {:?}",
+            queued.await
+        );
+        tx.commit().await.expect("commit");
+        drop(turn);
+        let claimed = queued
+            .await
+            .expect("task")
+            .expect("the queued writer succeeds");
+        assert!(claimed.is_empty());
+    }
+}
