@@ -256,9 +256,9 @@ pub async fn housekeeping(
 ) -> anyhow::Result<crate::store::Pruned> {
     let retention = ctx.settings.sync.run_retention;
     // Zero keeps every run; a retention reaching before the epoch too.
-    let runs_before = (!retention.is_zero())
-        .then(|| chrono::TimeDelta::from_std(retention).ok())
-        .flatten()
+    let runs_before = chrono::TimeDelta::from_std(retention)
+        .ok()
+        .filter(|keep| !keep.is_zero())
         .and_then(|keep| now.checked_sub_signed(keep));
     let pruned = ctx
         .store

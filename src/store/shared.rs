@@ -1120,7 +1120,7 @@ macro_rules! shared_store_impl {
                         .execute(&self.pool)
                         .await?;
                         pruned.sync_runs += done.rows_affected();
-                        if done.rows_affected() < batch.max(1) as u64 {
+                        if done.rows_affected() < batch as u64 {
                             break;
                         }
                     }

@@ -214,19 +214,12 @@ both_backends!(
         for days in [120, 95, 1] {
             let started = now - chrono::TimeDelta::days(days);
             let run = gmail_ingest::store::SyncRunRow {
-                mailbox: m.clone(),
-                kind: "incremental".into(),
                 replica: "earlier-replica".into(),
                 started_at: started,
                 finished_at: started + chrono::TimeDelta::seconds(1),
-                added: 0,
-                updated: 0,
-                deleted: 0,
-                label_changes: 0,
-                api_calls: 1,
-                quota_units: 5,
                 outcome: "error".into(),
                 error: Some("HTTP 503".into()),
+                ..gmail_ingest::store::conformance::run_row(&m)
             };
             let failure = gmail_ingest::store::FailureRecord {
                 phase: gmail_ingest::domain::SyncPhase::Error,
