@@ -4,7 +4,10 @@
 //!     cargo bench --bench normalize
 //!
 //! No harness: each input is normalized repeatedly for about half a second
-//! and the rate is reported in MB/s of raw input.
+//! and the rate is reported in MB/s of raw input. `BENCH_NORMALIZE_FIXED=1`
+//! runs each input exactly 10 times instead, for instruction counts:
+//!
+//!     BENCH_NORMALIZE_FIXED=1 valgrind --tool=callgrind target/release/deps/normalize-*
 
 #![allow(clippy::print_stdout, reason = "a benchmark's output is its report")]
 
@@ -12,7 +15,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gmail_ingest::sync::normalize::{NormalizeLimits, normalize};
+use gmail_normalize::{NormalizeLimits, normalize};
 
 /// A typical 10 KB message: headers of a real Gmail delivery, a
 /// multipart/alternative body in quoted-printable, and a small base64 PDF.
@@ -55,8 +58,14 @@ fn typical_message() -> Vec<u8> {
     raw.into_bytes()
 }
 
+/// `BENCH_NORMALIZE_FIXED=1`: exactly 10 runs of each input, whatever the
+/// time, so that instruction counts (callgrind) compare across builds.
+fn fixed() -> bool {
+    std::env::var_os("BENCH_NORMALIZE_FIXED").is_some()
+}
+
 fn rate(raw: &[u8], limits: &NormalizeLimits) -> (f64, u64) {
-    let budget = Duration::from_millis(500);
+    let budget = Duration::from_millis(if fixed() { 0 } else { 500 });
     let start = Instant::now();
     let mut runs = 0u64;
     while start.elapsed() < budget || runs < 10 {
@@ -91,7 +100,7 @@ fn main() {
         corpus.extend(paths.iter().map(|p| std::fs::read(p).expect("fixture")));
     }
     let total: usize = corpus.iter().map(Vec::len).sum();
-    let budget = Duration::from_millis(1_000);
+    let budget = Duration::from_millis(if fixed() { 0 } else { 1_000 });
     let start = Instant::now();
     let mut rounds = 0u64;
     while start.elapsed() < budget || rounds < 10 {

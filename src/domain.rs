@@ -499,18 +499,6 @@ string_enum!(
 );
 
 string_enum!(
-    /// The role an address plays in a message (`message_addresses.role`).
-    AddressRole {
-        From => "from",
-        Sender => "sender",
-        ReplyTo => "reply_to",
-        To => "to",
-        Cc => "cc",
-        Bcc => "bcc",
-    }
-);
-
-string_enum!(
     /// Which Gmail format messages are fetched in (`sync.message_format`).
     MessageFormat {
         Raw => "raw",
@@ -519,63 +507,9 @@ string_enum!(
     }
 );
 
-/// One address from a header, after decoding encoded words.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MessageAddress {
-    pub role: AddressRole,
-    /// Display name, if any.
-    pub name: Option<String>,
-    /// The address as written, lower-cased; may be malformed in hostile mail.
-    pub address: String,
-    /// The part after the last `@`, lower-cased; empty when there is none.
-    pub domain: String,
-}
-
-/// Metadata of one attachment (the content itself is not stored).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttachmentMeta {
-    /// MIME part path such as `1.2` (Gmail's `partId` convention: 0-based
-    /// child indexes joined by dots).
-    pub part_id: String,
-    pub filename: Option<String>,
-    pub mime_type: String,
-    /// Decoded size in bytes.
-    pub size_bytes: i64,
-    /// Lower-case hex SHA-256 of the decoded content.
-    pub sha256: String,
-    /// `Content-Disposition: inline` or referenced by Content-ID.
-    pub inline: bool,
-    pub content_id: Option<String>,
-}
-
-/// The output of `sync::normalize`: what the database stores of one message's
-/// RFC 822 content. Gmail metadata (labels, thread, internalDate) is kept
-/// separately in [`GmailMessageMeta`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NormalizedMessage {
-    pub subject: Option<String>,
-    pub addresses: Vec<MessageAddress>,
-    /// RFC 822 Message-ID without angle brackets.
-    pub message_id: Option<String>,
-    pub in_reply_to: Option<String>,
-    /// Message-IDs from `References`, without angle brackets, in order.
-    pub references: Vec<String>,
-    /// The `Date` header as RFC 3339 UTC, when it parsed.
-    pub date: Option<String>,
-    pub body_text: Option<String>,
-    pub body_html: Option<String>,
-    pub attachments: Vec<AttachmentMeta>,
-    /// True when the message exceeded `sync.max_message_bytes` and bodies were cut.
-    pub truncated: bool,
-    /// Set when the input could not be (fully) parsed; the row is still stored.
-    pub parse_error: Option<String>,
-}
-
-impl NormalizedMessage {
-    pub fn has_attachments(&self) -> bool {
-        !self.attachments.is_empty()
-    }
-}
+// The normalizer's output types live in its own crate, which depends on
+// nothing of ours; the rest of the product names them from here.
+pub use gmail_normalize::{AddressRole, AttachmentMeta, MessageAddress, NormalizedMessage};
 
 /// What Gmail says about a message beside its content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

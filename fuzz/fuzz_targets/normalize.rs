@@ -12,7 +12,7 @@
 use std::panic;
 
 use libfuzzer_sys::fuzz_target;
-use normalizer::sync::normalize::{NormalizeLimits, normalize};
+use gmail_normalize::{NormalizeLimits, normalize};
 
 /// mail-parser's recoverable-state debug assertions (`src/parsers/message.rs`).
 const MAIL_PARSER_DEBUG_ASSERTS: &[&str] = &[

@@ -14,13 +14,13 @@ use google_gmail1::Gmail;
 use google_gmail1::common::{Delegate, Retry};
 
 use super::Google;
-use super::auth::Connector;
+use super::auth::{Connector, ConsentTokens};
 use super::error::{ErrorClass, GoogleError, classify_gmail_error};
 use super::quota::Method;
 use super::retry::call_with_retry;
 use crate::domain::{GmailMessageId, GmailMessageMeta, HistoryId, MailboxAddress, MessageFormat};
 use crate::events;
-use crate::sync::normalize::PayloadPart;
+use gmail_normalize::PayloadPart;
 
 /// Calls and units spent by one sync pass.
 #[derive(Debug, Default)]
@@ -125,7 +125,7 @@ pub struct MailboxGmail {
     hub: Arc<Gmail<Connector>>,
     stats: Arc<CallStats>,
     /// Set for a mailbox authorized by OAuth consent: its token cache.
-    oauth: Option<Arc<crate::oauth::tokens::OAuthTokens>>,
+    oauth: Option<Arc<dyn ConsentTokens>>,
 }
 
 fn parse_id(method: &'static str, id: Option<String>) -> Result<GmailMessageId, GoogleError> {
@@ -203,7 +203,7 @@ impl MailboxGmail {
         }
     }
 
-    pub(super) fn with_oauth(mut self, tokens: Arc<crate::oauth::tokens::OAuthTokens>) -> Self {
+    pub(super) fn with_oauth(mut self, tokens: Arc<dyn ConsentTokens>) -> Self {
         self.oauth = Some(tokens);
         self
     }

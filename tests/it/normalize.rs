@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use gmail_ingest::domain::NormalizedMessage;
-use gmail_ingest::sync::normalize::{NormalizeLimits, normalize};
+use gmail_normalize::{NormalizeLimits, normalize};
 
 const FOLDERS: &[&str] = &["rfc", "gmail", "malformed"];
 

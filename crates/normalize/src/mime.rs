@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 use super::NormalizeLimits;
 use super::headers;
 use super::text::{Problems, clean_line, prefix, push_body};
-use crate::domain::{AttachmentMeta, NormalizedMessage};
+use crate::model::{AttachmentMeta, NormalizedMessage};
 
 /// The deepest MIME tree level whose parts are reported (the root is level
 /// 0). Deeper parts are skipped and noted in `parse_error`; mail-parser

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::*;
-use crate::domain::{AddressRole, MessageAddress};
+use crate::model::{AddressRole, MessageAddress};
 
 fn limits() -> NormalizeLimits {
     NormalizeLimits::default()
@@ -610,7 +610,7 @@ fn snippets_collapse_whitespace() {
 // ---------------------------------------------------------------- properties
 
 fn fixture_corpus() -> Vec<Vec<u8>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eml");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/eml");
     let mut corpus = Vec::new();
     for folder in ["rfc", "gmail", "malformed"] {
         let Ok(entries) = std::fs::read_dir(root.join(folder)) else {

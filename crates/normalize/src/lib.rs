@@ -1,6 +1,10 @@
 //! The MIME normalizer: one message's RFC 822 bytes (or Gmail's parsed part
 //! tree) become a [`NormalizedMessage`].
 //!
+//! This crate depends on mail-parser and a few small crates, and on nothing
+//! of gmail-ingest's: the product, the fuzz target and anyone else call it
+//! the same way. It must never do I/O, log, read a clock or hold state.
+//!
 //! # Contract
 //!
 //! - **Pure.** No I/O, no logging, no clock, no global state: the output
@@ -53,16 +57,18 @@
 
 mod headers;
 mod mime;
+mod model;
 mod payload;
 mod text;
 
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+pub use model::{
+    AddressRole, AttachmentMeta, MessageAddress, NormalizedMessage, UnknownAddressRole,
+};
 pub use payload::PayloadPart;
 pub use text::snippet;
-
-use crate::domain::NormalizedMessage;
 
 /// Size limits applied while normalizing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use mail_parser::{Addr, Address, DateTime, Header, HeaderName, HeaderValue};
 
 use super::text::{Problems, clean_line};
-use crate::domain::{AddressRole, MessageAddress, NormalizedMessage};
+use crate::model::{AddressRole, MessageAddress, NormalizedMessage};
 
 /// The most addresses kept for one message (all roles together). A message
 /// with more is hostile or a mailing-list accident; the rest is dropped and

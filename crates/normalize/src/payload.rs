@@ -14,7 +14,7 @@ use super::NormalizeLimits;
 use super::headers;
 use super::mime::{MAX_ATTACHMENTS, MAX_DEPTH, dismantle, hex_sha256, parser};
 use super::text::{Problems, clean_line, prefix, push_body};
-use crate::domain::{AttachmentMeta, NormalizedMessage};
+use crate::model::{AttachmentMeta, NormalizedMessage};
 
 /// One node of a Gmail `MessagePart` tree, reduced to what normalizing needs.
 ///
