@@ -21,6 +21,7 @@ use yup_oauth2::{
 };
 
 use super::error::{ErrorClass, GoogleError, classify_auth_error};
+use crate::domain::MailboxAddress;
 
 /// The HTTPS (and, for the emulator, plain HTTP) connector every Google call uses.
 pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -239,6 +240,41 @@ impl google_gmail1::common::GetToken for HubAuth {
             let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
             let tok = self.auth.token(&scopes).await?;
             Ok(tok.token().map(str::to_owned))
+        })
+    }
+}
+
+/// What an access token for a consented mailbox costs to get: a boxed future,
+/// so that [`ConsentTokens`] stays object-safe.
+pub type AccessTokenFuture<'a> =
+    Pin<Box<dyn std::future::Future<Output = Result<String, GoogleError>> + Send + 'a>>;
+
+/// Access tokens of mailboxes whose owner consented (`auth_mode = oauth`).
+///
+/// `google` does not know where consents are kept or how they are sealed;
+/// `oauth::tokens::OAuthTokens` implements this over the store. An
+/// implementation caches tokens and refreshes them when due; `evict` drops a
+/// cached one after a 401, a new consent or a disconnect.
+pub trait ConsentTokens: Send + Sync {
+    fn access_token<'a>(&'a self, mailbox: &'a MailboxAddress) -> AccessTokenFuture<'a>;
+    fn evict(&self, mailbox: &str);
+}
+
+/// Hands google-gmail1 a consented mailbox's access token (the scopes were
+/// fixed at consent; the ones the call builder asks for do not matter).
+#[derive(Clone)]
+pub struct ConsentHubAuth {
+    pub(crate) tokens: Arc<dyn ConsentTokens>,
+    pub(crate) mailbox: MailboxAddress,
+}
+
+impl google_gmail1::common::GetToken for ConsentHubAuth {
+    fn get_token<'a>(&'a self, _requested: &'a [&str]) -> GetTokenFuture<'a> {
+        Box::pin(async move {
+            match self.tokens.access_token(&self.mailbox).await {
+                Ok(t) => Ok(Some(t)),
+                Err(e) => Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+            }
         })
     }
 }

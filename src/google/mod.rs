@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use google_gmail1::Gmail;
 
-use self::auth::{Connector, HubAuth, ServiceAccount, TokenSource};
+use self::auth::{Connector, ConsentHubAuth, ConsentTokens, HubAuth, ServiceAccount, TokenSource};
 use self::gmail::{CallStats, MailboxGmail};
 use self::quota::QuotaLimiter;
 use self::retry::RetryPolicy;
@@ -177,7 +177,7 @@ impl Google {
     pub fn gmail_oauth(
         self: &Arc<Self>,
         mailbox: &MailboxAddress,
-        tokens: Arc<crate::oauth::tokens::OAuthTokens>,
+        tokens: Arc<dyn ConsentTokens>,
         stats: Arc<CallStats>,
     ) -> MailboxGmail {
         let key = format!("oauth:{mailbox}");
@@ -187,7 +187,7 @@ impl Google {
             None => {
                 let mut hub = Gmail::new(
                     self.gmail_client.clone(),
-                    crate::oauth::tokens::OAuthHubAuth {
+                    ConsentHubAuth {
                         tokens: tokens.clone(),
                         mailbox: mailbox.clone(),
                     },

@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::accounts::{AccountsClient, TOKEN};
 use super::keys::{Purpose, TokenKeys};
 use crate::domain::MailboxAddress;
-use crate::google::auth::GetTokenFuture;
+use crate::google::auth::{AccessTokenFuture, ConsentTokens};
 use crate::google::error::{AuthCause, ErrorClass, GoogleError};
 use crate::store::Store;
 
@@ -112,21 +112,12 @@ impl OAuthTokens {
     }
 }
 
-/// Hands google-gmail1 an OAuth mailbox's access token (the scopes were
-/// fixed at consent; the ones the call builder asks for do not matter).
-#[derive(Clone)]
-pub struct OAuthHubAuth {
-    pub(crate) tokens: Arc<OAuthTokens>,
-    pub(crate) mailbox: MailboxAddress,
-}
+impl ConsentTokens for OAuthTokens {
+    fn access_token<'a>(&'a self, mailbox: &'a MailboxAddress) -> AccessTokenFuture<'a> {
+        Box::pin(OAuthTokens::access_token(self, mailbox))
+    }
 
-impl google_gmail1::common::GetToken for OAuthHubAuth {
-    fn get_token<'a>(&'a self, _requested: &'a [&str]) -> GetTokenFuture<'a> {
-        Box::pin(async move {
-            match self.tokens.access_token(&self.mailbox).await {
-                Ok(t) => Ok(Some(t)),
-                Err(e) => Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
-            }
-        })
+    fn evict(&self, mailbox: &str) {
+        OAuthTokens::evict(self, mailbox);
     }
 }
