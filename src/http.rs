@@ -6,17 +6,41 @@
 //! Prometheus text exposition. None of them shows mailbox content.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use chrono::Utc;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::daemon::Health;
 use crate::store::Store;
+
+/// What `/readyz` reads: shared between the daemon loop and the HTTP server.
+#[derive(Debug)]
+pub struct Health {
+    /// Unix millis of the last scheduler tick handled (0 = never).
+    pub last_tick_ms: AtomicI64,
+    /// The longest acceptable gap between ticks.
+    pub tick_budget: Duration,
+    pub integration_enabled: bool,
+}
+
+impl Health {
+    pub fn ticked(&self) {
+        self.last_tick_ms
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    pub fn scheduler_fresh(&self) -> bool {
+        let last = self.last_tick_ms.load(Ordering::Relaxed);
+        last > 0 && Utc::now().timestamp_millis() - last <= self.tick_budget.as_millis() as i64
+    }
+}
 
 #[derive(Clone)]
 pub struct HttpState {

@@ -13,7 +13,7 @@ pub mod scheduler;
 pub mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -26,33 +26,12 @@ use self::scheduler::Tick;
 use self::worker::{Pool, ResyncRequests};
 use crate::domain::{MailboxAddress, SubscriptionStatus, SyncPhase};
 use crate::events;
+use crate::http::Health;
 use crate::sync::engine::SyncContext;
 use crate::sync::gate;
 
 /// The longest a tick handler (a claim, the fleet gauges) may take.
 const TICK_HANDLER_LIMIT: Duration = Duration::from_secs(60);
-
-/// What `/readyz` reads: shared between the daemon loop and the HTTP server.
-#[derive(Debug)]
-pub struct Health {
-    /// Unix millis of the last scheduler tick handled (0 = never).
-    pub last_tick_ms: AtomicI64,
-    /// The longest acceptable gap between ticks.
-    pub tick_budget: Duration,
-    pub integration_enabled: bool,
-}
-
-impl Health {
-    pub fn ticked(&self) {
-        self.last_tick_ms
-            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
-    }
-
-    pub fn scheduler_fresh(&self) -> bool {
-        let last = self.last_tick_ms.load(Ordering::Relaxed);
-        last > 0 && Utc::now().timestamp_millis() - last <= self.tick_budget.as_millis() as i64
-    }
-}
 
 /// Runs until `shutdown` resolves; then drains within the grace period.
 pub async fn run(
