@@ -11,6 +11,7 @@ mod emulator;
 mod emulator_helpers;
 mod emulator_oauth;
 mod helpers;
+mod layers;
 mod normalize;
 mod oauth;
 mod outage;
