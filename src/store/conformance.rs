@@ -3,7 +3,9 @@
 //! Each function takes a freshly migrated, empty [`Store`] and panics on the
 //! first deviation; `tests/it/store.rs` runs every one against SQLite and
 //! PostgreSQL. It lives in the library (hidden from docs) so the integration
-//! tests and any future backend share it; it never runs in production.
+//! tests and any future backend share it, but is compiled only for tests
+//! (`cfg(test)` or the `test-support` feature, which the package's own
+//! integration tests enable): a release build does not contain it.
 
 use std::collections::HashSet;
 use std::time::Duration;

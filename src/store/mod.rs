@@ -29,7 +29,8 @@
 //! - `sqlite.rs`, `postgres.rs`: the backends and their dialect SQL; neither
 //!   imports the other.
 //! - `migrations.rs`: sqlx's `Migrator` for each dialect.
-//! - `conformance.rs`: the behavioural suite both backends pass.
+//! - `conformance.rs`: the behavioural suite both backends pass; compiled
+//!   only for tests (`cfg(test)` or the `test-support` feature).
 //!
 //! # The lease (fencing) protocol
 //!
@@ -53,6 +54,7 @@ use chrono::{DateTime, Utc};
 use crate::domain::{GmailMessageId, MailboxAddress, Operator};
 
 mod batch;
+#[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod conformance;
 mod migrations;
