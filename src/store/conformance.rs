@@ -3,16 +3,19 @@
 //! Each function takes a freshly migrated, empty [`Store`] and panics on the
 //! first deviation; `tests/it/store.rs` runs every one against SQLite and
 //! PostgreSQL. It lives in the library (hidden from docs) so the integration
-//! tests and any future backend share it; it never runs in production.
+//! tests and any future backend share it, but is compiled only for tests
+//! (`cfg(test)` or the `test-support` feature, which the package's own
+//! integration tests enable): a release build does not contain it.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DurationRound, TimeDelta, Utc};
 
+use super::sql::{micros, now};
 use super::{
     BatchStats, Checkpoint, FailureRecord, LabelChange, LabelRow, Lease, MessageUpsert,
-    NewSubscription, Pruned, Store, StoreError, SubscriptionUpdate, SyncBatch, SyncRunRow, micros,
+    NewSubscription, Pruned, Store, StoreError, SubscriptionUpdate, SyncBatch, SyncRunRow,
 };
 use crate::domain::{
     AddressRole, AttachmentMeta, AuthMode, ChangeKind, GmailMessageId, GmailMessageMeta, HistoryId,
@@ -1137,7 +1140,7 @@ pub async fn purge_reports_counts(store: &Store) {
 
 /// A finished incremental pass of `replica-1` (2 added, 3 calls, 45 units).
 pub fn run_row(m: &MailboxAddress) -> SyncRunRow {
-    let now = super::now();
+    let now = now();
     SyncRunRow {
         mailbox: m.clone(),
         kind: "incremental".into(),
@@ -1336,7 +1339,7 @@ pub async fn failures_are_counted_and_reset(store: &Store) {
     let m = mailbox("fail@example.com");
     active_subscription(store, &m).await;
     let l = lease(store, &m).await;
-    let next = super::now() + TimeDelta::minutes(10);
+    let next = now() + TimeDelta::minutes(10);
     for _ in 0..2 {
         let mut run = run_row(&m);
         run.outcome = "error".into();
@@ -1390,7 +1393,7 @@ pub async fn old_runs_and_quota_windows_are_pruned(store: &Store) {
     let m = mailbox("prune@example.com");
     active_subscription(store, &m).await;
     let l = lease(store, &m).await;
-    let now = super::now();
+    let now = now();
     let record = |age: TimeDelta| {
         let mut run = run_row(&m);
         run.started_at = now - age;

@@ -16,19 +16,12 @@ use sqlx::Connection as _;
 use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
-use super::shared::{shared_store_impl, subscription_columns, sync_state_columns};
-use super::sqlite::{leases, pending};
-use super::{
-    BatchStats, ChangeRow, ChangeRowDb, ConnectOptions, EventRow, ExistingRow, FailureRecord,
-    HitRow, Lease, LiveMessage, LiveRow, MailboxStatus, MessageChange, NewSubscription,
-    OAuthConsent, OAuthToken, OAuthTokenRow, Pruned, PurgeCounts, RunRow, SearchHit, StatusRow,
-    StoreError, Subscription, SubscriptionEvent, SubscriptionRow, SubscriptionUpdate, SyncBatch,
-    SyncRunRow, SyncState, SyncStateRow, addresses_json, attachments_json, batch_ids, changes_json,
-    clean, clean_opt, convert, decode_err, existing_map, json_strings, label_pairs_json,
-    label_rows_json, label_updates_json, messages_json, micros, now, plan_batch, plus,
-    search_words, upsert_labels_json,
-};
-use crate::domain::{ChangeKind, GmailMessageId, HistoryId, MailboxAddress, Operator};
+use super::StoreError;
+use super::model::{ConnectOptions, Lease, SearchHit};
+use super::rows::{HitRow, convert};
+use super::sql::{self, claimed_leases, micros, pending, plus};
+use super::text::search_words;
+use crate::domain::MailboxAddress;
 
 /// How long `connect` waits for the first connection before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -170,7 +163,7 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        leases(rows, owner, expires)
+        claimed_leases(rows, owner, expires)
     }
 
     pub(crate) async fn search(
@@ -202,7 +195,11 @@ impl PgStore {
     }
 }
 
-shared_store_impl!(
+// The statements both backends share (`store/sql/`), in PostgreSQL's dialect.
+sql::subscription_statements!(PgStore, Postgres);
+sql::oauth_statements!(PgStore, Postgres);
+sql::lease_statements!(PgStore, Postgres);
+sql::batch_statements!(
     PgStore,
     Postgres,
     ids(
@@ -213,6 +210,17 @@ shared_store_impl!(
     timestamp("::timestamptz"),
     unhex("decode(", ", 'hex')")
 );
+sql::run_statements!(PgStore, Postgres);
+sql::message_statements!(
+    PgStore,
+    Postgres,
+    ids(
+        " = ANY(ARRAY(SELECT jsonb_array_elements_text(",
+        "::jsonb)))"
+    )
+);
+sql::quota_statements!(PgStore, Postgres);
+sql::housekeeping_statements!(PgStore, Postgres);
 
 /// A connection failure in one short clause, without the URL or password.
 fn describe(e: &sqlx::Error) -> String {

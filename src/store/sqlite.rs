@@ -20,17 +20,12 @@ use sqlx::sqlite::{
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use super::shared::{shared_store_impl, subscription_columns, sync_state_columns};
-use super::{
-    BatchStats, ChangeRow, ChangeRowDb, EventRow, ExistingRow, FailureRecord, HitRow, Lease,
-    LiveMessage, LiveRow, MailboxStatus, MessageChange, NewSubscription, OAuthConsent, OAuthToken,
-    OAuthTokenRow, Pruned, PurgeCounts, RunRow, SearchHit, StatusRow, StoreError, Subscription,
-    SubscriptionEvent, SubscriptionRow, SubscriptionUpdate, SyncBatch, SyncRunRow, SyncState,
-    SyncStateRow, addresses_json, attachments_json, batch_ids, changes_json, clean, clean_opt,
-    convert, decode_err, existing_map, fts5_query, json_strings, label_pairs_json, label_rows_json,
-    label_updates_json, messages_json, micros, now, plan_batch, plus, upsert_labels_json,
-};
-use crate::domain::{ChangeKind, GmailMessageId, HistoryId, MailboxAddress, Operator};
+use super::StoreError;
+use super::model::{Lease, SearchHit};
+use super::rows::{HitRow, convert};
+use super::sql::{self, claimed_leases, micros, pending, plus};
+use super::text::fts5_query;
+use crate::domain::MailboxAddress;
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -176,7 +171,7 @@ impl SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        leases(rows, owner, expires)
+        claimed_leases(rows, owner, expires)
     }
 
     pub(crate) async fn search(
@@ -205,7 +200,11 @@ impl SqliteStore {
     }
 }
 
-shared_store_impl!(
+// The statements both backends share (`store/sql/`), in SQLite's dialect.
+sql::subscription_statements!(SqliteStore, Sqlite);
+sql::oauth_statements!(SqliteStore, Sqlite);
+sql::lease_statements!(SqliteStore, Sqlite);
+sql::batch_statements!(
     SqliteStore,
     Sqlite,
     ids(" IN (SELECT value FROM json_each(", "))"),
@@ -213,34 +212,14 @@ shared_store_impl!(
     timestamp(""),
     unhex("unhex(", ")")
 );
-
-/// Embedded migrations not yet applied.
-pub(crate) fn pending(migrator: &sqlx::migrate::Migrator, applied: &HashSet<i64>) -> usize {
-    migrator
-        .iter()
-        .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
-        .count()
-}
-
-pub(crate) fn leases(
-    rows: Vec<(String, i64)>,
-    owner: &str,
-    expires_at: DateTime<Utc>,
-) -> Result<Vec<Lease>, StoreError> {
-    let mut out = rows
-        .into_iter()
-        .map(|(mailbox, epoch)| {
-            Ok(Lease {
-                mailbox: MailboxAddress::parse(&mailbox).map_err(decode_err)?,
-                owner: owner.to_owned(),
-                epoch,
-                expires_at,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    out.sort_by(|a, b| a.mailbox.cmp(&b.mailbox));
-    Ok(out)
-}
+sql::run_statements!(SqliteStore, Sqlite);
+sql::message_statements!(
+    SqliteStore,
+    Sqlite,
+    ids(" IN (SELECT value FROM json_each(", "))")
+);
+sql::quota_statements!(SqliteStore, Sqlite);
+sql::housekeeping_statements!(SqliteStore, Sqlite);
 
 #[cfg(test)]
 mod tests {

@@ -64,7 +64,7 @@ pub(crate) async fn stored_rows(w: &World, m: &MailboxAddress) -> BTreeMap<Strin
 }
 
 /// The change-log invariants that hold given the store's semantics
-/// (`plan_batch` in `src/store/mod.rs`: `added` when an upsert meets no live
+/// (`plan_batch` in `src/store/batch.rs`: `added` when an upsert meets no live
 /// row, `deleted` when a live row goes, label changes against the stored
 /// set of a live row). Returns a list of violations, empty when all hold.
 ///

@@ -1,0 +1,372 @@
+//! The public model of the store: what callers hand to [`Store`](super::Store)
+//! and what they get back.
+//!
+//! Plain data only: these types carry no SQL, no connection and no decoding
+//! from database rows (that is `rows.rs`). Nothing here may touch the
+//! database or depend on which backend is in use.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::domain::{
+    AuthMode, ChangeKind, GmailMessageId, GmailMessageMeta, HistoryId, MailboxAddress,
+    NormalizedMessage, Operator, SubscriptionStatus, SyncPhase,
+};
+
+/// A request to ingest a mailbox (`subscriptions add`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSubscription {
+    pub mailbox: MailboxAddress,
+    pub requested_by: Operator,
+    /// Gmail label IDs to restrict ingestion to; empty means all mail.
+    pub label_filter: Vec<String>,
+    pub note: Option<String>,
+    pub auth_mode: AuthMode,
+}
+
+/// A guarded status change of a subscription (compare-and-set on `expected`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionUpdate {
+    pub mailbox: MailboxAddress,
+    /// The status the caller saw; the update is refused with
+    /// [`StoreError::Conflict`](super::StoreError::Conflict) if the row moved on since.
+    pub expected: SubscriptionStatus,
+    pub new_status: SubscriptionStatus,
+    pub actor: Operator,
+    /// Recorded verbatim in `subscription_events.action` (e.g. "approve").
+    pub action: String,
+    pub reason: Option<String>,
+    pub approved_by: Option<Operator>,
+    pub reviewed_by: Option<Operator>,
+    pub org_unit_seen: Option<String>,
+}
+
+/// One row of `subscriptions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Subscription {
+    pub mailbox: MailboxAddress,
+    pub status: SubscriptionStatus,
+    /// Stored as a JSON array of label IDs; empty means all mail.
+    pub label_filter: Vec<String>,
+    pub requested_by: Operator,
+    pub requested_at: DateTime<Utc>,
+    pub approved_by: Option<Operator>,
+    pub approved_at: Option<DateTime<Utc>>,
+    pub last_reviewed_at: Option<DateTime<Utc>>,
+    pub reviewed_by: Option<Operator>,
+    pub org_unit_seen: Option<String>,
+    pub org_unit_checked_at: Option<DateTime<Utc>>,
+    pub note: Option<String>,
+    pub status_reason: Option<String>,
+    pub auth_mode: AuthMode,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A mailbox owner's OAuth consent to store (`oauth_tokens`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct OAuthConsent {
+    pub mailbox: MailboxAddress,
+    /// The refresh token sealed by `oauth::TokenKeys`; never the token itself.
+    pub refresh_token_ciphertext: String,
+    pub key_id: String,
+    /// The scopes Google granted, space-separated.
+    pub scopes: String,
+    /// Google's stable account ID (`sub`) of the consenting account.
+    pub google_subject: Option<String>,
+    pub actor: Operator,
+}
+
+impl std::fmt::Debug for OAuthConsent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthConsent")
+            .field("mailbox", &self.mailbox)
+            .field("key_id", &self.key_id)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One row of `oauth_tokens`: the refresh token stays sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthToken {
+    pub mailbox: MailboxAddress,
+    pub refresh_token_ciphertext: String,
+    pub key_id: String,
+    pub scopes: String,
+    pub google_subject: Option<String>,
+    pub consented_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One row of the append-only `subscription_events` audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubscriptionEvent {
+    pub id: i64,
+    pub mailbox: MailboxAddress,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub old_status: Option<SubscriptionStatus>,
+    pub new_status: SubscriptionStatus,
+    pub reason: Option<String>,
+}
+
+/// One row of `sync_state`: where a mailbox's sync stands, and who holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncState {
+    pub mailbox: MailboxAddress,
+    pub phase: SyncPhase,
+    /// The checkpoint: every change up to here is committed.
+    pub history_id: Option<HistoryId>,
+    /// Resume point of an interrupted full-sync listing.
+    pub page_token: Option<String>,
+    /// The profile historyId read before the current full sync's listing.
+    pub full_sync_history_id: Option<HistoryId>,
+    /// Incremented by the engine for each full sync; rows not marked with
+    /// the current generation at the end of the listing are soft-deleted.
+    pub full_sync_generation: i64,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub next_poll_at: Option<DateTime<Utc>>,
+    pub consecutive_failures: i64,
+    pub last_error: Option<String>,
+    /// Fencing: the replica currently allowed to write this mailbox's sync
+    /// data, or `None` when free. Only meaningful with `lease_epoch` and
+    /// while `lease_expires_at` lies in the future.
+    pub lease_owner: Option<String>,
+    /// Fencing: incremented by every claim, never reset. A writer must
+    /// present the epoch it was handed; a stale epoch means another claim
+    /// happened since and the write is refused with `LeaseLost`.
+    pub lease_epoch: i64,
+    /// Fencing: after this instant the lease is void — writes under it are
+    /// refused and any replica may claim the mailbox. Renewed by
+    /// [`Store::renew_lease`](super::Store::renew_lease), cleared by
+    /// [`Store::release_lease`](super::Store::release_lease).
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A mailbox as the `status` command shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MailboxStatus {
+    pub mailbox: MailboxAddress,
+    pub status: SubscriptionStatus,
+    /// `None` until the mailbox was first claimed.
+    pub phase: Option<SyncPhase>,
+    pub history_id: Option<HistoryId>,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub next_poll_at: Option<DateTime<Utc>>,
+    pub consecutive_failures: i64,
+    pub last_error: Option<String>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Live (not soft-deleted) messages stored.
+    pub messages: i64,
+}
+
+/// One row of `sync_runs`: a sync pass and what it did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncRunRow {
+    pub mailbox: MailboxAddress,
+    /// `full`, `incremental` or `resync`.
+    pub kind: String,
+    pub replica: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub added: i64,
+    pub updated: i64,
+    pub deleted: i64,
+    pub label_changes: i64,
+    pub api_calls: i64,
+    pub quota_units: i64,
+    /// `ok`, `error` or `auth_failed` (`lease_lost` is reserved: a fenced-out
+    /// replica cannot write its run row).
+    pub outcome: String,
+    pub error: Option<String>,
+}
+
+/// One row of the append-only `message_changes` log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MessageChange {
+    pub id: i64,
+    pub mailbox: MailboxAddress,
+    pub gmail_id: GmailMessageId,
+    pub change: ChangeKind,
+    pub label_id: Option<String>,
+    pub history_id: Option<HistoryId>,
+    pub observed_at: DateTime<Utc>,
+}
+
+/// A live message reduced to what sync tests compare.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LiveMessage {
+    pub gmail_id: GmailMessageId,
+    pub thread_id: String,
+    /// Sorted.
+    pub label_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SearchHit {
+    pub mailbox: MailboxAddress,
+    pub gmail_id: GmailMessageId,
+    pub subject: Option<String>,
+}
+
+/// Rows removed by [`Store::prune_history`](super::Store::prune_history).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    pub sync_runs: u64,
+    pub quota_windows: u64,
+}
+
+/// Rows deleted per table by [`Store::purge_mailbox`](super::Store::purge_mailbox).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PurgeCounts {
+    pub messages: u64,
+    pub message_addresses: u64,
+    pub message_labels: u64,
+    pub attachments: u64,
+    pub labels: u64,
+    pub message_changes: u64,
+    pub sync_runs: u64,
+    pub sync_state: u64,
+}
+
+/// The right to write one mailbox's sync data (see the lease protocol in the
+/// [`store`](super) module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    pub mailbox: MailboxAddress,
+    pub owner: String,
+    /// The `sync_state.lease_epoch` this claim produced.
+    pub epoch: i64,
+    /// Writes under this lease are refused from this instant on.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A fetched message to insert or replace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageUpsert {
+    pub meta: GmailMessageMeta,
+    pub content: NormalizedMessage,
+    /// The RFC 822 bytes, only when `sync.store_raw` is on.
+    pub raw: Option<Vec<u8>>,
+}
+
+/// Labels added to / removed from a message (from a history record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelChange {
+    pub gmail_id: GmailMessageId,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub history_id: Option<HistoryId>,
+}
+
+/// One row of `labels`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LabelRow {
+    pub label_id: String,
+    pub name: String,
+    /// Gmail's label type: `system` or `user`.
+    pub label_type: String,
+}
+
+/// The sync position written with a batch (always the full state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub phase: SyncPhase,
+    pub history_id: Option<HistoryId>,
+    pub page_token: Option<String>,
+    pub full_sync_history_id: Option<HistoryId>,
+    pub full_sync_generation: i64,
+    /// True: `last_success_at` = now, `consecutive_failures` = 0, `last_error` = NULL.
+    pub success: bool,
+}
+
+/// Everything one sync step writes, committed in one transaction.
+///
+/// Applied in this order: `upserts`, `label_changes`, `label_reconcile`,
+/// `deletes`, `mark_seen`, `delete_unseen`, `labels`, then the checkpoint
+/// and `run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncBatch {
+    pub upserts: Vec<MessageUpsert>,
+    /// Soft deletes (`deleted_at` = now); idempotent.
+    pub deletes: Vec<(GmailMessageId, Option<HistoryId>)>,
+    /// Applied to known, live messages only; unknown ids are ignored.
+    pub label_changes: Vec<LabelChange>,
+    /// (label_id, complete member list): known live members lacking the label
+    /// get it, known live messages outside the list lose it.
+    pub label_reconcile: Option<(String, Vec<GmailMessageId>)>,
+    /// Set `sync_generation` to the checkpoint's generation on these rows.
+    pub mark_seen: Vec<GmailMessageId>,
+    /// Soft-delete every live message of an older generation.
+    pub delete_unseen: bool,
+    /// Replace this mailbox's `labels` rows.
+    pub labels: Option<Vec<LabelRow>>,
+    pub checkpoint: Checkpoint,
+    pub run: Option<SyncRunRow>,
+}
+
+impl SyncBatch {
+    /// A batch that only writes `checkpoint`.
+    pub fn new(checkpoint: Checkpoint) -> Self {
+        Self {
+            upserts: Vec::new(),
+            deletes: Vec::new(),
+            label_changes: Vec::new(),
+            label_reconcile: None,
+            mark_seen: Vec::new(),
+            delete_unseen: false,
+            labels: None,
+            checkpoint,
+            run: None,
+        }
+    }
+}
+
+/// A failed sync step, written under the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureRecord {
+    pub phase: SyncPhase,
+    pub error: String,
+    pub next_poll_at: DateTime<Utc>,
+    pub run: Option<SyncRunRow>,
+}
+
+/// What a committed batch changed (derived from actual changes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BatchStats {
+    pub added: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub label_changes: u64,
+}
+
+/// `parse_error` prefix of a placeholder row for a message that could not
+/// be fetched; such rows are refetched at the start of every pass.
+pub const UNFETCHED_PREFIX: &str = "not fetched: ";
+
+/// How a pool is opened, beyond its URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectOptions {
+    pub max_connections: u32,
+    /// PostgreSQL only: set as `idle_in_transaction_session_timeout` on every
+    /// connection, so the server aborts a transaction whose client stopped
+    /// mid-way (SIGSTOP, VM pause, partition) and its row locks (the lease
+    /// fence) are released instead of pinning mailboxes until TCP gives up.
+    pub idle_in_transaction_timeout: Option<Duration>,
+}
+
+impl ConnectOptions {
+    /// `max_connections` and nothing else set.
+    pub fn pool(max_connections: u32) -> Self {
+        Self {
+            max_connections,
+            idle_in_transaction_timeout: None,
+        }
+    }
+}

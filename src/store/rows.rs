@@ -1,0 +1,356 @@
+//! The rows as the database returns them, and their decoding into the
+//! public model.
+//!
+//! One `FromRow` type per query shape serves both backends: columns are read
+//! by name, as plain strings, integers and timestamps, and parsed into domain
+//! types here, once. A value that does not parse is a decode error, never a
+//! panic. Nothing here builds SQL or knows which backend produced the row.
+
+use chrono::{DateTime, Utc};
+
+use super::StoreError;
+use super::model::{
+    LiveMessage, MailboxStatus, MessageChange, OAuthToken, SearchHit, Subscription,
+    SubscriptionEvent, SyncRunRow, SyncState,
+};
+use super::text::parse_json_strings;
+use crate::domain::{GmailMessageId, HistoryId, MailboxAddress, Operator, ParseError};
+
+/// A stored value that does not parse as its domain type.
+pub(crate) fn decode_err(e: ParseError) -> StoreError {
+    StoreError::Other(sqlx::Error::Decode(Box::new(e)))
+}
+
+/// Declares a row struct read by column name (the column is the field's name)
+/// on either backend: what sqlx's `FromRow` derive generates. sqlx's derive
+/// and `migrate!` are proc macros whose crate builds the SQLite and PostgreSQL
+/// drivers (and bundled SQLite's C) a second time, for the compiler: about a
+/// minute of CPU on a cold build, which the first `demo` pays.
+macro_rules! row_struct {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $(pub(crate) $field: $ty,)*
+        }
+
+        impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for $name
+        where
+            &'static str: sqlx::ColumnIndex<R>,
+            $($ty: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,)*
+        {
+            fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+                Ok(Self {
+                    $($field: row.try_get(stringify!($field))?,)*
+                })
+            }
+        }
+    };
+}
+
+row_struct! {
+    pub(crate) struct SubscriptionRow {
+        mailbox: String,
+        status: String,
+        label_filter: String,
+        requested_by: String,
+        requested_at: DateTime<Utc>,
+        approved_by: Option<String>,
+        approved_at: Option<DateTime<Utc>>,
+        last_reviewed_at: Option<DateTime<Utc>>,
+        reviewed_by: Option<String>,
+        org_unit_seen: Option<String>,
+        org_unit_checked_at: Option<DateTime<Utc>>,
+        note: Option<String>,
+        status_reason: Option<String>,
+        auth_mode: String,
+        created_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+    }
+}
+
+impl TryFrom<SubscriptionRow> for Subscription {
+    type Error = StoreError;
+    fn try_from(r: SubscriptionRow) -> Result<Self, StoreError> {
+        let op = |s: Option<String>| s.map(|s| Operator::parse(&s)).transpose();
+        Ok(Subscription {
+            mailbox: MailboxAddress::parse(&r.mailbox).map_err(decode_err)?,
+            status: r.status.parse().map_err(decode_err)?,
+            label_filter: parse_json_strings(&r.label_filter),
+            requested_by: Operator::parse(&r.requested_by).map_err(decode_err)?,
+            requested_at: r.requested_at,
+            approved_by: op(r.approved_by).map_err(decode_err)?,
+            approved_at: r.approved_at,
+            last_reviewed_at: r.last_reviewed_at,
+            reviewed_by: op(r.reviewed_by).map_err(decode_err)?,
+            org_unit_seen: r.org_unit_seen,
+            org_unit_checked_at: r.org_unit_checked_at,
+            note: r.note,
+            status_reason: r.status_reason,
+            auth_mode: r.auth_mode.parse().map_err(decode_err)?,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+row_struct! {
+    pub(crate) struct OAuthTokenRow {
+        mailbox: String,
+        refresh_token_ciphertext: String,
+        key_id: String,
+        scopes: String,
+        google_subject: Option<String>,
+        consented_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+    }
+}
+
+impl TryFrom<OAuthTokenRow> for OAuthToken {
+    type Error = StoreError;
+    fn try_from(r: OAuthTokenRow) -> Result<Self, StoreError> {
+        Ok(OAuthToken {
+            mailbox: MailboxAddress::parse(&r.mailbox).map_err(decode_err)?,
+            refresh_token_ciphertext: r.refresh_token_ciphertext,
+            key_id: r.key_id,
+            scopes: r.scopes,
+            google_subject: r.google_subject,
+            consented_at: r.consented_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+row_struct! {
+    pub(crate) struct EventRow {
+        id: i64,
+        mailbox: String,
+        at: DateTime<Utc>,
+        actor: String,
+        action: String,
+        old_status: Option<String>,
+        new_status: String,
+        reason: Option<String>,
+    }
+}
+
+impl TryFrom<EventRow> for SubscriptionEvent {
+    type Error = StoreError;
+    fn try_from(r: EventRow) -> Result<Self, StoreError> {
+        Ok(SubscriptionEvent {
+            id: r.id,
+            mailbox: MailboxAddress::parse(&r.mailbox).map_err(decode_err)?,
+            at: r.at,
+            actor: r.actor,
+            action: r.action,
+            old_status: r
+                .old_status
+                .map(|s| s.parse())
+                .transpose()
+                .map_err(decode_err)?,
+            new_status: r.new_status.parse().map_err(decode_err)?,
+            reason: r.reason,
+        })
+    }
+}
+
+fn history(v: Option<i64>) -> Result<Option<HistoryId>, StoreError> {
+    v.map(HistoryId::from_i64).transpose().map_err(decode_err)
+}
+
+row_struct! {
+    pub(crate) struct SyncStateRow {
+        mailbox: String,
+        phase: String,
+        history_id: Option<i64>,
+        page_token: Option<String>,
+        full_sync_history_id: Option<i64>,
+        full_sync_generation: i64,
+        last_success_at: Option<DateTime<Utc>>,
+        next_poll_at: Option<DateTime<Utc>>,
+        consecutive_failures: i64,
+        last_error: Option<String>,
+        lease_owner: Option<String>,
+        lease_epoch: i64,
+        lease_expires_at: Option<DateTime<Utc>>,
+        updated_at: DateTime<Utc>,
+    }
+}
+
+impl TryFrom<SyncStateRow> for SyncState {
+    type Error = StoreError;
+    fn try_from(r: SyncStateRow) -> Result<Self, StoreError> {
+        Ok(SyncState {
+            mailbox: MailboxAddress::parse(&r.mailbox).map_err(decode_err)?,
+            phase: r.phase.parse().map_err(decode_err)?,
+            history_id: history(r.history_id)?,
+            page_token: r.page_token,
+            full_sync_history_id: history(r.full_sync_history_id)?,
+            full_sync_generation: r.full_sync_generation,
+            last_success_at: r.last_success_at,
+            next_poll_at: r.next_poll_at,
+            consecutive_failures: r.consecutive_failures,
+            last_error: r.last_error,
+            lease_owner: r.lease_owner,
+            lease_epoch: r.lease_epoch,
+            lease_expires_at: r.lease_expires_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+row_struct! {
+    pub(crate) struct StatusRow {
+        mailbox: String,
+        status: String,
+        phase: Option<String>,
+        history_id: Option<i64>,
+        last_success_at: Option<DateTime<Utc>>,
+        next_poll_at: Option<DateTime<Utc>>,
+        consecutive_failures: i64,
+        last_error: Option<String>,
+        lease_owner: Option<String>,
+        lease_expires_at: Option<DateTime<Utc>>,
+        messages: i64,
+    }
+}
+
+impl TryFrom<StatusRow> for MailboxStatus {
+    type Error = StoreError;
+    fn try_from(r: StatusRow) -> Result<Self, StoreError> {
+        Ok(MailboxStatus {
+            mailbox: MailboxAddress::parse(&r.mailbox).map_err(decode_err)?,
+            status: r.status.parse().map_err(decode_err)?,
+            phase: r.phase.map(|p| p.parse()).transpose().map_err(decode_err)?,
+            history_id: history(r.history_id)?,
+            last_success_at: r.last_success_at,
+            next_poll_at: r.next_poll_at,
+            consecutive_failures: r.consecutive_failures,
+            last_error: r.last_error,
+            lease_owner: r.lease_owner,
+            lease_expires_at: r.lease_expires_at,
+            messages: r.messages,
+        })
+    }
+}
+
+row_struct! {
+    pub(crate) struct RunRow {
+        mailbox: String,
+        kind: String,
+        replica: String,
+        started_at: DateTime<Utc>,
+        finished_at: Option<DateTime<Utc>>,
+        added: i64,
+        updated: i64,
+        deleted: i64,
+        label_changes: i64,
+        api_calls: i64,
+        quota_units: i64,
+        outcome: String,
+        error: Option<String>,
+    }
+}
+
+impl TryFrom<RunRow> for SyncRunRow {
+    type Error = StoreError;
+    fn try_from(r: RunRow) -> Result<Self, StoreError> {
+        Ok(SyncRunRow {
+            mailbox: MailboxAddress::parse(&r.mailbox).map_err(decode_err)?,
+            kind: r.kind,
+            replica: r.replica,
+            started_at: r.started_at,
+            finished_at: r.finished_at.unwrap_or(r.started_at),
+            added: r.added,
+            updated: r.updated,
+            deleted: r.deleted,
+            label_changes: r.label_changes,
+            api_calls: r.api_calls,
+            quota_units: r.quota_units,
+            outcome: r.outcome,
+            error: r.error,
+        })
+    }
+}
+
+row_struct! {
+    pub(crate) struct ChangeRowDb {
+        id: i64,
+        mailbox: String,
+        gmail_id: String,
+        change: String,
+        label_id: Option<String>,
+        history_id: Option<i64>,
+        observed_at: DateTime<Utc>,
+    }
+}
+
+impl TryFrom<ChangeRowDb> for MessageChange {
+    type Error = StoreError;
+    fn try_from(r: ChangeRowDb) -> Result<Self, StoreError> {
+        Ok(MessageChange {
+            id: r.id,
+            mailbox: MailboxAddress::parse(&r.mailbox).map_err(decode_err)?,
+            gmail_id: GmailMessageId::parse(&r.gmail_id).map_err(decode_err)?,
+            change: r.change.parse().map_err(decode_err)?,
+            label_id: r.label_id,
+            history_id: history(r.history_id)?,
+            observed_at: r.observed_at,
+        })
+    }
+}
+
+row_struct! {
+    pub(crate) struct LiveRow {
+        gmail_id: String,
+        thread_id: String,
+        label_ids: String,
+    }
+}
+
+impl TryFrom<LiveRow> for LiveMessage {
+    type Error = StoreError;
+    fn try_from(r: LiveRow) -> Result<Self, StoreError> {
+        let mut label_ids = parse_json_strings(&r.label_ids);
+        label_ids.sort();
+        Ok(LiveMessage {
+            gmail_id: GmailMessageId::parse(&r.gmail_id).map_err(decode_err)?,
+            thread_id: r.thread_id,
+            label_ids,
+        })
+    }
+}
+
+row_struct! {
+    pub(crate) struct HitRow {
+        mailbox: String,
+        gmail_id: String,
+        subject: Option<String>,
+    }
+}
+
+impl TryFrom<HitRow> for SearchHit {
+    type Error = StoreError;
+    fn try_from(r: HitRow) -> Result<Self, StoreError> {
+        Ok(SearchHit {
+            mailbox: MailboxAddress::parse(&r.mailbox).map_err(decode_err)?,
+            gmail_id: GmailMessageId::parse(&r.gmail_id).map_err(decode_err)?,
+            subject: r.subject,
+        })
+    }
+}
+
+row_struct! {
+    /// The state of a stored message that a batch plan depends on.
+    pub(crate) struct ExistingRow {
+        gmail_id: String,
+        live: bool,
+        label_ids: String,
+    }
+}
+
+/// Decodes every row, failing on the first that does not parse.
+pub(crate) fn convert<R, T: TryFrom<R, Error = StoreError>>(
+    rows: Vec<R>,
+) -> Result<Vec<T>, StoreError> {
+    rows.into_iter().map(T::try_from).collect()
+}
