@@ -18,6 +18,7 @@ use crate::config::{Policy, Settings};
 use crate::domain::{MailboxAddress, SubscriptionStatus};
 use crate::google::Google;
 use crate::output;
+use crate::store::Store;
 use crate::subscriptions::OrgUnitVerdict;
 use crate::sync::engine::{self, PassOptions, ProgressFn, SyncContext, SyncReport};
 use crate::sync::gate::{self, GateDecision};
@@ -31,6 +32,33 @@ pub struct Application {
     oauth_listener: Option<TcpListener>,
     /// Held for the process's life on SQLite: a second `run` on the same file refuses to start.
     _instance_lock: Option<File>,
+}
+
+/// A refusal caused by the user's input (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Opens the configured database without migrating it (`migrate` counts
+/// what is pending first).
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let url = settings.database.connect_url()?;
+    let options = crate::store::ConnectOptions {
+        max_connections: settings.database.max_connections,
+        idle_in_transaction_timeout: Some(settings.database.idle_in_transaction_timeout),
+    };
+    let store = Store::connect_with(url.expose(), options)
+        .await
+        .with_context(|| format!("opening database {}", url.redacted()))?;
+    Ok(store)
+}
+
+/// Opens the store and applies pending migrations (every command that reads
+/// or writes does, so a fresh install needs no separate step).
+pub async fn open_migrated_store(settings: &Settings) -> anyhow::Result<Store> {
+    let store = open_store(settings).await?;
+    store.migrate().await.context("applying migrations")?;
+    Ok(store)
 }
 
 /// A replica's identity: host, process and a random suffix.
@@ -87,7 +115,7 @@ impl crate::google::quota::SharedBudget for StoreBudget {
 pub async fn context(settings: Settings) -> anyhow::Result<SyncContext> {
     let policy = settings.policy()?;
     let google = Google::from_settings(&settings)?;
-    let store = crate::cli::open_migrated_store(&settings).await?;
+    let store = open_migrated_store(&settings).await?;
     if store.sqlite_path().is_none() && store.backend() == "postgres" {
         google.quota_limiter().share_project_budget(
             Arc::new(StoreBudget(store.clone())),
@@ -233,16 +261,14 @@ pub async fn sync_with(
         .context("listing subscriptions")?;
     if let Some(m) = &only {
         match subs.iter().find(|s| &s.mailbox == m) {
-            None => return Err(crate::cli::UsageError(format!("no subscription for {m}")).into()),
+            None => return Err(UsageError(format!("no subscription for {m}")).into()),
             Some(s)
                 if !matches!(
                     s.status,
                     SubscriptionStatus::Active | SubscriptionStatus::Suspended
                 ) =>
             {
-                return Err(
-                    crate::cli::UsageError(format!("{m} is {}, not active", s.status)).into(),
-                );
+                return Err(UsageError(format!("{m} is {}, not active", s.status)).into());
             }
             Some(_) => {}
         }
@@ -455,7 +481,7 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
     report(true, "configuration loaded and valid".to_owned());
     let policy = settings.policy()?;
 
-    let store = match crate::cli::open_migrated_store(settings).await {
+    let store = match open_migrated_store(settings).await {
         Ok(s) => {
             report(
                 true,
