@@ -26,7 +26,7 @@ use self::scheduler::Tick;
 use self::worker::{Pool, ResyncRequests};
 use crate::domain::{MailboxAddress, SubscriptionStatus, SyncPhase};
 use crate::events;
-use crate::sync::engine::SyncContext;
+use crate::sync::context::SyncContext;
 use crate::sync::gate;
 
 /// The longest a tick handler (a claim, the fleet gauges) may take.

@@ -1,7 +1,7 @@
 //! Full sync, incremental sync and resync-on-expiry for one mailbox.
 //!
 //! The engine reaches Google only through [`MailboxGmail`] and the database
-//! only through [`Store`]'s fenced writes, so every checkpoint it moves is
+//! only through [`Store`](crate::store::Store)'s fenced writes, so every checkpoint it moves is
 //! covered by a lease and committed in the same transaction as the rows it
 //! vouches for. Invariants:
 //!
@@ -23,16 +23,15 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::{Policy, Settings};
 use crate::domain::{AuthMode, GmailMessageId, HistoryId, MailboxAddress, SyncPhase};
 use crate::events;
-use crate::google::Google;
 use crate::google::error::{ErrorClass, GoogleError};
 use crate::google::gmail::{CallStats, FetchedMessage, MailboxGmail};
 use crate::store::{
-    BatchStats, Checkpoint, FailureRecord, LabelChange, LabelRow, Lease, MessageUpsert, Store,
-    StoreError, SyncBatch, SyncRunRow, SyncState,
+    BatchStats, Checkpoint, FailureRecord, LabelChange, LabelRow, Lease, MessageUpsert, StoreError,
+    SyncBatch, SyncRunRow, SyncState,
 };
+pub use crate::sync::context::SyncContext;
 use crate::sync::gate::{self, GateDecision};
 use crate::sync::normalize::{self, NormalizeLimits};
 
@@ -45,28 +44,6 @@ const LIST_PAGE_SIZE: u32 = 500;
 const GIVE_UP_AFTER_FAILURES: i64 = 3;
 /// Messages bigger than this are normalized on a blocking thread.
 const BLOCKING_NORMALIZE_BYTES: usize = 1 << 20;
-
-/// What the engine needs, shared by every worker of a replica.
-#[derive(Clone)]
-pub struct SyncContext {
-    pub store: Store,
-    pub google: Arc<Google>,
-    pub settings: Arc<Settings>,
-    pub policy: Arc<Policy>,
-    /// This replica's identity, recorded as lease owner and in `sync_runs`.
-    pub replica: String,
-    /// Per-mailbox OAuth consent, when `oauth.enabled`.
-    pub oauth: Option<Arc<crate::oauth::OAuthService>>,
-}
-
-impl SyncContext {
-    fn limits(&self) -> NormalizeLimits {
-        NormalizeLimits {
-            max_message_bytes: self.settings.sync.max_message_bytes,
-            ..NormalizeLimits::default()
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncKind {
