@@ -20,7 +20,7 @@ use crate::google::Google;
 use crate::output;
 use crate::store::Store;
 use crate::subscriptions::OrgUnitVerdict;
-use crate::sync::engine::{self, PassOptions, ProgressFn, SyncContext, SyncReport};
+use crate::sync::engine::{self, PassOptions, ProgressFn, SyncContext, SyncCounts, SyncReport};
 use crate::sync::gate::{self, GateDecision};
 
 /// A built daemon: database migrated, key loaded, listener bound.
@@ -389,15 +389,16 @@ pub fn report_rows(reports: &[SyncReport]) -> Vec<Vec<String>> {
         .iter()
         .map(|r| {
             let v = ReportView::from(r);
+            let c = v.counts;
             vec![
                 v.mailbox,
                 v.kind,
-                v.added.to_string(),
-                v.updated.to_string(),
-                v.deleted.to_string(),
-                v.label_changes.to_string(),
-                v.api_calls.to_string(),
-                v.quota_units.to_string(),
+                c.added.to_string(),
+                c.updated.to_string(),
+                c.deleted.to_string(),
+                c.label_changes.to_string(),
+                c.api_calls.to_string(),
+                c.quota_units.to_string(),
                 v.outcome,
             ]
         })
@@ -409,12 +410,8 @@ pub fn report_rows(reports: &[SyncReport]) -> Vec<Vec<String>> {
 pub struct ReportView {
     pub mailbox: String,
     pub kind: String,
-    pub added: u64,
-    pub updated: u64,
-    pub deleted: u64,
-    pub label_changes: u64,
-    pub api_calls: u64,
-    pub quota_units: u64,
+    #[serde(flatten)]
+    pub counts: SyncCounts,
     pub outcome: String,
 }
 
@@ -428,12 +425,7 @@ impl From<&SyncReport> for ReportView {
             } else {
                 kinds.join("+")
             },
-            added: r.added,
-            updated: r.updated,
-            deleted: r.deleted,
-            label_changes: r.label_changes,
-            api_calls: r.api_calls,
-            quota_units: r.quota_units,
+            counts: r.counts,
             outcome: match &r.outcome {
                 engine::Outcome::Ok => "ok".to_owned(),
                 engine::Outcome::Failed { error, .. } => format!("failed: {error}"),

@@ -35,7 +35,8 @@ use serde::Serialize;
 
 use crate::domain::{
     AuthMode, ChangeKind, GmailMessageId, GmailMessageMeta, HistoryId, MailboxAddress,
-    NormalizedMessage, Operator, ParseError, SubscriptionStatus, SyncPhase,
+    NormalizedMessage, Operator, ParseError, RunOutcome, SubscriptionStatus, SyncCounts, SyncKind,
+    SyncPhase,
 };
 
 #[doc(hidden)]
@@ -237,20 +238,15 @@ pub struct MailboxStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SyncRunRow {
     pub mailbox: MailboxAddress,
-    /// `full`, `incremental` or `resync`.
-    pub kind: String,
+    pub kind: SyncKind,
     pub replica: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
-    pub added: i64,
-    pub updated: i64,
-    pub deleted: i64,
-    pub label_changes: i64,
-    pub api_calls: i64,
-    pub quota_units: i64,
+    #[serde(flatten)]
+    pub counts: SyncCounts,
     /// `ok`, `error` or `auth_failed` (`lease_lost` is reserved: a fenced-out
     /// replica cannot write its run row).
-    pub outcome: String,
+    pub outcome: RunOutcome,
     pub error: Option<String>,
 }
 
@@ -401,15 +397,6 @@ pub struct FailureRecord {
     pub error: String,
     pub next_poll_at: DateTime<Utc>,
     pub run: Option<SyncRunRow>,
-}
-
-/// What a committed batch changed (derived from actual changes).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct BatchStats {
-    pub added: u64,
-    pub updated: u64,
-    pub deleted: u64,
-    pub label_changes: u64,
 }
 
 // ---------------------------------------------------------------------------
@@ -682,7 +669,9 @@ impl Store {
     // -- fenced sync writes -------------------------------------------------
 
     /// Writes a batch and its checkpoint in one fenced transaction.
-    pub async fn commit_batch(&self, l: &Lease, b: &SyncBatch) -> Result<BatchStats, StoreError> {
+    /// What the batch changed (derived from actual changes; `api_calls` and
+    /// `quota_units` stay zero).
+    pub async fn commit_batch(&self, l: &Lease, b: &SyncBatch) -> Result<SyncCounts, StoreError> {
         dispatch!(self, s => s.commit_batch(l, b).await)
     }
 
@@ -1137,17 +1126,19 @@ impl TryFrom<RunRow> for SyncRunRow {
     fn try_from(r: RunRow) -> Result<Self, StoreError> {
         Ok(SyncRunRow {
             mailbox: MailboxAddress::parse(&r.mailbox).map_err(decode_err)?,
-            kind: r.kind,
+            kind: r.kind.parse().map_err(decode_err)?,
             replica: r.replica,
             started_at: r.started_at,
             finished_at: r.finished_at.unwrap_or(r.started_at),
-            added: r.added,
-            updated: r.updated,
-            deleted: r.deleted,
-            label_changes: r.label_changes,
-            api_calls: r.api_calls,
-            quota_units: r.quota_units,
-            outcome: r.outcome,
+            counts: SyncCounts {
+                added: r.added as u64,
+                updated: r.updated as u64,
+                deleted: r.deleted as u64,
+                label_changes: r.label_changes as u64,
+                api_calls: r.api_calls as u64,
+                quota_units: r.quota_units as u64,
+            },
+            outcome: r.outcome.parse().map_err(decode_err)?,
             error: r.error,
         })
     }
@@ -1283,7 +1274,7 @@ pub(crate) struct Plan<'a> {
     /// Live messages to soft-delete.
     pub(crate) deletes: Vec<String>,
     pub(crate) changes: Vec<ChangeRow>,
-    pub(crate) stats: BatchStats,
+    pub(crate) stats: SyncCounts,
 }
 
 /// The message ids whose stored state [`plan_batch`] needs (besides the
@@ -1305,7 +1296,7 @@ pub(crate) fn batch_ids(b: &SyncBatch) -> Vec<String> {
 pub(crate) fn plan_batch(b: &SyncBatch, original: HashMap<String, Existing>) -> Plan<'_> {
     let mut state = original.clone();
     let mut changes = Vec::new();
-    let mut stats = BatchStats::default();
+    let mut stats = SyncCounts::default();
     let mut upsert_at: HashMap<&str, usize> = HashMap::new();
     let mut upserts: Vec<&MessageUpsert> = Vec::new();
     let mut dirty: BTreeSet<String> = BTreeSet::new();

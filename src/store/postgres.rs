@@ -19,16 +19,16 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use super::shared::{shared_store_impl, subscription_columns, sync_state_columns};
 use super::sqlite::{leases, pending};
 use super::{
-    BatchStats, ChangeRow, ChangeRowDb, ConnectOptions, EventRow, ExistingRow, FailureRecord,
-    HitRow, Lease, LiveMessage, LiveRow, MailboxStatus, MessageChange, NewSubscription,
-    OAuthConsent, OAuthToken, OAuthTokenRow, Pruned, PurgeCounts, RunRow, SearchHit, StatusRow,
-    StoreError, Subscription, SubscriptionEvent, SubscriptionRow, SubscriptionUpdate, SyncBatch,
-    SyncRunRow, SyncState, SyncStateRow, addresses_json, attachments_json, batch_ids, changes_json,
-    clean, clean_opt, convert, decode_err, existing_map, json_strings, label_pairs_json,
-    label_rows_json, label_updates_json, messages_json, micros, now, plan_batch, plus,
-    search_words, upsert_labels_json,
+    ChangeRow, ChangeRowDb, ConnectOptions, EventRow, ExistingRow, FailureRecord, HitRow, Lease,
+    LiveMessage, LiveRow, MailboxStatus, MessageChange, NewSubscription, OAuthConsent, OAuthToken,
+    OAuthTokenRow, Pruned, PurgeCounts, RunRow, SearchHit, StatusRow, StoreError, Subscription,
+    SubscriptionEvent, SubscriptionRow, SubscriptionUpdate, SyncBatch, SyncRunRow, SyncState,
+    SyncStateRow, addresses_json, attachments_json, batch_ids, changes_json, clean, clean_opt,
+    convert, decode_err, existing_map, json_strings, label_pairs_json, label_rows_json,
+    label_updates_json, messages_json, micros, now, plan_batch, plus, search_words,
+    upsert_labels_json,
 };
-use crate::domain::{ChangeKind, GmailMessageId, HistoryId, MailboxAddress, Operator};
+use crate::domain::{ChangeKind, GmailMessageId, HistoryId, MailboxAddress, Operator, SyncCounts};
 
 /// How long `connect` waits for the first connection before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

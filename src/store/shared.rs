@@ -641,17 +641,17 @@ macro_rules! shared_store_impl {
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 )
                 .bind(r.mailbox.as_str())
-                .bind(clean(&r.kind))
+                .bind(r.kind.as_str())
                 .bind(clean(&r.replica))
                 .bind(micros(r.started_at))
                 .bind(micros(r.finished_at))
-                .bind(r.added)
-                .bind(r.updated)
-                .bind(r.deleted)
-                .bind(r.label_changes)
-                .bind(r.api_calls)
-                .bind(r.quota_units)
-                .bind(clean(&r.outcome))
+                .bind(r.counts.added as i64)
+                .bind(r.counts.updated as i64)
+                .bind(r.counts.deleted as i64)
+                .bind(r.counts.label_changes as i64)
+                .bind(r.counts.api_calls as i64)
+                .bind(r.counts.quota_units as i64)
+                .bind(r.outcome.as_str())
                 .bind(clean_opt(r.error.as_deref()))
                 .execute(&mut **tx)
                 .await?;
@@ -664,7 +664,7 @@ macro_rules! shared_store_impl {
                 &self,
                 l: &Lease,
                 b: &SyncBatch,
-            ) -> Result<BatchStats, StoreError> {
+            ) -> Result<SyncCounts, StoreError> {
                 let now = now();
                 let mailbox = l.mailbox.as_str();
                 let (_turn, mut tx) = self.begin_write().await?;

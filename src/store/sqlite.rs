@@ -22,15 +22,15 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::shared::{shared_store_impl, subscription_columns, sync_state_columns};
 use super::{
-    BatchStats, ChangeRow, ChangeRowDb, EventRow, ExistingRow, FailureRecord, HitRow, Lease,
-    LiveMessage, LiveRow, MailboxStatus, MessageChange, NewSubscription, OAuthConsent, OAuthToken,
+    ChangeRow, ChangeRowDb, EventRow, ExistingRow, FailureRecord, HitRow, Lease, LiveMessage,
+    LiveRow, MailboxStatus, MessageChange, NewSubscription, OAuthConsent, OAuthToken,
     OAuthTokenRow, Pruned, PurgeCounts, RunRow, SearchHit, StatusRow, StoreError, Subscription,
     SubscriptionEvent, SubscriptionRow, SubscriptionUpdate, SyncBatch, SyncRunRow, SyncState,
     SyncStateRow, addresses_json, attachments_json, batch_ids, changes_json, clean, clean_opt,
     convert, decode_err, existing_map, fts5_query, json_strings, label_pairs_json, label_rows_json,
     label_updates_json, messages_json, micros, now, plan_batch, plus, upsert_labels_json,
 };
-use crate::domain::{ChangeKind, GmailMessageId, HistoryId, MailboxAddress, Operator};
+use crate::domain::{ChangeKind, GmailMessageId, HistoryId, MailboxAddress, Operator, SyncCounts};
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {

@@ -23,13 +23,14 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::domain::{AuthMode, GmailMessageId, HistoryId, MailboxAddress, SyncPhase};
+use crate::domain::{AuthMode, GmailMessageId, HistoryId, MailboxAddress, RunOutcome, SyncPhase};
+pub use crate::domain::{SyncCounts, SyncKind};
 use crate::events;
 use crate::google::error::{ErrorClass, GoogleError};
 use crate::google::gmail::{CallStats, FetchedMessage, MailboxGmail};
 use crate::store::{
-    BatchStats, Checkpoint, FailureRecord, LabelChange, LabelRow, Lease, MessageUpsert, StoreError,
-    SyncBatch, SyncRunRow, SyncState,
+    Checkpoint, FailureRecord, LabelChange, LabelRow, Lease, MessageUpsert, StoreError, SyncBatch,
+    SyncRunRow, SyncState,
 };
 pub use crate::sync::context::SyncContext;
 use crate::sync::gate::{self, GateDecision};
@@ -45,19 +46,27 @@ const GIVE_UP_AFTER_FAILURES: i64 = 3;
 /// Messages bigger than this are normalized on a blocking thread.
 const BLOCKING_NORMALIZE_BYTES: usize = 1 << 20;
 
+/// Why a pass failed, as the bounded `error_type` of its metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncKind {
-    Full,
-    Incremental,
-    Resync,
+pub enum ErrorType {
+    /// Google refused or failed, by class.
+    Google(ErrorClass),
+    /// The database failed (not a lost lease).
+    Database,
+    /// The Directory look-up of the org-unit gate failed.
+    Directory,
+    /// Some messages could not be fetched; the pass is retried.
+    Incomplete,
 }
 
-impl SyncKind {
+impl ErrorType {
+    /// The telemetry label.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Full => "full",
-            Self::Incremental => "incremental",
-            Self::Resync => "resync",
+            ErrorType::Google(class) => class.as_str(),
+            ErrorType::Database => "database",
+            ErrorType::Directory => "directory",
+            ErrorType::Incomplete => "incomplete",
         }
     }
 }
@@ -68,7 +77,7 @@ pub enum Outcome {
     Ok,
     /// The mailbox failed; it is retried later. `error_type` is bounded.
     Failed {
-        error_type: &'static str,
+        error_type: ErrorType,
         error: String,
     },
     /// Access refused: the mailbox is in `auth_failed` with this remedy.
@@ -96,12 +105,7 @@ impl Outcome {
 pub struct SyncReport {
     pub mailbox: MailboxAddress,
     pub kinds: Vec<SyncKind>,
-    pub added: u64,
-    pub updated: u64,
-    pub deleted: u64,
-    pub label_changes: u64,
-    pub api_calls: u64,
-    pub quota_units: u64,
+    pub counts: SyncCounts,
     pub message_gets: u64,
     pub outcome: Outcome,
 }
@@ -139,15 +143,12 @@ enum PassError {
 
 #[derive(Default)]
 struct Totals {
-    stats: BatchStats,
+    stats: SyncCounts,
 }
 
 impl Totals {
-    fn add(&mut self, s: &BatchStats) {
-        self.stats.added += s.added;
-        self.stats.updated += s.updated;
-        self.stats.deleted += s.deleted;
-        self.stats.label_changes += s.label_changes;
+    fn add(&mut self, s: &SyncCounts) {
+        self.stats.add(s);
         events::BatchCommitted {
             added: s.added,
             deleted: s.deleted,
@@ -181,12 +182,7 @@ async fn run_pass(
     let mut report = SyncReport {
         mailbox: mailbox.clone(),
         kinds: Vec::new(),
-        added: 0,
-        updated: 0,
-        deleted: 0,
-        label_changes: 0,
-        api_calls: 0,
-        quota_units: 0,
+        counts: SyncCounts::default(),
         message_gets: 0,
         outcome: Outcome::Ok,
     };
@@ -196,17 +192,23 @@ async fn run_pass(
     // The approved-OU gate runs before any impersonation, on every pass. A
     // mailbox authorized by its owner's consent is not impersonated: the
     // gate is the consent itself (and the allowed domains, checked again).
-    let checked: Result<(AuthMode, GateDecision), (&'static str, String)> = async {
-        let sub = ctx
-            .store
-            .get_subscription(&mailbox)
-            .await
-            .map_err(|e| ("database", format!("reading the subscription: {e}")))?;
+    let checked: Result<(AuthMode, GateDecision), (ErrorType, String)> = async {
+        let sub = ctx.store.get_subscription(&mailbox).await.map_err(|e| {
+            (
+                ErrorType::Database,
+                format!("reading the subscription: {e}"),
+            )
+        })?;
         let mode = sub.as_ref().map_or(AuthMode::Delegated, |s| s.auth_mode);
         let decision = match mode {
             AuthMode::Delegated => gate::check_subscription(ctx, &mailbox, sub.as_ref())
                 .await
-                .map_err(|e| ("directory", format!("org-unit check failed: {e:#}")))?,
+                .map_err(|e| {
+                    (
+                        ErrorType::Directory,
+                        format!("org-unit check failed: {e:#}"),
+                    )
+                })?,
             AuthMode::OAuth => gate::evaluate_consented(&ctx.policy, &mailbox),
         };
         Ok((mode, decision))
@@ -268,12 +270,11 @@ async fn run_pass(
         started,
     )
     .await;
-    report.added = totals.stats.added;
-    report.updated = totals.stats.updated;
-    report.deleted = totals.stats.deleted;
-    report.label_changes = totals.stats.label_changes;
-    report.api_calls = stats.calls();
-    report.quota_units = stats.units();
+    report.counts = SyncCounts {
+        api_calls: stats.calls(),
+        quota_units: stats.units(),
+        ..totals.stats
+    };
     report.message_gets = stats
         .message_gets
         .load(std::sync::atomic::Ordering::Relaxed);
@@ -286,13 +287,8 @@ async fn run_pass(
         Ok(()) => {
             events::MailboxSyncCompleted {
                 mailbox: &mailbox,
-                kind: kind.as_str(),
-                added: report.added,
-                updated: report.updated,
-                deleted: report.deleted,
-                label_changes: report.label_changes,
-                api_calls: report.api_calls,
-                quota_units: report.quota_units,
+                kind,
+                counts: &report.counts,
                 elapsed: clock.elapsed(),
             }
             .emit();
@@ -318,7 +314,7 @@ async fn run_pass(
                 kind,
                 started,
                 SyncPhase::Error,
-                "database",
+                ErrorType::Database,
                 error,
                 None,
             )
@@ -332,7 +328,7 @@ async fn run_pass(
                 kind,
                 started,
                 SyncPhase::Error,
-                "incomplete",
+                ErrorType::Incomplete,
                 msg,
                 None,
             )
@@ -455,24 +451,23 @@ fn run_row(
     lease: &Lease,
     kind: SyncKind,
     started: chrono::DateTime<Utc>,
-    stats: &BatchStats,
+    stats: &SyncCounts,
     gmail: &MailboxGmail,
-    outcome: &str,
+    outcome: RunOutcome,
     error: Option<String>,
 ) -> SyncRunRow {
     SyncRunRow {
         mailbox: lease.mailbox.clone(),
-        kind: kind.as_str().to_owned(),
+        kind,
         replica: ctx.replica.clone(),
         started_at: started,
         finished_at: Utc::now(),
-        added: stats.added as i64,
-        updated: stats.updated as i64,
-        deleted: stats.deleted as i64,
-        label_changes: stats.label_changes as i64,
-        api_calls: gmail.stats().calls() as i64,
-        quota_units: gmail.stats().units() as i64,
-        outcome: outcome.to_owned(),
+        counts: SyncCounts {
+            api_calls: gmail.stats().calls(),
+            quota_units: gmail.stats().units(),
+            ..*stats
+        },
+        outcome,
         error,
     }
 }
@@ -797,7 +792,7 @@ async fn full_sync(
             started,
             &totals.stats,
             gmail,
-            "ok",
+            RunOutcome::Ok,
             None,
         )),
         ..empty_batch(&state, true)
@@ -1023,7 +1018,7 @@ async fn incremental(
         ..empty_batch(&state, true)
     };
     // The run row counts this batch too; it is written in the same transaction.
-    let pending = BatchStats {
+    let pending = SyncCounts {
         deleted: totals.stats.deleted + batch.deletes.len() as u64,
         ..totals.stats
     };
@@ -1034,7 +1029,7 @@ async fn incremental(
         started,
         &pending,
         gmail,
-        "ok",
+        RunOutcome::Ok,
         None,
     ));
     totals.add(&ctx.store.commit_batch(lease, &batch).await?);
@@ -1078,7 +1073,7 @@ async fn handle_google_failure(
             kind,
             started,
             SyncPhase::AuthFailed,
-            "auth_revoked",
+            ErrorType::Google(ErrorClass::AuthRevoked),
             cause.clone(),
             Some(ctx.settings.sync.auth_failed_retry),
         )
@@ -1087,7 +1082,7 @@ async fn handle_google_failure(
         ctx.google.forget(&lease.mailbox);
         return;
     }
-    let error_type = e.class.as_str();
+    let error_type = ErrorType::Google(e.class);
     fail(
         ctx,
         lease,
@@ -1111,7 +1106,7 @@ async fn fail(
     kind: SyncKind,
     started: chrono::DateTime<Utc>,
     phase: SyncPhase,
-    error_type: &'static str,
+    error_type: ErrorType,
     error: String,
     retry_after: Option<Duration>,
 ) {
@@ -1131,20 +1126,15 @@ async fn fail(
             + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::minutes(30)),
         run: Some(SyncRunRow {
             mailbox: lease.mailbox.clone(),
-            kind: kind.as_str().to_owned(),
+            kind,
             replica: ctx.replica.clone(),
             started_at: started,
             finished_at: Utc::now(),
-            added: report.added as i64,
-            updated: report.updated as i64,
-            deleted: report.deleted as i64,
-            label_changes: report.label_changes as i64,
-            api_calls: report.api_calls as i64,
-            quota_units: report.quota_units as i64,
+            counts: report.counts,
             outcome: if phase == SyncPhase::AuthFailed {
-                "auth_failed".to_owned()
+                RunOutcome::AuthFailed
             } else {
-                "error".to_owned()
+                RunOutcome::Error
             },
             error: Some(error.clone()),
         }),
@@ -1152,8 +1142,8 @@ async fn fail(
     let anyhow_err = anyhow::anyhow!(error.clone());
     events::MailboxSyncFailed {
         mailbox: &lease.mailbox,
-        kind: kind.as_str(),
-        error_type,
+        kind,
+        error_type: error_type.as_str(),
         error: &anyhow_err,
     }
     .emit();
