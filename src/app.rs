@@ -20,7 +20,9 @@ use crate::google::Google;
 use crate::output;
 use crate::store::Store;
 use crate::subscriptions::OrgUnitVerdict;
-use crate::sync::engine::{self, PassOptions, ProgressFn, SyncContext, SyncCounts, SyncReport};
+use crate::sync::engine::{
+    self, PassOptions, ProgressFn, Schedule, SyncContext, SyncCounts, SyncReport,
+};
 use crate::sync::gate::{self, GateDecision};
 
 /// A built daemon: database migrated, key loaded, listener bound.
@@ -307,6 +309,7 @@ pub async fn sync_with(
     let opts = PassOptions {
         force_full,
         progress,
+        schedule: Schedule::OneOff,
     };
     let concurrency = ctx.settings.sync.max_concurrent_mailboxes.max(1);
     let reports: Vec<anyhow::Result<Option<SyncReport>>> = futures::stream::iter(targets)

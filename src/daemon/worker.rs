@@ -20,7 +20,7 @@ use super::lease;
 use crate::domain::MailboxAddress;
 use crate::events;
 use crate::store::Lease;
-use crate::sync::engine::{self, Outcome, PassOptions, SyncContext};
+use crate::sync::engine::{self, Outcome, PassOptions, Schedule, SyncContext};
 
 /// Mailboxes the scheduler asked to resync fully at their next claim.
 #[derive(Default)]
@@ -149,6 +149,7 @@ pub async fn run_one(
     let opts = PassOptions {
         force_full,
         progress: None,
+        schedule: Schedule::Daemon,
     };
     let report = engine::sync_mailbox(&ctx, &lease, &opts, &stop).await;
     keeper_done.cancel();
