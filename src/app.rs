@@ -316,44 +316,20 @@ pub async fn sync_with(
         .map(|m| {
             let opts = opts.clone();
             async move {
-                let lease_for = ctx.settings.sync.lease_duration;
                 let Some(lease) = ctx
                     .store
-                    .claim_mailbox(&m, &ctx.replica, Utc::now(), lease_for)
+                    .claim_mailbox(
+                        &m,
+                        &ctx.replica,
+                        Utc::now(),
+                        ctx.settings.sync.lease_duration,
+                    )
                     .await?
                 else {
                     output::notice(format!("{m}: skipped, another replica is syncing it"));
                     return Ok(None);
                 };
-                let stop = cancel.child_token();
-                let done = CancellationToken::new();
-                let keeper = tokio::spawn(crate::daemon::lease::keep_alive(
-                    ctx.store.clone(),
-                    lease.clone(),
-                    lease_for,
-                    done.clone(),
-                    stop.clone(),
-                ));
-                // If this pass is dropped mid-way (a caller's timeout, an
-                // aborted task), the keeper must stop renewing too, or the
-                // lease is held forever by work that no longer runs.
-                let _stop_keeper_on_drop = done.clone().drop_guard();
-                let report = engine::sync_mailbox(ctx, &lease, &opts, &stop).await;
-                done.cancel();
-                let _ = keeper.await;
-                let next = Utc::now()
-                    + chrono::Duration::from_std(ctx.settings.sync.poll_interval)
-                        .unwrap_or_else(|_| chrono::Duration::minutes(1));
-                if report.outcome.is_ok()
-                    || matches!(report.outcome, engine::Outcome::Suspended { .. })
-                {
-                    ctx.store.release_lease(&lease, next).await?;
-                } else {
-                    // Keep the failure's retry time; just free the lease.
-                    let st = ctx.store.sync_state(&lease.mailbox).await?;
-                    let at = st.and_then(|s| s.next_poll_at).unwrap_or(next);
-                    ctx.store.release_lease(&lease, at).await?;
-                }
+                let report = crate::daemon::lease::run_leased(ctx, &lease, &opts, cancel).await?;
                 Ok(Some(report))
             }
         })
