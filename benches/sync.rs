@@ -435,12 +435,12 @@ fn summary(reports: &[SyncReport]) -> String {
         reports.len(),
         failed,
         kinds.join(""),
-        sum(|r| r.added),
-        sum(|r| r.updated),
-        sum(|r| r.deleted),
-        sum(|r| r.label_changes),
-        sum(|r| r.api_calls),
-        sum(|r| r.quota_units),
+        sum(|r| r.counts.added),
+        sum(|r| r.counts.updated),
+        sum(|r| r.counts.deleted),
+        sum(|r| r.counts.label_changes),
+        sum(|r| r.counts.api_calls),
+        sum(|r| r.counts.quota_units),
         sum(|r| r.message_gets),
     )
 }
@@ -473,7 +473,7 @@ async fn quota() -> anyhow::Result<()> {
     let (all, throttled) = after.requests();
     let (all0, throttled0) = before.requests();
     let (requests, throttled) = (all - all0, throttled - throttled0);
-    let added: u64 = reports.iter().map(|r| r.added).sum();
+    let added: u64 = reports.iter().map(|r| r.counts.added).sum();
     let units_per_minute = units as f64 / (secs / 60.0);
     say(&format!("  {}", summary(&reports)));
     say(&format!(
@@ -516,7 +516,7 @@ async fn economy() -> anyhow::Result<()> {
         let reports = sync(&ctx, Some(&m), &CancellationToken::new()).await?;
         let secs = started.elapsed().as_secs_f64();
         let units = emulator.stats().await.units(Some(&m));
-        let added: u64 = reports.iter().map(|r| r.added).sum();
+        let added: u64 = reports.iter().map(|r| r.counts.added).sum();
         say(&format!("  {}", summary(&reports)));
         say(&format!(
             "  full: {units} units for {added} messages = {:.3} units/message; {secs:.1} s ({:.0} msg/s), {:.1} CPU s; peak RSS {:.1} MiB",
@@ -681,7 +681,7 @@ async fn cpu() -> anyhow::Result<()> {
         let reports = sync(&ctx, None, &CancellationToken::new()).await?;
         let secs = started.elapsed().as_secs_f64();
         let (cpu, ecpu) = (self_cpu() - cpu0, emulator.cpu() - ecpu0);
-        let added: u64 = reports.iter().map(|r| r.added).sum();
+        let added: u64 = reports.iter().map(|r| r.counts.added).sum();
         say(&format!("  {}", summary(&reports)));
         say(&format!(
             "  {name}: {added} messages in {secs:.1} s = {:.0} msg/s; daemon CPU {cpu:.1} s = {:.2} CPU s per 1000 messages \
@@ -742,7 +742,7 @@ async fn memory_one(size: usize) -> anyhow::Result<()> {
     let reports = sync(&ctx, Some(&m), &CancellationToken::new()).await?;
     let secs = started.elapsed().as_secs_f64();
     sampler.abort();
-    let added: u64 = reports.iter().map(|r| r.added).sum();
+    let added: u64 = reports.iter().map(|r| r.counts.added).sum();
     say(&format!(
         "memory: full sync of {size} messages ({added} added) in {secs:.1} s: peak RSS {:.1} MiB (before the sync {:.1} MiB), RSS now {:.1} MiB; load {}",
         mib(status_kib("VmHWM")),

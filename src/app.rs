@@ -18,8 +18,11 @@ use crate::config::{Policy, Settings};
 use crate::domain::{MailboxAddress, SubscriptionStatus};
 use crate::google::Google;
 use crate::output;
+use crate::store::Store;
 use crate::subscriptions::OrgUnitVerdict;
-use crate::sync::engine::{self, PassOptions, ProgressFn, SyncContext, SyncReport};
+use crate::sync::engine::{
+    self, PassOptions, ProgressFn, Schedule, SyncContext, SyncCounts, SyncReport,
+};
 use crate::sync::gate::{self, GateDecision};
 
 /// A built daemon: database migrated, key loaded, listener bound.
@@ -31,6 +34,33 @@ pub struct Application {
     oauth_listener: Option<TcpListener>,
     /// Held for the process's life on SQLite: a second `run` on the same file refuses to start.
     _instance_lock: Option<File>,
+}
+
+/// A refusal caused by the user's input (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Opens the configured database without migrating it (`migrate` counts
+/// what is pending first).
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let url = settings.database.connect_url()?;
+    let options = crate::store::ConnectOptions {
+        max_connections: settings.database.max_connections,
+        idle_in_transaction_timeout: Some(settings.database.idle_in_transaction_timeout),
+    };
+    let store = Store::connect_with(url.expose(), options)
+        .await
+        .with_context(|| format!("opening database {}", url.redacted()))?;
+    Ok(store)
+}
+
+/// Opens the store and applies pending migrations (every command that reads
+/// or writes does, so a fresh install needs no separate step).
+pub async fn open_migrated_store(settings: &Settings) -> anyhow::Result<Store> {
+    let store = open_store(settings).await?;
+    store.migrate().await.context("applying migrations")?;
+    Ok(store)
 }
 
 /// A replica's identity: host, process and a random suffix.
@@ -87,7 +117,7 @@ impl crate::google::quota::SharedBudget for StoreBudget {
 pub async fn context(settings: Settings) -> anyhow::Result<SyncContext> {
     let policy = settings.policy()?;
     let google = Google::from_settings(&settings)?;
-    let store = crate::cli::open_migrated_store(&settings).await?;
+    let store = open_migrated_store(&settings).await?;
     if store.sqlite_path().is_none() && store.backend() == "postgres" {
         google.quota_limiter().share_project_budget(
             Arc::new(StoreBudget(store.clone())),
@@ -233,16 +263,14 @@ pub async fn sync_with(
         .context("listing subscriptions")?;
     if let Some(m) = &only {
         match subs.iter().find(|s| &s.mailbox == m) {
-            None => return Err(crate::cli::UsageError(format!("no subscription for {m}")).into()),
+            None => return Err(UsageError(format!("no subscription for {m}")).into()),
             Some(s)
                 if !matches!(
                     s.status,
                     SubscriptionStatus::Active | SubscriptionStatus::Suspended
                 ) =>
             {
-                return Err(
-                    crate::cli::UsageError(format!("{m} is {}, not active", s.status)).into(),
-                );
+                return Err(UsageError(format!("{m} is {}, not active", s.status)).into());
             }
             Some(_) => {}
         }
@@ -281,50 +309,27 @@ pub async fn sync_with(
     let opts = PassOptions {
         force_full,
         progress,
+        schedule: Schedule::OneOff,
     };
     let concurrency = ctx.settings.sync.max_concurrent_mailboxes.max(1);
     let reports: Vec<anyhow::Result<Option<SyncReport>>> = futures::stream::iter(targets)
         .map(|m| {
             let opts = opts.clone();
             async move {
-                let lease_for = ctx.settings.sync.lease_duration;
                 let Some(lease) = ctx
                     .store
-                    .claim_mailbox(&m, &ctx.replica, Utc::now(), lease_for)
+                    .claim_mailbox(
+                        &m,
+                        &ctx.replica,
+                        Utc::now(),
+                        ctx.settings.sync.lease_duration,
+                    )
                     .await?
                 else {
                     output::notice(format!("{m}: skipped, another replica is syncing it"));
                     return Ok(None);
                 };
-                let stop = cancel.child_token();
-                let done = CancellationToken::new();
-                let keeper = tokio::spawn(crate::daemon::lease::keep_alive(
-                    ctx.store.clone(),
-                    lease.clone(),
-                    lease_for,
-                    done.clone(),
-                    stop.clone(),
-                ));
-                // If this pass is dropped mid-way (a caller's timeout, an
-                // aborted task), the keeper must stop renewing too, or the
-                // lease is held forever by work that no longer runs.
-                let _stop_keeper_on_drop = done.clone().drop_guard();
-                let report = engine::sync_mailbox(ctx, &lease, &opts, &stop).await;
-                done.cancel();
-                let _ = keeper.await;
-                let next = Utc::now()
-                    + chrono::Duration::from_std(ctx.settings.sync.poll_interval)
-                        .unwrap_or_else(|_| chrono::Duration::minutes(1));
-                if report.outcome.is_ok()
-                    || matches!(report.outcome, engine::Outcome::Suspended { .. })
-                {
-                    ctx.store.release_lease(&lease, next).await?;
-                } else {
-                    // Keep the failure's retry time; just free the lease.
-                    let st = ctx.store.sync_state(&lease.mailbox).await?;
-                    let at = st.and_then(|s| s.next_poll_at).unwrap_or(next);
-                    ctx.store.release_lease(&lease, at).await?;
-                }
+                let report = crate::daemon::lease::run_leased(ctx, &lease, &opts, cancel).await?;
                 Ok(Some(report))
             }
         })
@@ -363,15 +368,16 @@ pub fn report_rows(reports: &[SyncReport]) -> Vec<Vec<String>> {
         .iter()
         .map(|r| {
             let v = ReportView::from(r);
+            let c = v.counts;
             vec![
                 v.mailbox,
                 v.kind,
-                v.added.to_string(),
-                v.updated.to_string(),
-                v.deleted.to_string(),
-                v.label_changes.to_string(),
-                v.api_calls.to_string(),
-                v.quota_units.to_string(),
+                c.added.to_string(),
+                c.updated.to_string(),
+                c.deleted.to_string(),
+                c.label_changes.to_string(),
+                c.api_calls.to_string(),
+                c.quota_units.to_string(),
                 v.outcome,
             ]
         })
@@ -383,12 +389,8 @@ pub fn report_rows(reports: &[SyncReport]) -> Vec<Vec<String>> {
 pub struct ReportView {
     pub mailbox: String,
     pub kind: String,
-    pub added: u64,
-    pub updated: u64,
-    pub deleted: u64,
-    pub label_changes: u64,
-    pub api_calls: u64,
-    pub quota_units: u64,
+    #[serde(flatten)]
+    pub counts: SyncCounts,
     pub outcome: String,
 }
 
@@ -402,12 +404,7 @@ impl From<&SyncReport> for ReportView {
             } else {
                 kinds.join("+")
             },
-            added: r.added,
-            updated: r.updated,
-            deleted: r.deleted,
-            label_changes: r.label_changes,
-            api_calls: r.api_calls,
-            quota_units: r.quota_units,
+            counts: r.counts,
             outcome: match &r.outcome {
                 engine::Outcome::Ok => "ok".to_owned(),
                 engine::Outcome::Failed { error, .. } => format!("failed: {error}"),
@@ -455,7 +452,7 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
     report(true, "configuration loaded and valid".to_owned());
     let policy = settings.policy()?;
 
-    let store = match crate::cli::open_migrated_store(settings).await {
+    let store = match open_migrated_store(settings).await {
         Ok(s) => {
             report(
                 true,

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
-use crate::app;
+use crate::app::{self, UsageError, open_migrated_store, open_store};
 use crate::config::Settings;
 use crate::domain::{MailboxAddress, Operator, SubscriptionAction, SubscriptionStatus};
 use crate::output::{self, Format};
@@ -197,11 +197,6 @@ pub struct DemoArgs {
     pub seed: u64,
 }
 
-/// A refusal caused by the user's input (exit code 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
 fn usage(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::Error::new(UsageError(e.to_string()))
 }
@@ -239,26 +234,6 @@ fn fmt_time(t: Option<DateTime<Utc>>) -> String {
         || "-".to_owned(),
         |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
     )
-}
-
-async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    let url = settings.database.connect_url()?;
-    let options = crate::store::ConnectOptions {
-        max_connections: settings.database.max_connections,
-        idle_in_transaction_timeout: Some(settings.database.idle_in_transaction_timeout),
-    };
-    let store = Store::connect_with(url.expose(), options)
-        .await
-        .with_context(|| format!("opening database {}", url.redacted()))?;
-    Ok(store)
-}
-
-/// Opens the store and applies pending migrations (every command that reads
-/// or writes does, so a fresh install needs no separate step).
-pub async fn open_migrated_store(settings: &Settings) -> anyhow::Result<Store> {
-    let store = open_store(settings).await?;
-    store.migrate().await.context("applying migrations")?;
-    Ok(store)
 }
 
 /// Runs a parsed command. `shutdown` resolves on SIGTERM/SIGINT.

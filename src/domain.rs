@@ -489,6 +489,53 @@ string_enum!(
 );
 
 string_enum!(
+    /// What kind of pass a `sync_runs` row records (`sync_runs.kind`).
+    SyncKind {
+        Full => "full",
+        Incremental => "incremental",
+        Resync => "resync",
+    }
+);
+
+string_enum!(
+    /// How a recorded pass ended (`sync_runs.outcome`). `LeaseLost` is
+    /// reserved: a fenced-out replica cannot write its run row.
+    RunOutcome {
+        Ok => "ok",
+        Error => "error",
+        AuthFailed => "auth_failed",
+        LeaseLost => "lease_lost",
+    }
+);
+
+/// What a pass (or one committed batch of it) changed and spent: the one
+/// set of counters shared by the store's batch result, the engine's report,
+/// the `sync_runs` row, the completion event and the printed report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SyncCounts {
+    pub added: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub label_changes: u64,
+    /// Google API requests made (zero for a batch: the store does not call Google).
+    pub api_calls: u64,
+    /// Quota units those requests cost.
+    pub quota_units: u64,
+}
+
+impl SyncCounts {
+    /// Adds every counter of `other` to this one.
+    pub fn add(&mut self, other: &SyncCounts) {
+        self.added += other.added;
+        self.updated += other.updated;
+        self.deleted += other.deleted;
+        self.label_changes += other.label_changes;
+        self.api_calls += other.api_calls;
+        self.quota_units += other.quota_units;
+    }
+}
+
+string_enum!(
     /// What a `message_changes` row records.
     ChangeKind {
         Added => "added",

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 
-use crate::domain::{MailboxAddress, SyncPhase};
+use crate::domain::{MailboxAddress, SyncCounts, SyncKind, SyncPhase};
 use crate::google::error::{AuthCause, ErrorClass, GoogleError};
 
 /// Every metric this crate exports, with its help text. The README lists them
@@ -186,31 +186,27 @@ impl QuotaUnitsSpent {
 
 pub struct MailboxSyncCompleted<'a> {
     pub mailbox: &'a MailboxAddress,
-    pub kind: &'static str,
-    pub added: u64,
-    pub updated: u64,
-    pub deleted: u64,
-    pub label_changes: u64,
-    pub api_calls: u64,
-    pub quota_units: u64,
+    pub kind: SyncKind,
+    pub counts: &'a SyncCounts,
     pub elapsed: Duration,
 }
 
 impl MailboxSyncCompleted<'_> {
     pub fn emit(&self) {
+        let c = self.counts;
         tracing::info!(
             mailbox = %self.mailbox,
-            kind = self.kind,
-            added = self.added,
-            updated = self.updated,
-            deleted = self.deleted,
-            label_changes = self.label_changes,
-            api_calls = self.api_calls,
-            quota_units = self.quota_units,
+            kind = self.kind.as_str(),
+            added = c.added,
+            updated = c.updated,
+            deleted = c.deleted,
+            label_changes = c.label_changes,
+            api_calls = c.api_calls,
+            quota_units = c.quota_units,
             elapsed_ms = self.elapsed.as_millis() as u64,
             "Mailbox sync completed."
         );
-        counter!("gmail_ingest_sync_runs_total", "kind" => self.kind, "outcome" => "ok")
+        counter!("gmail_ingest_sync_runs_total", "kind" => self.kind.as_str(), "outcome" => "ok")
             .increment(1);
     }
 }
@@ -232,7 +228,7 @@ impl BatchCommitted {
 
 pub struct MailboxSyncFailed<'a> {
     pub mailbox: &'a MailboxAddress,
-    pub kind: &'static str,
+    pub kind: SyncKind,
     pub error_type: &'static str,
     pub error: &'a anyhow::Error,
 }
@@ -241,12 +237,12 @@ impl MailboxSyncFailed<'_> {
     pub fn emit(&self) {
         tracing::warn!(
             mailbox = %self.mailbox,
-            kind = self.kind,
+            kind = self.kind.as_str(),
             error_type = self.error_type,
             error = %self.error,
             "Mailbox sync failed; it will be retried."
         );
-        counter!("gmail_ingest_sync_runs_total", "kind" => self.kind, "outcome" => self.error_type)
+        counter!("gmail_ingest_sync_runs_total", "kind" => self.kind.as_str(), "outcome" => self.error_type)
             .increment(1);
     }
 }

@@ -285,21 +285,16 @@ impl<'a> Subscriptions<'a> {
             .map(|t| t.mailbox)
             .collect();
         let stale_after = ChronoDuration::from_std(stale_after).unwrap_or(ChronoDuration::days(5));
-        let interval = ChronoDuration::days(i64::from(self.policy.review_interval_days));
         let mut items = Vec::new();
         for sub in subs
             .iter()
             .filter(|s| s.status != SubscriptionStatus::Removed)
         {
             let mut issues = Vec::new();
-            let last_review = sub
-                .last_reviewed_at
-                .or(sub.approved_at)
-                .unwrap_or(sub.requested_at);
-            if now - last_review > interval {
+            if review_overdue(self.policy, sub, now) {
                 issues.push(format!(
                     "review overdue (last {})",
-                    last_review.format("%Y-%m-%d")
+                    last_review(sub).format("%Y-%m-%d")
                 ));
             }
             if sub.status == SubscriptionStatus::Suspended {
@@ -378,6 +373,22 @@ impl<'a> Subscriptions<'a> {
         }
         Ok(n)
     }
+}
+
+/// When `sub` was last looked at by an operator: its last review, else its
+/// approval, else its request.
+pub fn last_review(sub: &Subscription) -> DateTime<Utc> {
+    sub.last_reviewed_at
+        .or(sub.approved_at)
+        .unwrap_or(sub.requested_at)
+}
+
+/// The one review-overdue rule (`subscriptions review` and the fleet gauge):
+/// a subscription not removed whose [`last_review`] lies more than
+/// `policy.review_interval_days` before `now`.
+pub fn review_overdue(policy: &Policy, sub: &Subscription, now: DateTime<Utc>) -> bool {
+    let interval = ChronoDuration::days(i64::from(policy.review_interval_days));
+    sub.status != SubscriptionStatus::Removed && now - last_review(sub) > interval
 }
 
 /// One line of `subscriptions review`.

@@ -1,4 +1,10 @@
-//! Lease renewal while a mailbox is being synced.
+//! The lifecycle of a leased pass, and lease renewal while it runs.
+//!
+//! [`run_leased`] is the one owner of that lifecycle, for the daemon's
+//! workers and the `sync` command alike: it starts the keeper, runs the
+//! pass, stops the keeper (also when the pass is dropped mid-way) and
+//! releases the lease with the next poll time the engine computed. Claiming
+//! is the caller's; nothing here decides when a mailbox is due.
 //!
 //! A lease is `(owner, epoch)` on the mailbox's `sync_state` row with an
 //! expiry. Every fenced write re-checks owner, epoch and expiry inside its own
@@ -15,6 +21,39 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events;
 use crate::store::{Lease, Store, StoreError};
+use crate::sync::engine::{self, PassOptions, SyncContext, SyncReport};
+
+/// Runs one pass over a mailbox the caller claimed: keeps the lease alive
+/// while the pass runs, then releases it with the report's next poll time
+/// (not at all when the lease was lost). `cancel` is the caller's shutdown;
+/// a lost lease cancels only this pass. The error is the release's.
+pub async fn run_leased(
+    ctx: &SyncContext,
+    lease: &Lease,
+    opts: &PassOptions,
+    cancel: &CancellationToken,
+) -> Result<SyncReport, StoreError> {
+    let stop = cancel.child_token();
+    let keeper_done = CancellationToken::new();
+    let keeper = tokio::spawn(keep_alive(
+        ctx.store.clone(),
+        lease.clone(),
+        ctx.settings.sync.lease_duration,
+        keeper_done.clone(),
+        stop.clone(),
+    ));
+    // If this pass is dropped mid-way (a caller's timeout, an aborted task),
+    // the keeper must stop renewing too, or the lease is held forever by
+    // work that no longer runs.
+    let _stop_keeper_on_drop = keeper_done.clone().drop_guard();
+    let report = engine::sync_mailbox(ctx, lease, opts, &stop).await;
+    keeper_done.cancel();
+    let _ = keeper.await;
+    if let Some(at) = report.next_poll_at {
+        ctx.store.release_lease(lease, at).await?;
+    }
+    Ok(report)
+}
 
 /// Renews `lease` every third of `lease_for` until `done` fires; cancels
 /// `lost` when the lease cannot be kept.

@@ -27,7 +27,7 @@ use self::worker::{Pool, ResyncRequests};
 use crate::domain::{MailboxAddress, SubscriptionStatus, SyncPhase};
 use crate::events;
 use crate::http::Health;
-use crate::sync::engine::SyncContext;
+use crate::sync::context::SyncContext;
 use crate::sync::gate;
 
 /// The longest a tick handler (a claim, the fleet gauges) may take.
@@ -280,17 +280,9 @@ async fn fleet_snapshot(ctx: &SyncContext) -> anyhow::Result<(u64, u64)> {
             }
         }
     }
-    let interval = chrono::Duration::days(i64::from(ctx.policy.review_interval_days));
     let overdue = subs
         .iter()
-        .filter(|s| s.status != SubscriptionStatus::Removed)
-        .filter(|s| {
-            now - s
-                .last_reviewed_at
-                .or(s.approved_at)
-                .unwrap_or(s.requested_at)
-                > interval
-        })
+        .filter(|s| crate::subscriptions::review_overdue(&ctx.policy, s, now))
         .count() as u64;
     events::FleetSnapshot {
         by_phase: &by_phase,

@@ -8,10 +8,8 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use chrono::Utc;
-use rand::Rng;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,7 +18,7 @@ use super::lease;
 use crate::domain::MailboxAddress;
 use crate::events;
 use crate::store::Lease;
-use crate::sync::engine::{self, Outcome, PassOptions, SyncContext};
+use crate::sync::engine::{PassOptions, Schedule, SyncContext};
 
 /// Mailboxes the scheduler asked to resync fully at their next claim.
 #[derive(Default)]
@@ -57,22 +55,6 @@ pub struct Pool {
     /// Told when a worker frees its slot, so the next due mailbox is claimed
     /// at once instead of at the next scheduler tick.
     pub wake: tokio::sync::mpsc::Sender<super::scheduler::Tick>,
-}
-
-/// When a mailbox should be polled next after an outcome.
-fn next_poll(ctx: &SyncContext, outcome: &Outcome, failures: i64) -> chrono::DateTime<Utc> {
-    let poll = ctx.settings.sync.poll_interval;
-    let delay = match outcome {
-        Outcome::Ok | Outcome::Suspended { .. } => {
-            // ±10 % jitter so a thousand mailboxes do not poll in the same second.
-            let f = rand::rng().random_range(0.9..1.1);
-            poll.mul_f64(f)
-        }
-        Outcome::AuthFailed { .. } => ctx.settings.sync.auth_failed_retry,
-        Outcome::Failed { .. } => engine::failure_backoff(poll, failures.saturating_sub(1)),
-        Outcome::Interrupted | Outcome::LeaseLost => Duration::ZERO,
-    };
-    Utc::now() + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::minutes(1))
 }
 
 impl Pool {
@@ -135,42 +117,12 @@ pub async fn run_one(
     force_full: bool,
     shutdown: CancellationToken,
 ) {
-    let stop = shutdown.child_token();
-    let keeper_done = CancellationToken::new();
-    let keeper = tokio::spawn(lease::keep_alive(
-        ctx.store.clone(),
-        lease.clone(),
-        ctx.settings.sync.lease_duration,
-        keeper_done.clone(),
-        stop.clone(),
-    ));
-    // A dropped (aborted) pass must not leave the keeper renewing its lease.
-    let _stop_keeper_on_drop = keeper_done.clone().drop_guard();
     let opts = PassOptions {
         force_full,
         progress: None,
+        schedule: Schedule::Daemon,
     };
-    let report = engine::sync_mailbox(&ctx, &lease, &opts, &stop).await;
-    keeper_done.cancel();
-    let _ = keeper.await;
-    if report.outcome == Outcome::LeaseLost {
-        return;
-    }
-    let failures = match &report.outcome {
-        Outcome::Failed { .. } => ctx
-            .store
-            .sync_state(&lease.mailbox)
-            .await
-            .ok()
-            .flatten()
-            .map_or(1, |s| s.consecutive_failures),
-        _ => 0,
-    };
-    if let Err(e) = ctx
-        .store
-        .release_lease(&lease, next_poll(&ctx, &report.outcome, failures))
-        .await
-    {
+    if let Err(e) = lease::run_leased(&ctx, &lease, &opts, &shutdown).await {
         events::DbError {
             operation: "release_lease",
             error: &e,

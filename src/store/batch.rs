@@ -12,11 +12,11 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use super::model::{BatchStats, LabelRow, MessageUpsert, SyncBatch};
+use super::model::{LabelRow, MessageUpsert, SyncBatch};
 use super::rows::ExistingRow;
 use super::sql::micros;
 use super::text::{clean, clean_opt, fts_addresses, json_strings, parse_json_strings};
-use crate::domain::{ChangeKind, GmailMessageId, HistoryId};
+use crate::domain::{ChangeKind, GmailMessageId, HistoryId, SyncCounts};
 
 /// A stored message as far as a plan is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +67,7 @@ pub(crate) struct Plan<'a> {
     /// Live messages to soft-delete.
     pub(crate) deletes: Vec<String>,
     pub(crate) changes: Vec<ChangeRow>,
-    pub(crate) stats: BatchStats,
+    pub(crate) stats: SyncCounts,
 }
 
 /// The message ids whose stored state [`plan_batch`] needs (besides the
@@ -89,7 +89,7 @@ pub(crate) fn batch_ids(b: &SyncBatch) -> Vec<String> {
 pub(crate) fn plan_batch(b: &SyncBatch, original: HashMap<String, Existing>) -> Plan<'_> {
     let mut state = original.clone();
     let mut changes = Vec::new();
-    let mut stats = BatchStats::default();
+    let mut stats = SyncCounts::default();
     let mut upsert_at: HashMap<&str, usize> = HashMap::new();
     let mut upserts: Vec<&MessageUpsert> = Vec::new();
     let mut dirty: BTreeSet<String> = BTreeSet::new();

@@ -14,13 +14,13 @@ use chrono::{DurationRound, TimeDelta, Utc};
 
 use super::sql::{micros, now};
 use super::{
-    BatchStats, Checkpoint, FailureRecord, LabelChange, LabelRow, Lease, MessageUpsert,
-    NewSubscription, Pruned, Store, StoreError, SubscriptionUpdate, SyncBatch, SyncRunRow,
+    Checkpoint, FailureRecord, LabelChange, LabelRow, Lease, MessageUpsert, NewSubscription,
+    Pruned, Store, StoreError, SubscriptionUpdate, SyncBatch, SyncRunRow,
 };
 use crate::domain::{
     AddressRole, AttachmentMeta, AuthMode, ChangeKind, GmailMessageId, GmailMessageMeta, HistoryId,
-    MailboxAddress, MessageAddress, NormalizedMessage, Operator, SubscriptionAction,
-    SubscriptionStatus, SyncPhase,
+    MailboxAddress, MessageAddress, NormalizedMessage, Operator, RunOutcome, SubscriptionAction,
+    SubscriptionStatus, SyncCounts, SyncKind, SyncPhase,
 };
 
 // ---------------------------------------------------------------------------
@@ -222,20 +222,22 @@ pub async fn upserts_are_idempotent(store: &Store) {
 
     assert_eq!(
         first,
-        BatchStats {
+        SyncCounts {
             added: 3,
             updated: 0,
             deleted: 0,
-            label_changes: 0
+            label_changes: 0,
+            ..SyncCounts::default()
         }
     );
     assert_eq!(
         second,
-        BatchStats {
+        SyncCounts {
             added: 0,
             updated: 3,
             deleted: 0,
-            label_changes: 0
+            label_changes: 0,
+            ..SyncCounts::default()
         }
     );
     assert_eq!(live_1, live_2);
@@ -1143,17 +1145,19 @@ pub fn run_row(m: &MailboxAddress) -> SyncRunRow {
     let now = now();
     SyncRunRow {
         mailbox: m.clone(),
-        kind: "incremental".into(),
+        kind: SyncKind::Incremental,
         replica: "replica-1".into(),
         started_at: now - TimeDelta::seconds(3),
         finished_at: now,
-        added: 2,
-        updated: 0,
-        deleted: 0,
-        label_changes: 0,
-        api_calls: 3,
-        quota_units: 45,
-        outcome: "ok".into(),
+        counts: SyncCounts {
+            added: 2,
+            updated: 0,
+            deleted: 0,
+            label_changes: 0,
+            api_calls: 3,
+            quota_units: 45,
+        },
+        outcome: RunOutcome::Ok,
         error: None,
     }
 }
@@ -1342,7 +1346,7 @@ pub async fn failures_are_counted_and_reset(store: &Store) {
     let next = now() + TimeDelta::minutes(10);
     for _ in 0..2 {
         let mut run = run_row(&m);
-        run.outcome = "error".into();
+        run.outcome = RunOutcome::Error;
         run.error = Some("HTTP 500".into());
         store
             .record_failure(
@@ -1367,7 +1371,7 @@ pub async fn failures_are_counted_and_reset(store: &Store) {
     assert_eq!(runs[0].error.as_deref(), Some("HTTP 500"));
     assert_eq!(runs[0], {
         let mut r = run_row(&m);
-        r.outcome = "error".into();
+        r.outcome = RunOutcome::Error;
         r.error = Some("HTTP 500".into());
         SyncRunRow {
             started_at: runs[0].started_at,

@@ -51,7 +51,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{GmailMessageId, MailboxAddress, Operator};
+use crate::domain::{GmailMessageId, MailboxAddress, Operator, SyncCounts};
 
 mod batch;
 #[cfg(any(test, feature = "test-support"))]
@@ -66,10 +66,10 @@ mod sqlite;
 mod text;
 
 pub use model::{
-    BatchStats, Checkpoint, ConnectOptions, FailureRecord, LabelChange, LabelRow, Lease,
-    LiveMessage, MailboxStatus, MessageChange, MessageUpsert, NewSubscription, OAuthConsent,
-    OAuthToken, Pruned, PurgeCounts, SearchHit, Subscription, SubscriptionEvent,
-    SubscriptionUpdate, SyncBatch, SyncRunRow, SyncState, UNFETCHED_PREFIX,
+    Checkpoint, ConnectOptions, FailureRecord, LabelChange, LabelRow, Lease, LiveMessage,
+    MailboxStatus, MessageChange, MessageUpsert, NewSubscription, OAuthConsent, OAuthToken, Pruned,
+    PurgeCounts, SearchHit, Subscription, SubscriptionEvent, SubscriptionUpdate, SyncBatch,
+    SyncRunRow, SyncState, UNFETCHED_PREFIX,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -346,8 +346,10 @@ impl Store {
 
     // -- fenced sync writes -------------------------------------------------
 
-    /// Writes a batch and its checkpoint in one fenced transaction.
-    pub async fn commit_batch(&self, l: &Lease, b: &SyncBatch) -> Result<BatchStats, StoreError> {
+    /// Writes a batch and its checkpoint in one fenced transaction, and says
+    /// what the batch changed (derived from actual changes; `api_calls` and
+    /// `quota_units` stay zero).
+    pub async fn commit_batch(&self, l: &Lease, b: &SyncBatch) -> Result<SyncCounts, StoreError> {
         dispatch!(self, s => s.commit_batch(l, b).await)
     }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::domain::{
     AuthMode, ChangeKind, GmailMessageId, GmailMessageMeta, HistoryId, MailboxAddress,
-    NormalizedMessage, Operator, SubscriptionStatus, SyncPhase,
+    NormalizedMessage, Operator, RunOutcome, SubscriptionStatus, SyncCounts, SyncKind, SyncPhase,
 };
 
 /// A request to ingest a mailbox (`subscriptions add`).
@@ -170,20 +170,15 @@ pub struct MailboxStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SyncRunRow {
     pub mailbox: MailboxAddress,
-    /// `full`, `incremental` or `resync`.
-    pub kind: String,
+    pub kind: SyncKind,
     pub replica: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
-    pub added: i64,
-    pub updated: i64,
-    pub deleted: i64,
-    pub label_changes: i64,
-    pub api_calls: i64,
-    pub quota_units: i64,
+    #[serde(flatten)]
+    pub counts: SyncCounts,
     /// `ok`, `error` or `auth_failed` (`lease_lost` is reserved: a fenced-out
     /// replica cannot write its run row).
-    pub outcome: String,
+    pub outcome: RunOutcome,
     pub error: Option<String>,
 }
 
@@ -335,15 +330,6 @@ pub struct FailureRecord {
     pub error: String,
     pub next_poll_at: DateTime<Utc>,
     pub run: Option<SyncRunRow>,
-}
-
-/// What a committed batch changed (derived from actual changes).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct BatchStats {
-    pub added: u64,
-    pub updated: u64,
-    pub deleted: u64,
-    pub label_changes: u64,
 }
 
 /// `parse_error` prefix of a placeholder row for a message that could not

@@ -14,7 +14,7 @@ use super::model::{
     SubscriptionEvent, SyncRunRow, SyncState,
 };
 use super::text::parse_json_strings;
-use crate::domain::{GmailMessageId, HistoryId, MailboxAddress, Operator, ParseError};
+use crate::domain::{GmailMessageId, HistoryId, MailboxAddress, Operator, ParseError, SyncCounts};
 
 /// A stored value that does not parse as its domain type.
 pub(crate) fn decode_err(e: ParseError) -> StoreError {
@@ -256,17 +256,19 @@ impl TryFrom<RunRow> for SyncRunRow {
     fn try_from(r: RunRow) -> Result<Self, StoreError> {
         Ok(SyncRunRow {
             mailbox: MailboxAddress::parse(&r.mailbox).map_err(decode_err)?,
-            kind: r.kind,
+            kind: r.kind.parse().map_err(decode_err)?,
             replica: r.replica,
             started_at: r.started_at,
             finished_at: r.finished_at.unwrap_or(r.started_at),
-            added: r.added,
-            updated: r.updated,
-            deleted: r.deleted,
-            label_changes: r.label_changes,
-            api_calls: r.api_calls,
-            quota_units: r.quota_units,
-            outcome: r.outcome,
+            counts: SyncCounts {
+                added: r.added as u64,
+                updated: r.updated as u64,
+                deleted: r.deleted as u64,
+                label_changes: r.label_changes as u64,
+                api_calls: r.api_calls as u64,
+                quota_units: r.quota_units as u64,
+            },
+            outcome: r.outcome.parse().map_err(decode_err)?,
             error: r.error,
         })
     }

@@ -14,7 +14,7 @@ use crate::domain::{AuthMode, MailboxAddress, Operator, SubscriptionAction, Subs
 use crate::events;
 use crate::google::directory::DirectoryUser;
 use crate::store::SubscriptionUpdate;
-use crate::sync::engine::SyncContext;
+use crate::sync::context::SyncContext;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GateDecision {

@@ -176,7 +176,7 @@ both_backends!(
         // A second pass is quiet: nothing refetched, nothing changes.
         let again = w.sync(Some(&m)).await;
         assert!(again[0].outcome.is_ok());
-        assert_eq!(again[0].added + again[0].updated, 0);
+        assert_eq!(again[0].counts.added + again[0].counts.updated, 0);
     }
 );
 

@@ -217,7 +217,7 @@ both_backends!(
                 replica: "earlier-replica".into(),
                 started_at: started,
                 finished_at: started + chrono::TimeDelta::seconds(1),
-                outcome: "error".into(),
+                outcome: gmail_ingest::domain::RunOutcome::Error,
                 error: Some("HTTP 503".into()),
                 ..gmail_ingest::store::conformance::run_row(&m)
             };

@@ -50,7 +50,7 @@ both_backends!(
             "units {units} for {n} messages"
         );
         assert_eq!(
-            reports[0].quota_units, units,
+            reports[0].counts.quota_units, units,
             "our accounting matches the emulator's"
         );
         let st = w.ctx.store.sync_state(&m).await.unwrap().unwrap();

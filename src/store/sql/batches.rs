@@ -29,14 +29,14 @@ macro_rules! batch_statements {
         unhex($ho:literal, $hc:literal)
     ) => {
         const _: () = {
-            use $crate::domain::{ChangeKind, GmailMessageId, HistoryId};
+            use $crate::domain::{ChangeKind, GmailMessageId, HistoryId, SyncCounts};
             use $crate::store::StoreError;
             use $crate::store::batch::{
                 ChangeRow, addresses_json, attachments_json, batch_ids, changes_json, existing_map,
                 label_pairs_json, label_rows_json, label_updates_json, messages_json, plan_batch,
                 upsert_labels_json,
             };
-            use $crate::store::model::{BatchStats, Lease, SyncBatch};
+            use $crate::store::model::{Lease, SyncBatch};
             use $crate::store::rows::ExistingRow;
             use $crate::store::sql::now;
             use $crate::store::text::{clean, clean_opt, json_strings};
@@ -46,7 +46,7 @@ macro_rules! batch_statements {
                     &self,
                     l: &Lease,
                     b: &SyncBatch,
-                ) -> Result<BatchStats, StoreError> {
+                ) -> Result<SyncCounts, StoreError> {
                     let now = now();
                     let mailbox = l.mailbox.as_str();
                     let (_turn, mut tx) = self.begin_write().await?;

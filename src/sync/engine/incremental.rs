@@ -1,0 +1,276 @@
+//! Incremental sync: replay the mailbox's history from the stored historyId,
+//! collapsed to its net effect, and commit the new historyId with the last
+//! batch.
+//!
+//! This module must not move `history_id` in any batch but the last one,
+//! which also carries the deletes, the label changes and the run row.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+
+use super::fetch::Misses;
+use super::{Pass, PassError, SyncCounts, SyncKind, empty_batch};
+use crate::domain::{GmailMessageId, HistoryId, SyncPhase};
+use crate::google::gmail::HistoryRecord;
+use crate::store::{LabelChange, SyncBatch, SyncState};
+
+/// The net effect of a run of history records.
+#[derive(Default, Debug)]
+struct Collapsed {
+    /// Messages to fetch, in first-seen order.
+    added: Vec<GmailMessageId>,
+    deleted: BTreeSet<GmailMessageId>,
+    /// Net label delta per message: label -> true (present at the end) / false (absent).
+    labels: HashMap<GmailMessageId, BTreeMap<String, bool>>,
+}
+
+impl Collapsed {
+    fn apply(&mut self, rec: HistoryRecord) {
+        for (id, _) in rec.added {
+            if !self.deleted.contains(&id) && !self.added.contains(&id) {
+                self.added.push(id);
+            }
+        }
+        for (id, labels) in rec.labels_added {
+            let e = self.labels.entry(id).or_default();
+            for l in labels {
+                e.insert(l, true);
+            }
+        }
+        for (id, labels) in rec.labels_removed {
+            let e = self.labels.entry(id).or_default();
+            for l in labels {
+                e.insert(l, false);
+            }
+        }
+        for id in rec.deleted {
+            self.deleted.insert(id);
+        }
+    }
+}
+
+impl Pass<'_> {
+    /// Incremental pass from the stored historyId over all history pages;
+    /// `started` is when the run recorded by its last batch began.
+    pub(super) async fn incremental(
+        &mut self,
+        state: &SyncState,
+        started: DateTime<Utc>,
+    ) -> Result<SyncState, PassError> {
+        tracing::Span::current().record("phase", "incremental");
+        let Some(start) = state.history_id else {
+            return Err(PassError::Incomplete(
+                "no history position to continue from".to_owned(),
+            ));
+        };
+        self.retry_placeholders(state).await?;
+        let (collapsed, newest) = self.collect_history(start).await?;
+        let to_fetch = self.not_stored(&collapsed).await?;
+        let fetched = self
+            .fetch_added(state, &collapsed, to_fetch, newest)
+            .await?;
+        self.commit_history(state.clone(), &collapsed, &fetched, newest, started)
+            .await
+    }
+
+    /// Reads every history page from `start`; returns the net effect and the
+    /// newest history position seen.
+    async fn collect_history(&self, start: HistoryId) -> Result<(Collapsed, HistoryId), PassError> {
+        let mut collapsed = Collapsed::default();
+        let mut token: Option<String> = None;
+        let mut newest = start;
+        loop {
+            self.check_cancel()?;
+            let page = self.gmail.list_history(start, token.as_deref()).await?;
+            for rec in page.records {
+                if let Some(id) = rec.id {
+                    newest = newest.max(id);
+                }
+                collapsed.apply(rec);
+            }
+            if let Some(h) = page.history_id {
+                newest = newest.max(h);
+            }
+            // An empty page that carries a token is not the end.
+            match page.next_page_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        Ok((collapsed, newest))
+    }
+
+    /// What was added and is not deleted since and not stored already.
+    async fn not_stored(&self, collapsed: &Collapsed) -> Result<Vec<GmailMessageId>, PassError> {
+        let candidates: Vec<GmailMessageId> = collapsed
+            .added
+            .iter()
+            .filter(|id| !collapsed.deleted.contains(*id))
+            .cloned()
+            .collect();
+        let known = self
+            .ctx()
+            .store
+            .known_message_ids(self.mailbox(), &candidates)
+            .await?;
+        Ok(candidates
+            .into_iter()
+            .filter(|id| !known.contains(id))
+            .collect())
+    }
+
+    /// Fetches `to_fetch` in batches with the history's label deltas applied;
+    /// intermediate batches keep the old checkpoint (upserts are idempotent
+    /// and already-stored IDs are skipped on a retry). Returns what was stored.
+    async fn fetch_added(
+        &mut self,
+        state: &SyncState,
+        collapsed: &Collapsed,
+        to_fetch: Vec<GmailMessageId>,
+        newest: HistoryId,
+    ) -> Result<BTreeSet<GmailMessageId>, PassError> {
+        let batch_size = self.ctx().settings.sync.batch_size.max(1);
+        let mut misses = Misses::new(state);
+        let chunks: Vec<Vec<GmailMessageId>> =
+            to_fetch.chunks(batch_size).map(<[_]>::to_vec).collect();
+        let mut fetched: BTreeSet<GmailMessageId> = BTreeSet::new();
+        for chunk in chunks {
+            let (mut upserts, _) = self
+                .fetch_chunk(chunk, &mut misses, |_| (None, newest))
+                .await?;
+            for u in &mut upserts {
+                fetched.insert(u.meta.gmail_id.clone());
+                // The fetched labels already reflect the history's net delta up to
+                // the fetch; apply it anyway (idempotent) for what came between.
+                if let Some(delta) = collapsed.labels.get(&u.meta.gmail_id) {
+                    apply_delta(&mut u.meta.label_ids, delta);
+                }
+            }
+            let batch = SyncBatch {
+                upserts,
+                ..empty_batch(state, false)
+            };
+            self.commit(&batch).await?;
+            self.check_cancel()?;
+        }
+        misses.check()?;
+        Ok(fetched)
+    }
+
+    /// The last batch: deletes, label changes of messages not refetched, the
+    /// new historyId and the run row, in one transaction.
+    async fn commit_history(
+        &mut self,
+        mut state: SyncState,
+        collapsed: &Collapsed,
+        fetched: &BTreeSet<GmailMessageId>,
+        newest: HistoryId,
+        started: DateTime<Utc>,
+    ) -> Result<SyncState, PassError> {
+        let label_changes: Vec<LabelChange> = collapsed
+            .labels
+            .iter()
+            .filter(|(id, _)| !fetched.contains(*id) && !collapsed.deleted.contains(*id))
+            .map(|(id, delta)| LabelChange {
+                gmail_id: id.clone(),
+                added: delta
+                    .iter()
+                    .filter(|(_, on)| **on)
+                    .map(|(l, _)| l.clone())
+                    .collect(),
+                removed: delta
+                    .iter()
+                    .filter(|(_, on)| !**on)
+                    .map(|(l, _)| l.clone())
+                    .collect(),
+                history_id: Some(newest),
+            })
+            .collect();
+        let deletes: Vec<(GmailMessageId, Option<HistoryId>)> = collapsed
+            .deleted
+            .iter()
+            .map(|id| (id.clone(), Some(newest)))
+            .collect();
+
+        state.history_id = Some(newest);
+        state.phase = SyncPhase::Incremental;
+        let mut batch = SyncBatch {
+            deletes,
+            label_changes,
+            ..empty_batch(&state, true)
+        };
+        // The run row counts this batch too; it is written in the same transaction.
+        let pending = SyncCounts {
+            deleted: self.totals.deleted + batch.deletes.len() as u64,
+            ..self.totals
+        };
+        batch.run = Some(self.run_row(SyncKind::Incremental, started, &pending));
+        self.commit(&batch).await?;
+        Ok(state)
+    }
+}
+
+fn apply_delta(labels: &mut Vec<String>, delta: &BTreeMap<String, bool>) {
+    for (label, present) in delta {
+        let has = labels.iter().any(|l| l == label);
+        match (present, has) {
+            (true, false) => labels.push(label.clone()),
+            (false, true) => labels.retain(|l| l != label),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> GmailMessageId {
+        GmailMessageId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn collapsing_keeps_the_net_effect() {
+        let mut c = Collapsed::default();
+        c.apply(HistoryRecord {
+            added: vec![(id("a1"), vec![])],
+            ..Default::default()
+        });
+        c.apply(HistoryRecord {
+            added: vec![(id("b2"), vec![])],
+            ..Default::default()
+        });
+        c.apply(HistoryRecord {
+            labels_added: vec![(id("c3"), vec!["STARRED".into()])],
+            ..Default::default()
+        });
+        c.apply(HistoryRecord {
+            labels_removed: vec![(id("c3"), vec!["STARRED".into(), "INBOX".into()])],
+            ..Default::default()
+        });
+        c.apply(HistoryRecord {
+            deleted: vec![id("b2")],
+            ..Default::default()
+        });
+        assert_eq!(c.added, vec![id("a1"), id("b2")]);
+        assert!(c.deleted.contains(&id("b2")));
+        let delta = &c.labels[&id("c3")];
+        assert_eq!(delta.get("STARRED"), Some(&false));
+        assert_eq!(delta.get("INBOX"), Some(&false));
+    }
+
+    #[test]
+    fn label_deltas_are_idempotent() {
+        let mut labels = vec!["INBOX".to_owned(), "UNREAD".to_owned()];
+        let delta: BTreeMap<String, bool> =
+            [("UNREAD".to_owned(), false), ("STARRED".to_owned(), true)]
+                .into_iter()
+                .collect();
+        apply_delta(&mut labels, &delta);
+        let once = labels.clone();
+        apply_delta(&mut labels, &delta);
+        assert_eq!(labels, once);
+        assert_eq!(labels, vec!["INBOX".to_owned(), "STARRED".to_owned()]);
+    }
+}

@@ -1,0 +1,505 @@
+//! Full sync, incremental sync and resync-on-expiry for one mailbox.
+//!
+//! The engine reaches Google only through [`MailboxGmail`] and the database
+//! only through [`Store`](crate::store::Store)'s fenced writes, so every
+//! checkpoint it moves is covered by a lease and committed in the same
+//! transaction as the rows it vouches for. It never claims, renews or
+//! releases a lease: `daemon::lease::run_leased` does, with the next poll
+//! time the engine computed. Invariants:
+//!
+//! - `sync_state.history_id` never moves ahead of committed data: the new
+//!   historyId of an incremental pass is written with the pass's last batch,
+//!   and a full sync stores the historyId read *before* listing only when the
+//!   listing is complete.
+//! - The full-sync page token only advances past a page once every message of
+//!   that page is stored, so a restart resumes without refetching and without
+//!   skipping.
+//! - A message is fetched once: IDs already stored are never fetched again.
+//!
+//! Layout: this file is the entry point ([`sync_mailbox`]), the gate and the
+//! choice between full and incremental; `full` lists the mailbox, `incremental`
+//! replays history, `fetch` is the one fetch-with-give-up policy (and the
+//! placeholders), `failure` records a failed pass and its backoff.
+
+mod failure;
+mod fetch;
+mod full;
+mod incremental;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use self::failure::{ErrorType, failure_backoff};
+use self::failure::{Failure, Run};
+use crate::domain::{AuthMode, HistoryId, MailboxAddress, SyncPhase};
+pub use crate::domain::{SyncCounts, SyncKind};
+use crate::events;
+use crate::google::error::{ErrorClass, GoogleError};
+use crate::google::gmail::{CallStats, MailboxGmail};
+use crate::store::{Checkpoint, Lease, StoreError, SyncBatch, SyncRunRow, SyncState};
+pub use crate::sync::context::SyncContext;
+use crate::sync::gate::{self, GateDecision};
+
+/// How a pass ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// The mailbox failed; it is retried later. `error_type` is bounded.
+    Failed {
+        error_type: ErrorType,
+        error: String,
+    },
+    /// Access refused: the mailbox is in `auth_failed` with this remedy.
+    AuthFailed {
+        cause: String,
+    },
+    /// The org-unit gate refused the mailbox; it is not impersonated.
+    Suspended {
+        reason: String,
+    },
+    /// Another replica owns the mailbox now; nothing was written.
+    LeaseLost,
+    /// Shutdown interrupted the pass between two committed batches.
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok)
+    }
+}
+
+/// Per-mailbox result of one pass (printed by `sync`, logged by the daemon).
+#[derive(Debug, Clone)]
+pub struct SyncReport {
+    pub mailbox: MailboxAddress,
+    pub kinds: Vec<SyncKind>,
+    pub counts: SyncCounts,
+    pub message_gets: u64,
+    pub outcome: Outcome,
+    /// When the mailbox is due again, computed once from the outcome (and
+    /// already written with the failure record when the pass failed); the
+    /// lease is released with it. `None` when the lease was lost: the new
+    /// owner decides, and nothing is released.
+    pub next_poll_at: Option<DateTime<Utc>>,
+}
+
+/// Progress of a long full sync, for terminals.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub listed: u64,
+    pub fetched: u64,
+    pub estimated_total: u64,
+}
+
+pub type ProgressFn = Arc<dyn Fn(&MailboxAddress, Progress) + Send + Sync>;
+
+/// Who runs the pass, which decides the next poll after a clean, refused or
+/// interrupted pass (a failure's backoff is the same for both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Schedule {
+    /// The daemon: the poll interval with ±10 % jitter, so a thousand
+    /// mailboxes do not poll in the same second; an interrupted pass is due
+    /// at once; a lost lease is left to its new owner.
+    #[default]
+    Daemon,
+    /// A one-off `sync` command: exactly the poll interval; an interrupted
+    /// pass (or a lost lease) keeps the time the mailbox was due at before.
+    OneOff,
+}
+
+impl Schedule {
+    /// After a pass that succeeded or was refused by the gate.
+    fn after_success(self, poll: std::time::Duration) -> DateTime<Utc> {
+        let delay = match self {
+            Schedule::Daemon => poll.mul_f64(rand::rng().random_range(0.9..1.1)),
+            Schedule::OneOff => poll,
+        };
+        Utc::now()
+            + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::minutes(1))
+    }
+
+    /// After a pass stopped by shutdown (`lease_lost` false) or by another
+    /// replica's claim; `before` is when the mailbox was due before the pass.
+    fn after_stop(
+        self,
+        lease_lost: bool,
+        before: Option<DateTime<Utc>>,
+        poll: std::time::Duration,
+    ) -> Option<DateTime<Utc>> {
+        match (self, lease_lost) {
+            (Schedule::Daemon, true) => None,
+            (Schedule::Daemon, false) => Some(Utc::now()),
+            (Schedule::OneOff, _) => Some(before.unwrap_or_else(|| {
+                Utc::now()
+                    + chrono::Duration::from_std(poll)
+                        .unwrap_or_else(|_| chrono::Duration::minutes(1))
+            })),
+        }
+    }
+}
+
+/// Options of one pass.
+#[derive(Clone, Default)]
+pub struct PassOptions {
+    /// Start a reconciliation full sync even if history is available.
+    pub force_full: bool,
+    pub progress: Option<ProgressFn>,
+    pub schedule: Schedule,
+}
+
+/// Failures inside a pass, by what the caller must do.
+#[derive(Debug, thiserror::Error)]
+enum PassError {
+    #[error(transparent)]
+    Google(#[from] GoogleError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Incomplete(String),
+    #[error("interrupted by shutdown")]
+    Interrupted,
+}
+
+/// One pass over a mailbox the caller holds a lease on: gate, then full or
+/// incremental sync (with resync on expiry). Never panics on bad data and
+/// never returns an error: the outcome and the failure record say it all.
+pub async fn sync_mailbox(
+    ctx: &SyncContext,
+    lease: &Lease,
+    opts: &PassOptions,
+    cancel: &CancellationToken,
+) -> SyncReport {
+    let span = tracing::info_span!("sync", mailbox = %lease.mailbox, phase = tracing::field::Empty);
+    run_pass(ctx, lease, opts, cancel).instrument(span).await
+}
+
+async fn run_pass(
+    ctx: &SyncContext,
+    lease: &Lease,
+    opts: &PassOptions,
+    cancel: &CancellationToken,
+) -> SyncReport {
+    let clock = Instant::now();
+    let mut run = Run::new(ctx, lease, opts.schedule);
+    let calls = Arc::new(CallStats::default());
+    let gmail = match open_gmail(ctx, &lease.mailbox, calls).await {
+        Ok(gmail) => gmail,
+        Err(Refused::Gate(reason)) => {
+            run.suspended(reason);
+            return run.into_report();
+        }
+        Err(Refused::Check(error_type, error)) => {
+            run.fail(SyncKind::Incremental, Failure::error(error_type, error))
+                .await;
+            return run.into_report();
+        }
+        Err(Refused::Google(e)) => {
+            run.google_failure(SyncKind::Incremental, e).await;
+            return run.into_report();
+        }
+    };
+    let mut pass = Pass {
+        run,
+        gmail,
+        opts,
+        cancel,
+        totals: SyncCounts::default(),
+        clock,
+    };
+    let result = pass.drive().await;
+    pass.finish(result).await
+}
+
+/// Why a pass stopped before its Gmail handle existed.
+enum Refused {
+    /// The gate refused the mailbox: it is suspended, not failed.
+    Gate(String),
+    /// The subscription or the Directory could not be read.
+    Check(ErrorType, String),
+    /// No Gmail handle (no token, or OAuth disabled for an OAuth subscription).
+    Google(GoogleError),
+}
+
+/// The approved-OU gate, then the Gmail handle as the mailbox. The gate runs
+/// before any impersonation, on every pass. A mailbox authorized by its
+/// owner's consent is not impersonated: the gate is the consent itself (and
+/// the allowed domains, checked again).
+async fn open_gmail(
+    ctx: &SyncContext,
+    mailbox: &MailboxAddress,
+    calls: Arc<CallStats>,
+) -> Result<MailboxGmail, Refused> {
+    let sub = ctx.store.get_subscription(mailbox).await.map_err(|e| {
+        Refused::Check(
+            ErrorType::Database,
+            format!("reading the subscription: {e}"),
+        )
+    })?;
+    let mode = sub.as_ref().map_or(AuthMode::Delegated, |s| s.auth_mode);
+    let decision = match mode {
+        AuthMode::Delegated => gate::check_subscription(ctx, mailbox, sub.as_ref())
+            .await
+            .map_err(|e| {
+                Refused::Check(
+                    ErrorType::Directory,
+                    format!("org-unit check failed: {e:#}"),
+                )
+            })?,
+        AuthMode::OAuth => gate::evaluate_consented(&ctx.policy, mailbox),
+    };
+    if let GateDecision::Refused(reason) = decision {
+        return Err(Refused::Gate(reason));
+    }
+    let gmail = match mode {
+        AuthMode::Delegated => ctx.google.gmail(mailbox, calls).await,
+        AuthMode::OAuth => match &ctx.oauth {
+            Some(o) => Ok(ctx.google.gmail_oauth(mailbox, o.tokens().clone(), calls)),
+            None => Err(GoogleError::new(
+                ErrorClass::Fatal,
+                crate::google::auth::TOKEN_METHOD,
+                "an OAuth subscription, but oauth.enabled is false",
+            )),
+        },
+    };
+    gmail.map_err(Refused::Google)
+}
+
+/// A pass past the gate: the record of the run, the Gmail handle as the
+/// mailbox, and what the committed batches changed so far.
+struct Pass<'a> {
+    run: Run<'a>,
+    gmail: MailboxGmail,
+    opts: &'a PassOptions,
+    /// Fires on shutdown, or when the lease keeper lost the lease: the pass
+    /// stops at the next batch boundary, after a commit, never inside one.
+    cancel: &'a CancellationToken,
+    /// Sum of every committed batch's counts (no API counters: see `counts`).
+    totals: SyncCounts,
+    /// Since the pass began (the gate included), for the completion event.
+    clock: Instant,
+}
+
+impl Pass<'_> {
+    fn ctx(&self) -> &SyncContext {
+        self.run.ctx
+    }
+
+    fn lease(&self) -> &Lease {
+        self.run.lease
+    }
+
+    fn mailbox(&self) -> &MailboxAddress {
+        &self.run.lease.mailbox
+    }
+
+    /// What the pass changed so far plus the API calls it made.
+    fn counts(&self, changes: &SyncCounts) -> SyncCounts {
+        SyncCounts {
+            api_calls: self.gmail.stats().calls(),
+            quota_units: self.gmail.stats().units(),
+            ..*changes
+        }
+    }
+
+    fn check_cancel(&self) -> Result<(), PassError> {
+        if self.cancel.is_cancelled() {
+            return Err(PassError::Interrupted);
+        }
+        Ok(())
+    }
+
+    /// Commits one fenced batch and adds what it changed to the totals.
+    async fn commit(&mut self, batch: &SyncBatch) -> Result<(), PassError> {
+        let s = self
+            .run
+            .ctx
+            .store
+            .commit_batch(self.run.lease, batch)
+            .await?;
+        self.totals.add(&s);
+        events::BatchCommitted {
+            added: s.added,
+            deleted: s.deleted,
+            label_changes: s.label_changes,
+        }
+        .emit();
+        if batch.checkpoint.success {
+            self.run.succeeded();
+        }
+        Ok(())
+    }
+
+    /// The `sync_runs` row of a pass that succeeded, counting `changes`.
+    fn run_row(&self, kind: SyncKind, started: DateTime<Utc>, changes: &SyncCounts) -> SyncRunRow {
+        self.run.row(
+            kind,
+            started,
+            self.counts(changes),
+            crate::domain::RunOutcome::Ok,
+            None,
+        )
+    }
+
+    /// Reads where the mailbox stands, then runs a full sync (first pass, a
+    /// resumed listing, a requested resync) or an incremental one, falling
+    /// back to a resync when the history expired.
+    async fn drive(&mut self) -> Result<(), PassError> {
+        let state = self.ctx().store.sync_state(self.mailbox()).await?;
+        let state = state.unwrap_or_else(|| initial_state(self.lease()));
+        self.run.saw(&state);
+        let force_full = self.opts.force_full;
+        let full_in_progress = state.full_sync_history_id.is_some();
+        if force_full || state.history_id.is_none() || full_in_progress {
+            let kind = if state.history_id.is_some() {
+                SyncKind::Resync
+            } else {
+                SyncKind::Full
+            };
+            if force_full && !full_in_progress {
+                events::ResyncStarted {
+                    mailbox: self.mailbox(),
+                    reason: "scheduled",
+                }
+                .emit();
+            }
+            return self.full_then_incremental(&state, kind, force_full).await;
+        }
+        self.run.report.kinds.push(SyncKind::Incremental);
+        let started = self.run.started;
+        match self.incremental(&state, started).await {
+            Err(PassError::Google(e)) if e.class == ErrorClass::HistoryExpired => {
+                events::HistoryExpired {
+                    mailbox: self.mailbox(),
+                    history_id: state.history_id.map_or(0, HistoryId::get),
+                }
+                .emit();
+                self.full_then_incremental(&state, SyncKind::Resync, true)
+                    .await
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// A full sync (or resync) followed at once by the incremental pass that
+    /// catches what changed during the listing.
+    async fn full_then_incremental(
+        &mut self,
+        state: &SyncState,
+        kind: SyncKind,
+        fresh: bool,
+    ) -> Result<(), PassError> {
+        self.run.report.kinds.push(kind);
+        let state = self.full_sync(state, kind, Utc::now(), fresh).await?;
+        self.run.report.kinds.push(SyncKind::Incremental);
+        self.incremental(&state, Utc::now()).await.map(|_| ())
+    }
+
+    /// Turns the result of [`Pass::drive`] into the outcome: the completion
+    /// event, or the failure recorded under the lease.
+    async fn finish(mut self, result: Result<(), PassError>) -> SyncReport {
+        let counts = self.counts(&self.totals);
+        let message_gets = self
+            .gmail
+            .stats()
+            .message_gets
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.run.settle(counts, message_gets);
+        let kind = self
+            .run
+            .report
+            .kinds
+            .last()
+            .copied()
+            .unwrap_or(SyncKind::Incremental);
+        match result {
+            Ok(()) => {
+                events::MailboxSyncCompleted {
+                    mailbox: self.mailbox(),
+                    kind,
+                    counts: &self.run.report.counts,
+                    elapsed: self.clock.elapsed(),
+                }
+                .emit();
+                self.run.completed();
+            }
+            Err(PassError::Google(e)) => self.run.google_failure(kind, e).await,
+            Err(PassError::Store(StoreError::LeaseLost { .. })) => {
+                events::LeaseLost {
+                    mailbox: self.mailbox(),
+                }
+                .emit();
+                self.run.stopped(true);
+            }
+            Err(PassError::Store(e)) => {
+                events::DbError {
+                    operation: "sync_commit",
+                    error: &e,
+                }
+                .emit();
+                let error = format!("database: {e}");
+                self.run
+                    .fail(kind, Failure::error(ErrorType::Database, error))
+                    .await;
+            }
+            Err(PassError::Incomplete(msg)) => {
+                self.run
+                    .fail(kind, Failure::error(ErrorType::Incomplete, msg))
+                    .await;
+            }
+            Err(PassError::Interrupted) => self.run.stopped(false),
+        }
+        self.run.into_report()
+    }
+}
+
+/// The state of a mailbox never synced (the row is normally created by the claim).
+fn initial_state(lease: &Lease) -> SyncState {
+    SyncState {
+        mailbox: lease.mailbox.clone(),
+        phase: SyncPhase::Initial,
+        history_id: None,
+        page_token: None,
+        full_sync_history_id: None,
+        full_sync_generation: 0,
+        last_success_at: None,
+        next_poll_at: None,
+        consecutive_failures: 0,
+        last_error: None,
+        lease_owner: Some(lease.owner.clone()),
+        lease_epoch: lease.epoch,
+        lease_expires_at: Some(lease.expires_at),
+        updated_at: Utc::now(),
+    }
+}
+
+/// An empty batch carrying `state` as its checkpoint.
+fn empty_batch(state: &SyncState, success: bool) -> SyncBatch {
+    SyncBatch {
+        upserts: Vec::new(),
+        deletes: Vec::new(),
+        label_changes: Vec::new(),
+        label_reconcile: None,
+        mark_seen: Vec::new(),
+        delete_unseen: false,
+        labels: None,
+        checkpoint: checkpoint(state, success),
+        run: None,
+    }
+}
+
+fn checkpoint(state: &SyncState, success: bool) -> Checkpoint {
+    Checkpoint {
+        phase: state.phase,
+        history_id: state.history_id,
+        page_token: state.page_token.clone(),
+        full_sync_history_id: state.full_sync_history_id,
+        full_sync_generation: state.full_sync_generation,
+        success,
+    }
+}
