@@ -294,14 +294,14 @@ async fn emulator(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<u8> {
     crate::domain::Domain::parse(&args.domain).map_err(usage)?;
-    let cfg = crate::emulator::EmulatorConfig {
+    let cfg = gmail_emulator::EmulatorConfig {
         listen: args.listen,
         seed: args.seed,
         users: args.users,
         messages: args.messages,
         domain: args.domain,
     };
-    crate::emulator::run_command(cfg, args.write_key, shutdown).await?;
+    gmail_emulator::run_command(cfg, args.write_key, shutdown).await?;
     Ok(0)
 }
 
