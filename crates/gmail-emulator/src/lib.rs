@@ -1,25 +1,39 @@
 //! The local Google: OAuth (service-account token endpoint and the per-user web-server flow),
-//! Gmail API v1 and Admin SDK Directory on one port.
+//! Gmail API v1 and Admin SDK Directory on one port, for tests, benchmarks and demos.
 //!
-//! Tests, benchmarks and `demo` run the real client libraries (yup-oauth2's service-account
-//! flow, the google-gmail1 hub) against it unchanged; the daemon's per-mailbox consent mode
-//! runs its own code against the authorization, token, revocation and userinfo endpoints. Mailboxes are generated lazily and
-//! deterministically from a seed; history, quota, the per-user concurrency cap and fault
-//! injection follow Google's documented behaviour (see `reference/gmail-api.md`), and the
-//! control API under `/emulator/v1` steers it.
+//! Tests, benchmarks and `gmail-ingest demo` run the real client libraries (yup-oauth2's
+//! service-account flow, the google-gmail1 hub) against it unchanged; gmail-ingest's per-mailbox
+//! consent mode runs its own code against the authorization, token, revocation and userinfo
+//! endpoints. Mailboxes are generated lazily and deterministically from a seed; history, quota,
+//! the per-user concurrency cap and fault injection follow Google's documented behaviour, and
+//! the control API under `/emulator/v1` steers it (see the crate's README).
 //!
-//! It must not be reachable from production code paths: it exists behind the `emulator`
-//! feature and never talks to the network beyond its own listener.
+//! It must not be reachable from production code paths: gmail-ingest uses it only behind its
+//! `emulator` feature, it imports nothing of gmail-ingest, and it never talks to the network
+//! beyond its own listener.
 //!
 //! # Layout
 //!
-//! - `server`: shared state, the request pipeline and the accept loop.
-//! - `oauth`: the token endpoint and the service-account key.
-//! - `consent` and `grants`: the web-server flow (authorize, code and refresh grants, revoke,
-//!   userinfo, tokeninfo) of the one registered web client, and the grants it creates.
-//! - `gmail`, `directory`, `control`: the three route families.
-//! - `model`: users, mailboxes, history, quota windows, counters.
-//! - `generate` and `payload`: RFC 822 rendering from the seed, and Gmail's parsed view of it.
+//! Modules are layered; a module imports only from the layers below it, never from its own
+//! layer except where named, and never from `lib.rs`.
+//!
+//! 1. Foundations, importing nothing of the crate but each other downward: `util` (JSON
+//!    responses, query parsing, lenient base64, hashing, private files), `clock`, `scopes`
+//!    (the scope names) and `errors` (Google's error bodies; uses `util`).
+//! 2. Content: `generate` (RFC 822 rendering from the seed), then `payload` (Gmail's parsed
+//!    view of a message; uses `generate`).
+//! 3. State: `grants` (the registered web client and its per-user grants, codes and sessions),
+//!    then `model` (users, mailboxes, history, quota windows, faults, counters; holds the
+//!    `grants` state).
+//! 4. Services over the state: `tokens` (access-token issuing and the process key) and
+//!    `pipeline` (`Shared`, the one lock, and the auth → quota → handler path every Gmail and
+//!    Directory call takes).
+//! 5. Route handlers: `gmail`, `directory`, `control`, `consent` (authorize, the web client's
+//!    code and refresh grants, revoke, userinfo, tokeninfo, certs), and `oauth` (the token
+//!    endpoint: it keeps the JWT-bearer grant and hands the web client's grants to `consent`,
+//!    the one import inside this layer).
+//! 6. `server`: the router over all handlers and the accept loop.
+//! 7. `lib.rs`: the public API (`Emulator`, `EmulatorConfig`, the info types) over all of it.
 
 mod clock;
 mod consent;
@@ -32,7 +46,10 @@ mod grants;
 mod model;
 mod oauth;
 mod payload;
+mod pipeline;
+mod scopes;
 mod server;
+mod tokens;
 mod util;
 
 use std::future::Future;
@@ -42,15 +59,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::Router;
-use axum::http::StatusCode;
-use axum::response::IntoResponse as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use self::errors::GoogleError;
+pub use self::grants::OAuthClientInfo;
 use self::model::{Seeding, World};
-use self::server::Shared;
+pub use self::oauth::ServiceAccountInfo;
+use self::pipeline::Shared;
 
 /// How to start an emulator.
 #[derive(Debug, Clone)]
@@ -75,33 +90,6 @@ impl Default for EmulatorConfig {
             messages: 500,
             domain: "example.com".to_owned(),
         }
-    }
-}
-
-/// A service-account key written by [`Emulator::write_service_account_key`].
-#[derive(Debug, Clone)]
-pub struct ServiceAccountInfo {
-    /// The numeric client ID the DWD grant is keyed by.
-    pub client_id: String,
-    pub client_email: String,
-    pub key_path: PathBuf,
-}
-
-/// The emulator's registered OAuth web client (see [`Emulator::oauth_client`]).
-#[derive(Clone, PartialEq, Eq)]
-pub struct OAuthClientInfo {
-    /// `<12 digits>-emulator.apps.googleusercontent.com`.
-    pub client_id: String,
-    /// `GOCSPX-` and 28 URL-safe characters; a secret, so `Debug` leaves it out.
-    pub client_secret: String,
-}
-
-impl std::fmt::Debug for OAuthClientInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OAuthClientInfo")
-            .field("client_id", &self.client_id)
-            .field("client_secret", &"[redacted]")
-            .finish()
     }
 }
 
@@ -145,7 +133,7 @@ impl Emulator {
             addr.port(),
             oauth_client,
         ));
-        let router = router(Arc::clone(&shared));
+        let router = server::router(Arc::clone(&shared));
         let cancel = CancellationToken::new();
         let task = tokio::spawn(server::accept_loop(listener, router, cancel.clone()));
         Ok(Emulator {
@@ -182,7 +170,7 @@ impl Emulator {
     /// a `client_secret_file` setting.
     pub fn write_oauth_client_secret(&self, path: &Path) -> anyhow::Result<OAuthClientInfo> {
         let client = self.oauth_client();
-        oauth::write_private_file(path, client.client_secret.as_bytes())
+        util::write_private_file(path, client.client_secret.as_bytes())
             .with_context(|| format!("writing the client secret file {}", path.display()))?;
         Ok(client)
     }
@@ -210,21 +198,6 @@ impl Emulator {
             tracing::warn!(error = %e, "The emulator's server task ended abnormally.");
         }
     }
-}
-
-fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/token", axum::routing::post(oauth::token))
-        .merge(consent::router())
-        .merge(gmail::router())
-        .merge(directory::router())
-        .merge(control::router())
-        .fallback(|| async {
-            let mut response = GoogleError::new(404, "notFound", "Not Found").into_response();
-            *response.status_mut() = StatusCode::NOT_FOUND;
-            response
-        })
-        .with_state(shared)
 }
 
 /// The `gmail-ingest emulator` command: start, optionally write a key, serve until `shutdown`.
@@ -258,4 +231,94 @@ pub async fn run_command(
     emulator.shutdown().await;
     tracing::info!("The Google emulator stopped.");
     Ok(())
+}
+
+#[cfg(test)]
+mod layout_tests {
+    //! Keeps the `# Layout` above true: reads each module's `super::`/`crate::` paths (outside
+    //! its test module and comments) and fails on an import that does not go down.
+
+    /// Each module's place, bottom first; a module may import only from a lower rank. The
+    /// ranks spell out the order inside the layers of `# Layout`.
+    const RANKS: &[(&str, u8)] = &[
+        ("util", 0),
+        ("clock", 0),
+        ("scopes", 0),
+        ("errors", 1),
+        ("generate", 2),
+        ("payload", 3),
+        ("grants", 4),
+        ("model", 5),
+        ("tokens", 6),
+        ("pipeline", 6),
+        ("gmail", 7),
+        ("directory", 7),
+        ("control", 7),
+        ("consent", 7),
+        ("oauth", 8),
+        ("server", 9),
+    ];
+
+    fn rank(module: &str) -> Option<u8> {
+        RANKS.iter().find(|(m, _)| *m == module).map(|(_, r)| *r)
+    }
+
+    /// The first path segment after each `super::` or `crate::` in `line`, braces expanded.
+    fn imported(line: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for prefix in ["super::", "crate::"] {
+            let mut rest = line;
+            while let Some(at) = rest.find(prefix) {
+                rest = &rest[at + prefix.len()..];
+                if let Some(inner) = rest.strip_prefix('{') {
+                    let end = inner.find('}').unwrap_or(inner.len());
+                    out.extend(inner[..end].split(',').filter_map(|item| {
+                        let name = item.trim().split("::").next()?.trim();
+                        (!name.is_empty() && name != "self").then(|| name.to_owned())
+                    }));
+                } else {
+                    let name: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if !name.is_empty() {
+                        out.push(name);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn modules_import_only_from_lower_layers() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut checked = 0;
+        let mut wrong = Vec::new();
+        for (module, own) in RANKS {
+            let path = dir.join(format!("{module}.rs"));
+            let text = std::fs::read_to_string(&path).expect("a module file");
+            let body = text.split("#[cfg(test)]").next().unwrap_or_default();
+            // A `use` may span lines; joining them keeps a brace group on one line.
+            let code: String = body
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            for name in imported(&code) {
+                match rank(&name) {
+                    Some(r) if r < *own => {}
+                    _ => wrong.push(format!("src/{module}.rs imports `{name}`")),
+                }
+            }
+            checked += 1;
+        }
+        let listed = std::fs::read_dir(&dir)
+            .expect("the src directory")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|f| f.ends_with(".rs") && f != "lib.rs" && f != "main.rs")
+            .count();
+        assert_eq!(checked, listed, "a module in src/ has no rank in RANKS");
+        assert!(wrong.is_empty(), "upward or sideways imports: {wrong:#?}");
+    }
 }
