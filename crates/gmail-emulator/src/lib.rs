@@ -200,15 +200,51 @@ impl Emulator {
     }
 }
 
-/// The `gmail-ingest emulator` command: start, optionally write a key, serve until `shutdown`.
+/// The command-line options of the `gmail-emulator` binary and of `gmail-ingest emulator`:
+/// one definition, so both take the same flags with the same defaults and help.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EmulatorArgs {
+    #[arg(long, default_value = "127.0.0.1:8085")]
+    pub listen: SocketAddr,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Mailboxes to generate (plus one admin).
+    #[arg(long, default_value_t = 3)]
+    pub users: usize,
+    /// Messages per mailbox.
+    #[arg(long, default_value_t = 500)]
+    pub messages: usize,
+    #[arg(long, default_value = "example.com")]
+    pub domain: String,
+    /// Write a service-account key (token_uri = this emulator) with a DWD grant.
+    #[arg(long, value_name = "FILE")]
+    pub write_key: Option<PathBuf>,
+}
+
+impl EmulatorArgs {
+    /// The emulator these options describe (everything but `--write-key`).
+    pub fn config(&self) -> EmulatorConfig {
+        EmulatorConfig {
+            listen: self.listen,
+            seed: self.seed,
+            users: self.users,
+            messages: self.messages,
+            domain: self.domain.clone(),
+        }
+    }
+}
+
+/// What both binaries run: start, optionally write a key, serve until `shutdown`.
+///
+/// It does not validate `--domain`; each binary refuses a malformed one before calling this.
 pub async fn run_command(
-    cfg: EmulatorConfig,
-    write_key: Option<PathBuf>,
+    args: EmulatorArgs,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let cfg = args.config();
     let (users, messages, seed) = (cfg.users, cfg.messages, cfg.seed);
     let emulator = Emulator::start(cfg).await?;
-    if let Some(path) = write_key {
+    if let Some(path) = args.write_key {
         let info = emulator.write_service_account_key(&path)?;
         tracing::info!(
             key_path = %info.key_path.display(),
