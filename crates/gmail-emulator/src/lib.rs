@@ -14,12 +14,13 @@
 //!
 //! # Layout
 //!
-//! Modules are layered; a module imports only from the layers below it, never from its own
-//! layer except where named, and never from `lib.rs`.
+//! Modules are layered; a module imports only from the layers below it, inside its own layer
+//! only where "uses" or "then" says so here, and never from `lib.rs` (the `layout_tests` unit
+//! test checks this).
 //!
-//! 1. Foundations, importing nothing of the crate but each other downward: `util` (JSON
-//!    responses, query parsing, lenient base64, hashing, private files), `clock`, `scopes`
-//!    (the scope names) and `errors` (Google's error bodies; uses `util`).
+//! 1. Foundations: `util` (JSON responses, query parsing, lenient base64, hashing, private
+//!    files), `clock` and `scopes` (the scope names) import nothing of the crate; `errors`
+//!    (Google's error bodies) uses `util`.
 //! 2. Content: `generate` (RFC 822 rendering from the seed), then `payload` (Gmail's parsed
 //!    view of a message; uses `generate`).
 //! 3. State: `grants` (the registered web client and its per-user grants, codes and sessions),
