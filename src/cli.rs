@@ -166,23 +166,16 @@ impl From<AuthModeArg> for crate::domain::AuthMode {
     }
 }
 
+/// The `emulator` command's flags are the emulator crate's, shared with its own binary.
+#[cfg(feature = "emulator")]
+pub use gmail_emulator::EmulatorArgs;
+
+/// Without the `emulator` feature the command remains and refuses whatever it is given.
+#[cfg(not(feature = "emulator"))]
 #[derive(Debug, Args)]
 pub struct EmulatorArgs {
-    #[arg(long, default_value = "127.0.0.1:8085")]
-    pub listen: std::net::SocketAddr,
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Mailboxes to generate (plus one admin).
-    #[arg(long, default_value_t = 3)]
-    pub users: usize,
-    /// Messages per mailbox.
-    #[arg(long, default_value_t = 500)]
-    pub messages: usize,
-    #[arg(long, default_value = "example.com")]
-    pub domain: String,
-    /// Write a service-account key (token_uri = this emulator) with a DWD grant.
-    #[arg(long, value_name = "FILE")]
-    pub write_key: Option<PathBuf>,
+    #[arg(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    _ignored: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -269,14 +262,7 @@ async fn emulator(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<u8> {
     crate::domain::Domain::parse(&args.domain).map_err(usage)?;
-    let cfg = crate::emulator::EmulatorConfig {
-        listen: args.listen,
-        seed: args.seed,
-        users: args.users,
-        messages: args.messages,
-        domain: args.domain,
-    };
-    crate::emulator::run_command(cfg, args.write_key, shutdown).await?;
+    gmail_emulator::run_command(args, shutdown).await?;
     Ok(0)
 }
 

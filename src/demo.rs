@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use base64::Engine;
+use gmail_emulator::{Emulator, EmulatorConfig};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde_json::{Value, json};
@@ -19,7 +20,6 @@ use crate::app;
 use crate::cli::DemoArgs;
 use crate::config::{DatabaseUrl, Settings};
 use crate::domain::{MailboxAddress, Operator};
-use crate::emulator::{Emulator, EmulatorConfig};
 use crate::output;
 use crate::subscriptions::Subscriptions;
 

@@ -15,7 +15,8 @@
 //! - [`sync`]: the sync engine and the pure MIME normalizer.
 //! - [`daemon`], [`app`], [`http`]: the long-running service.
 //! - [`cli`] and [`output`]: the command line; `output` is the only printer.
-//! - `emulator` (feature `emulator`): the local Google used by tests and `demo`.
+//! - `demo` (feature `emulator`): the offline demo over the `gmail-emulator` crate, the local
+//!   Google that tests and benchmarks use directly.
 
 pub mod app;
 pub mod cli;
@@ -24,8 +25,6 @@ pub mod daemon;
 #[cfg(feature = "emulator")]
 pub mod demo;
 pub mod domain;
-#[cfg(feature = "emulator")]
-pub mod emulator;
 pub mod events;
 pub mod google;
 pub mod http;

@@ -14,8 +14,8 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use gmail_emulator::EmulatorConfig;
 use gmail_ingest::domain::{MailboxAddress, SubscriptionStatus, SyncPhase};
-use gmail_ingest::emulator::EmulatorConfig;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 use base64::prelude::BASE64_URL_SAFE_NO_PAD;
-use gmail_ingest::emulator::{Emulator, EmulatorConfig, ServiceAccountInfo};
+use gmail_emulator::{Emulator, EmulatorConfig, ServiceAccountInfo};
 use google_gmail1::Gmail;
 use google_gmail1::hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use google_gmail1::hyper_util::client::legacy::Client;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::prelude::BASE64_URL_SAFE_NO_PAD;
-use gmail_ingest::emulator::OAuthClientInfo;
+use gmail_emulator::OAuthClientInfo;
 use google_gmail1::Gmail;
 use google_gmail1::api::Scope;
 use google_gmail1::hyper_rustls::HttpsConnectorBuilder;

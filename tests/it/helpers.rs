@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use gmail_emulator::{Emulator, EmulatorConfig};
 use gmail_ingest::config::{DatabaseUrl, Settings};
 use gmail_ingest::domain::{MailboxAddress, Operator};
-use gmail_ingest::emulator::{Emulator, EmulatorConfig};
 use gmail_ingest::subscriptions::{OrgUnitVerdict, Subscriptions};
 use gmail_ingest::sync::engine::{SyncContext, SyncReport};
 use serde_json::{Value, json};

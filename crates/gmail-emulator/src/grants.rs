@@ -12,13 +12,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 
-use super::OAuthClientInfo;
-use super::oauth::{GMAIL_FULL, GMAIL_METADATA, GMAIL_MODIFY, GMAIL_READONLY};
+use super::scopes::{
+    GMAIL_FULL, GMAIL_METADATA, GMAIL_MODIFY, GMAIL_READONLY, OPENID, USERINFO_EMAIL,
+    USERINFO_PROFILE,
+};
 use super::util::{SplitMix, URL_SAFE_LENIENT, hash};
-
-pub(crate) const OPENID: &str = "openid";
-pub(crate) const USERINFO_EMAIL: &str = "https://www.googleapis.com/auth/userinfo.email";
-pub(crate) const USERINFO_PROFILE: &str = "https://www.googleapis.com/auth/userinfo.profile";
 
 /// An authorization code is good for ten minutes of the emulator's clock.
 pub(crate) const CODE_LIFETIME_MS: i64 = 10 * 60 * 1000;
@@ -36,6 +34,26 @@ pub(crate) fn canonical_scope(scope: &str) -> Option<&'static str> {
         GMAIL_FULL => GMAIL_FULL,
         _ => return None,
     })
+}
+
+/// The emulator's registered OAuth web client (see [`Emulator::oauth_client`]).
+///
+/// [`Emulator::oauth_client`]: crate::Emulator::oauth_client
+#[derive(Clone, PartialEq, Eq)]
+pub struct OAuthClientInfo {
+    /// `<12 digits>-emulator.apps.googleusercontent.com`.
+    pub client_id: String,
+    /// `GOCSPX-` and 28 URL-safe characters; a secret, so `Debug` leaves it out.
+    pub client_secret: String,
+}
+
+impl std::fmt::Debug for OAuthClientInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthClientInfo")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .finish()
+    }
 }
 
 /// The web client registered at start: `<12 digits>-emulator.apps.googleusercontent.com` and a

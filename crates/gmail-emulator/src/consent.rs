@@ -27,14 +27,14 @@ use sha2::{Digest as _, Sha256};
 use super::clock::wall_ms;
 use super::errors::oauth_error;
 use super::grants::{
-    AuthCode, CODE_LIFETIME_MS, ChallengeMethod, OPENID, Pkce, Session, USERINFO_EMAIL,
-    canonical_scope, valid_pkce_string,
+    AuthCode, CODE_LIFETIME_MS, ChallengeMethod, Pkce, Session, canonical_scope, valid_pkce_string,
 };
 use super::model::{ApiMethod, IssuedToken, User, World};
-use super::oauth::{
+use super::pipeline::{Shared, bearer};
+use super::scopes::{OPENID, USERINFO_EMAIL};
+use super::tokens::{
     TOKEN_LIFETIME_S, issue_access_token, process_key, process_key_id, random_string,
 };
-use super::server::{Shared, bearer};
 use super::util::{STANDARD_LENIENT, URL_SAFE_LENIENT, json_response, param, query_pairs};
 
 /// The issuer Google names in redirects (`iss`, RFC 9207) and in ID tokens.

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::errors::GoogleError;
 use super::model::{ApiMethod, User};
-use super::server::{Shared, serve_api};
+use super::pipeline::{Shared, serve_api};
 use super::util::{json_response, param, query_pairs};
 
 pub(crate) fn router() -> Router<Arc<Shared>> {

@@ -1,9 +1,10 @@
 //! The emulator's world: users and their lazily generated mailboxes, history, grants, tokens,
 //! quota windows, fault settings and request counters.
 //!
-//! Everything here is plain data behind one `std::sync::Mutex` owned by the server; callers
-//! keep critical sections short and never hold the lock across an `.await`. Message bodies are
-//! not stored for generated mail: a [`Msg`] is a compact descriptor, rendered on demand.
+//! Everything here is plain data behind one `std::sync::Mutex` owned by `pipeline::Shared`;
+//! callers keep critical sections short and never hold the lock across an `.await`. Message
+//! bodies are not stored for generated mail: a [`Msg`] is a compact descriptor, rendered on
+//! demand.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};

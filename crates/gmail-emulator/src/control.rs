@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use super::errors::control_error;
 use super::model::{FaultConfig, INBOX, LabelMask, Mailbox, UNREAD, User, World};
-use super::server::Shared;
+use super::pipeline::Shared;
 use super::util::{SplitMix, decode_base64_any, json_response};
 
 pub(crate) fn router() -> Router<Arc<Shared>> {

@@ -1,7 +1,10 @@
-//! Small deterministic building blocks: a stateless hash, a seeded generator, base64 engines and JSON helpers.
+//! Small deterministic building blocks: a stateless hash, a seeded generator, base64 engines, JSON
+//! helpers and owner-only files.
 //!
 //! Everything the emulator derives from its seed goes through [`hash`] or [`SplitMix`], so the same
 //! seed always gives the same mailboxes, IDs and fault sequence.
+
+use std::path::Path;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -156,6 +159,29 @@ pub(crate) fn params<'a>(pairs: &'a [(String, String)], name: &str) -> Vec<&'a s
         .filter(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
         .collect()
+}
+
+/// Writes `contents` to a file only its owner can read (mode 0600 on Unix), for keys and
+/// secrets.
+pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        options.mode(0o600);
+        let mut file = options.open(path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(contents)?;
+        file.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let mut file = options.open(path)?;
+        file.write_all(contents)?;
+        file.sync_all()
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use super::model::{
     SourceContext, TRASH, UNREAD, User, World,
 };
 use super::payload;
-use super::server::{Caller, Shared, serve_api};
+use super::pipeline::{Caller, Shared, serve_api};
 use super::util::{json_response, param, params, query_pairs};
 
 pub(crate) fn router() -> Router<Arc<Shared>> {

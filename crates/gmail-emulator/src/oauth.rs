@@ -1,14 +1,13 @@
-//! The OAuth 2.0 token endpoint (the JWT-bearer grant here, the web client's grants in
-//! `consent`) and the emulator's process key: the service-account key, which also signs ID
-//! tokens.
+//! The OAuth 2.0 token endpoint (the JWT-bearer grant here, the web client's grants handed to
+//! `consent`) and the service-account key file whose key is the process key of `tokens`.
 //!
 //! The endpoint checks an assertion the way Google does for domain-wide delegation: RS256
 //! signature against the registered key, `aud`, `iat`/`exp`, `scope` against the DWD grant of the
 //! client ID, and `sub` against the users; refusals use Google's flat error body. Access tokens
 //! are random and opaque; they are never logged.
 
-use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::body::Bytes;
@@ -16,53 +15,43 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::Engine as _;
-use rand::Rng as _;
+use rsa::RsaPublicKey;
 use rsa::pkcs1v15::{Signature, VerifyingKey};
 use rsa::pkcs8::{EncodePrivateKey as _, LineEnding};
 use rsa::signature::Verifier as _;
-use rsa::{RsaPrivateKey, RsaPublicKey};
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
+use sha2::Sha256;
 
-use super::ServiceAccountInfo;
 use super::clock::wall_ms;
 use super::consent;
 use super::errors::oauth_error;
-use super::model::{ApiMethod, IssuedToken, ServiceAccount, World};
-use super::server::Shared;
-use super::util::{URL_SAFE_LENIENT, hash, json_response, param, query_pairs};
+use super::model::{ApiMethod, IssuedToken, ServiceAccount};
+use super::pipeline::Shared;
+use super::scopes::{DIRECTORY_USER_READONLY, GMAIL_READONLY};
+use super::tokens::{TOKEN_LIFETIME_S, issue_access_token, process_key, process_key_id};
+use super::util::{URL_SAFE_LENIENT, hash, json_response, param, query_pairs, write_private_file};
 
-pub(crate) const GMAIL_READONLY: &str = "https://www.googleapis.com/auth/gmail.readonly";
-pub(crate) const GMAIL_METADATA: &str = "https://www.googleapis.com/auth/gmail.metadata";
-pub(crate) const GMAIL_MODIFY: &str = "https://www.googleapis.com/auth/gmail.modify";
-pub(crate) const GMAIL_FULL: &str = "https://mail.google.com/";
-pub(crate) const DIRECTORY_USER_READONLY: &str =
-    "https://www.googleapis.com/auth/admin.directory.user.readonly";
-pub(crate) const DIRECTORY_PREFIX: &str = "https://www.googleapis.com/auth/admin.directory.";
 const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 /// Tolerated difference between the signer's clock and ours, in seconds.
 const CLOCK_SKEW_S: i64 = 300;
 /// Google refuses assertions valid for longer than 65 minutes.
 const MAX_ASSERTION_LIFETIME_S: i64 = 3900;
-/// Access tokens live an hour (Google reports `expires_in` 3599 or so).
-pub(crate) const TOKEN_LIFETIME_S: i64 = 3600;
 
 const UNAUTHORIZED_CLIENT: &str = "Client is unauthorized to retrieve access tokens using this method, or client not authorized for any of the scopes requested.";
 const SHORT_LIVED: &str = "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. Check your 'iat' and 'exp' values in the JWT claim.";
 const BAD_SIGNATURE: &str = "Invalid JWT Signature.";
 
-static PROCESS_KEY: OnceLock<RsaPrivateKey> = OnceLock::new();
-
-/// The process-wide service-account key (2048-bit RSA, generated on first use).
-pub(crate) fn process_key() -> anyhow::Result<&'static RsaPrivateKey> {
-    if let Some(key) = PROCESS_KEY.get() {
-        return Ok(key);
-    }
-    let key = RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)
-        .context("generating the emulator's RSA key")?;
-    Ok(PROCESS_KEY.get_or_init(|| key))
+/// A service-account key written by [`Emulator::write_service_account_key`].
+///
+/// [`Emulator::write_service_account_key`]: crate::Emulator::write_service_account_key
+#[derive(Debug, Clone)]
+pub struct ServiceAccountInfo {
+    /// The numeric client ID the DWD grant is keyed by.
+    pub client_id: String,
+    pub client_email: String,
+    pub key_path: PathBuf,
 }
 
 /// Writes a service-account key file (mode 0600) and registers its DWD grant.
@@ -116,27 +105,6 @@ pub(crate) fn write_service_account_key(
         client_email,
         key_path: path.to_path_buf(),
     })
-}
-
-pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-        options.mode(0o600);
-        let mut file = options.open(path)?;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        file.write_all(contents)?;
-        file.sync_all()
-    }
-    #[cfg(not(unix))]
-    {
-        let mut file = options.open(path)?;
-        file.write_all(contents)?;
-        file.sync_all()
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -320,48 +288,6 @@ fn exchange(shared: &Shared, form: &[(String, String)]) -> Response {
         &json!({"access_token": token, "expires_in": TOKEN_LIFETIME_S, "token_type": "Bearer", "scope": scopes.join(" ")}),
         false,
     )
-}
-
-/// `n` random alphanumeric characters: the body of every opaque token and code.
-pub(crate) fn random_string(n: usize) -> String {
-    let mut rng = rand::rng();
-    (0..n)
-        .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
-        .collect()
-}
-
-/// Stores a new access token valid for [`TOKEN_LIFETIME_S`] from `now_ms` (the emulator's
-/// clock), counts it for its subject and returns it. `issued.expires_at_ms` is overwritten.
-pub(crate) fn issue_access_token(world: &mut World, now_ms: i64, issued: IssuedToken) -> String {
-    let token = format!("ya29.emu.{}", random_string(64));
-    if world.tokens.len() > 10_000 {
-        world.tokens.retain(|_, t| t.expires_at_ms > now_ms);
-    }
-    if let Some(subject) = &issued.subject {
-        *world
-            .stats
-            .tokens_issued
-            .entry(subject.clone())
-            .or_default() += 1;
-    }
-    world.tokens.insert(
-        token.clone(),
-        IssuedToken {
-            expires_at_ms: now_ms + TOKEN_LIFETIME_S * 1000,
-            ..issued
-        },
-    );
-    token
-}
-
-/// The `kid` of the process key: the service-account key's `private_key_id`, and the key ID in
-/// ID-token headers and `/oauth2/v3/certs`.
-pub(crate) fn process_key_id() -> anyhow::Result<String> {
-    let pem = process_key()?
-        .to_pkcs8_pem(LineEnding::LF)
-        .context("encoding the emulator's key as PKCS#8")?;
-    let digest = Sha256::digest(pem.as_bytes());
-    Ok(digest.iter().take(20).map(|b| format!("{b:02x}")).collect())
 }
 
 fn audience_ok(shared: &Shared, aud: &str) -> bool {

@@ -1,25 +1,20 @@
-//! The HTTP side: shared state, the request pipeline every Gmail and Directory call goes
-//! through (faults → auth → concurrency cap → latency → quota → handler → counters), and the
-//! accept loop that serves HTTP/1.1 and h2c and can drop a connection on purpose.
+//! Shared state and the request pipeline every Gmail and Directory call goes through
+//! (faults → auth → concurrency cap → latency → quota → handler → counters).
+//!
+//! It sits below the route handlers, which call [`serve_api`] and lock [`Shared`]; it must not
+//! import a handler (the router that names them all is `server`'s).
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use axum::Router;
-use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-use super::OAuthClientInfo;
 use super::clock::Clock;
 use super::errors::GoogleError;
+use super::grants::OAuthClientInfo;
 use super::model::{ApiMethod, Fault, World};
-use super::oauth::{DIRECTORY_PREFIX, GMAIL_FULL, GMAIL_METADATA, GMAIL_MODIFY, GMAIL_READONLY};
+use super::scopes::{DIRECTORY_PREFIX, GMAIL_FULL, GMAIL_METADATA, GMAIL_MODIFY, GMAIL_READONLY};
 
 /// State shared by every connection. `Debug` leaves the world out: it holds bearer tokens.
 pub(crate) struct Shared {
@@ -66,10 +61,6 @@ impl Shared {
 /// Response extension: the accept loop turns such a response into a dropped connection.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ResetConnection;
-
-#[derive(Debug, thiserror::Error)]
-#[error("connection dropped by fault injection")]
-pub(crate) struct InjectedReset;
 
 fn reset_response() -> Response {
     let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -276,55 +267,4 @@ where
         .lock()
         .record(method, response.status().as_u16(), Some(&caller.email));
     response
-}
-
-/// Accepts connections until `cancel` fires; each connection speaks HTTP/1.1 or h2c.
-pub(crate) async fn accept_loop(listener: TcpListener, router: Router, cancel: CancellationToken) {
-    let service = TowerToHyperService::new(router);
-    loop {
-        let stream = tokio::select! {
-            () = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "The emulator could not accept a connection.");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "Could not set TCP_NODELAY.");
-        }
-        let service = service.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let per_request = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let service = service.clone();
-                async move {
-                    let response = match hyper::service::Service::call(&service, request).await {
-                        Ok(response) => response,
-                        Err(never) => match never {},
-                    };
-                    // An error from the service makes hyper close the connection without
-                    // writing a response: the client sees a transport error.
-                    if response.extensions().get::<ResetConnection>().is_some() {
-                        Err(InjectedReset)
-                    } else {
-                        Ok(response)
-                    }
-                }
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection(TokioIo::new(stream), per_request);
-            tokio::select! {
-                result = connection => {
-                    if let Err(e) = result {
-                        tracing::trace!(error = %e, "An emulator connection ended with an error.");
-                    }
-                }
-                () = cancel.cancelled() => {}
-            }
-        });
-    }
 }
