@@ -275,7 +275,12 @@ async fn emulator(_: EmulatorArgs, _: impl Future<Output = ()>) -> anyhow::Resul
 
 #[cfg(feature = "emulator")]
 async fn demo(settings: Settings, args: DemoArgs) -> anyhow::Result<u8> {
-    crate::demo::run(settings, args).await.map(|()| 0)
+    let options = crate::demo::DemoOptions {
+        dir: args.dir,
+        messages: args.messages,
+        seed: args.seed,
+    };
+    crate::demo::run(settings, options).await.map(|()| 0)
 }
 
 #[cfg(not(feature = "emulator"))]

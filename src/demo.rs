@@ -17,7 +17,6 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::app;
-use crate::cli::DemoArgs;
 use crate::config::{DatabaseUrl, Settings};
 use crate::domain::{MailboxAddress, Operator};
 use crate::output;
@@ -51,7 +50,17 @@ fn print_reports(reports: &[crate::sync::engine::SyncReport]) {
     output::table(app::REPORT_HEADERS, &app::report_rows(reports));
 }
 
-pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
+/// What `gmail-ingest demo` was asked for (the CLI's flags, parsed).
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Where to keep the SQLite file and key; `None`: a temporary directory.
+    pub dir: Option<PathBuf>,
+    /// Messages per generated mailbox.
+    pub messages: usize,
+    pub seed: u64,
+}
+
+pub async fn run(mut settings: Settings, args: DemoOptions) -> anyhow::Result<()> {
     let (tmp, dir): (Option<tempfile::TempDir>, PathBuf) = match args.dir {
         Some(d) => {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;

@@ -83,8 +83,9 @@ fn crate_paths(text: &str) -> Vec<(usize, String)> {
     while let Some(found) = code[from..].find("crate::") {
         let at = from + found;
         from = at + "crate::".len();
-        // `$crate::` and `other_crate::` are not this crate's paths.
-        if code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == '$') {
+        // `other_crate::` is not this crate's path; `$crate::` (in our
+        // macros) is.
+        if code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
             continue;
         }
         let rest = &code[from..];
@@ -246,7 +247,11 @@ fn crate_paths_are_read_from_plain_and_grouped_uses() {
         paths("// crate::cli\n    let s = crate::output::progress(x); // crate::cli\n"),
         owned(&[(2, "output::progress")])
     );
-    assert!(paths("macro! { $crate::domain::X }").is_empty());
+    assert_eq!(
+        paths("macro! { $crate::domain::X }"),
+        owned(&[(1, "domain::X")])
+    );
+    assert!(paths("use gmail_emulator_crate::X;").is_empty());
     assert!(paths("use gmail_normalize::PayloadPart;").is_empty());
 }
 
