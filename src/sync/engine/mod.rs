@@ -480,17 +480,7 @@ fn initial_state(lease: &Lease) -> SyncState {
 
 /// An empty batch carrying `state` as its checkpoint.
 fn empty_batch(state: &SyncState, success: bool) -> SyncBatch {
-    SyncBatch {
-        upserts: Vec::new(),
-        deletes: Vec::new(),
-        label_changes: Vec::new(),
-        label_reconcile: None,
-        mark_seen: Vec::new(),
-        delete_unseen: false,
-        labels: None,
-        checkpoint: checkpoint(state, success),
-        run: None,
-    }
+    SyncBatch::new(checkpoint(state, success))
 }
 
 fn checkpoint(state: &SyncState, success: bool) -> Checkpoint {
