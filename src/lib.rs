@@ -7,16 +7,24 @@
 //!
 //! # Layout
 //!
+//! Modules from the bottom up; each uses only those above it in this list
+//! (ARCHITECTURE.md, "Layers"; `tests/it/layers.rs` enforces it):
+//!
 //! - [`domain`]: newtypes parsed once at the edges; depends on nothing.
-//! - [`config`]: layered, strict settings.
-//! - [`telemetry`] and [`events`]: logging and the metric vocabulary.
+//! - [`config`], [`secret_file`], [`output`] (the only printer) and
+//!   [`google::error`] (every Google failure classified once).
 //! - [`store`]: the one persistence API (SQLite | PostgreSQL).
-//! - [`google`]: auth, Gmail and Directory clients, error classes, retry, quota.
-//! - [`sync`]: the sync engine and the pure MIME normalizer.
-//! - [`daemon`], [`app`], [`http`]: the long-running service.
-//! - [`cli`] and [`output`]: the command line; `output` is the only printer.
-//! - `demo` (feature `emulator`): the offline demo over the `gmail-emulator` crate, the local
-//!   Google that tests and benchmarks use directly.
+//! - [`events`], then [`telemetry`]: the metric vocabulary, logging.
+//! - [`google`]: auth, Gmail and Directory clients, retry, quota.
+//! - [`oauth`] and [`subscriptions`]: consents; the operators' rules.
+//! - [`sync`]: the shared context, the approved-OU gate, then the engine.
+//! - [`http`], [`daemon`], [`app`]: the long-running service.
+//! - `demo` (feature `emulator`): the offline demo over the `gmail-emulator`
+//!   crate, the local Google that tests and benchmarks use directly.
+//! - [`cli`]: the command line.
+//!
+//! RFC 822 parsing is the `gmail-normalize` crate (`crates/normalize`),
+//! pure and total, which depends on nothing of ours.
 
 pub mod app;
 pub mod cli;
