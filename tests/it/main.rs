@@ -8,6 +8,7 @@ mod crash;
 mod daemon;
 mod deploy;
 mod emulator;
+mod emulator_batch;
 mod emulator_helpers;
 mod emulator_oauth;
 mod helpers;

@@ -29,13 +29,15 @@
 //! 4. Services over the state: `tokens` (access-token issuing and the process key) and
 //!    `pipeline` (`Shared`, the one lock, and the auth → quota → handler path every Gmail and
 //!    Directory call takes).
-//! 5. Route handlers: `gmail`, `directory`, `control`, `consent` (authorize, the web client's
+//! 5. Route handlers: `gmail`, `batch` (the batch endpoint; it reaches the Gmail handlers only
+//!    through the router `server` hands it), `directory`, `control`, `consent` (authorize, the web client's
 //!    code and refresh grants, revoke, userinfo, tokeninfo, certs), and `oauth` (the token
 //!    endpoint: it keeps the JWT-bearer grant and hands the web client's grants to `consent`,
 //!    the one import inside this layer).
 //! 6. `server`: the router over all handlers and the accept loop.
 //! 7. `lib.rs`: the public API (`Emulator`, `EmulatorConfig`, the info types) over all of it.
 
+mod batch;
 mod clock;
 mod consent;
 mod control;
@@ -289,6 +291,7 @@ mod layout_tests {
         ("tokens", 6),
         ("pipeline", 6),
         ("gmail", 7),
+        ("batch", 7),
         ("directory", 7),
         ("control", 7),
         ("consent", 7),
