@@ -1,0 +1,222 @@
+//! The emulator's wider read API (labels.get, threads.list/get, `fields=` partial responses
+//! and Gmail's `q` syntax), checked against the control API's ground truth and through the
+//! google-gmail1 hub where a client would parse the answer.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use google_gmail1::api::Scope;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::emulator_helpers::{GMAIL_READONLY, TestEmulator, start};
+
+const SUPPORT: &str = "support@example.com";
+
+fn has_label(message: &Value, label: &str) -> bool {
+    message["labelIds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l == label)
+}
+
+/// Distinct thread IDs in order of first appearance (the ground truth is newest first).
+fn threads_in_order(messages: &[Value]) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    messages
+        .iter()
+        .map(|m| m["threadId"].as_str().unwrap().to_owned())
+        .filter(|t| seen.insert(t.clone()))
+        .collect()
+}
+
+async fn get_ok(env: &TestEmulator, token: &str, path: &str) -> Value {
+    let (status, _, body) = env.get(token, path).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
+#[tokio::test]
+async fn labels_get_counts_messages_and_threads_as_the_ground_truth_does() {
+    let env = start(5, 3, 120).await;
+    env.control_ok(Method::PUT, "quota", Some(json!({"enforce": false})))
+        .await;
+    let token = env.token(SUPPORT, GMAIL_READONLY).await;
+    let truth = env.ground_truth(SUPPORT).await;
+    let labels = get_ok(&env, &token, "gmail/v1/users/me/labels").await;
+    let labels = labels["labels"].as_array().unwrap();
+    assert!(labels.len() > 13, "system and user labels");
+    for label in labels {
+        let id = label["id"].as_str().unwrap();
+        let got = get_ok(&env, &token, &format!("gmail/v1/users/me/labels/{id}")).await;
+        let with: Vec<&Value> = truth.iter().filter(|m| has_label(m, id)).collect();
+        let unread: Vec<&Value> = with
+            .iter()
+            .copied()
+            .filter(|m| has_label(m, "UNREAD"))
+            .collect();
+        let threads = |ms: &[&Value]| {
+            ms.iter()
+                .map(|m| m["threadId"].as_str().unwrap())
+                .collect::<BTreeSet<_>>()
+                .len()
+        };
+        assert_eq!(got["id"], id);
+        assert_eq!(got["name"], label["name"]);
+        assert_eq!(got["type"], label["type"]);
+        assert_eq!(got["messagesTotal"], with.len(), "{id}");
+        assert_eq!(got["messagesUnread"], unread.len(), "{id}");
+        assert_eq!(got["threadsTotal"], threads(&with), "{id}");
+        assert_eq!(got["threadsUnread"], threads(&unread), "{id}");
+    }
+
+    // The client library parses it.
+    let hub = env.hub(SUPPORT).await;
+    let (_, inbox) = hub
+        .users()
+        .labels_get("me", "INBOX")
+        .add_scope(Scope::Readonly)
+        .doit()
+        .await
+        .unwrap();
+    let in_inbox = truth.iter().filter(|m| has_label(m, "INBOX")).count();
+    assert_eq!(inbox.messages_total, Some(in_inbox as i32));
+    assert_eq!(inbox.type_.as_deref(), Some("system"));
+
+    let (status, _, body) = env.get(&token, "gmail/v1/users/me/labels/Label_999").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["status"], "NOT_FOUND");
+    let stats = env.control_ok(Method::GET, "stats", None).await;
+    assert_eq!(
+        stats["requests"]["gmail.users.labels.get"]["200"],
+        labels.len() + 1,
+        "each label once, and INBOX through the hub"
+    );
+}
+
+#[tokio::test]
+async fn threads_list_pages_through_every_thread_once_newest_first() {
+    let env = start(6, 3, 150).await;
+    let token = env.token(SUPPORT, GMAIL_READONLY).await;
+    let truth = env.ground_truth(SUPPORT).await;
+    let expected = threads_in_order(&truth);
+    assert!(expected.len() < truth.len(), "some threads hold replies");
+
+    let mut listed = Vec::new();
+    let mut page_token: Option<String> = None;
+    loop {
+        let mut path = "gmail/v1/users/me/threads?maxResults=7&includeSpamTrash=true".to_owned();
+        if let Some(t) = &page_token {
+            path.push_str(&format!("&pageToken={t}"));
+        }
+        let page = get_ok(&env, &token, &path).await;
+        assert_eq!(page["resultSizeEstimate"], expected.len());
+        for thread in page["threads"].as_array().unwrap() {
+            assert!(thread["snippet"].is_string());
+            assert!(thread["historyId"].is_string());
+            listed.push(thread["id"].as_str().unwrap().to_owned());
+        }
+        match page["nextPageToken"].as_str() {
+            Some(t) => page_token = Some(t.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(listed, expected);
+
+    // Filters apply per message, and a thread is listed when one of its messages matches.
+    let inbox: Vec<Value> = truth
+        .iter()
+        .filter(|m| has_label(m, "INBOX"))
+        .cloned()
+        .collect();
+    let hub = env.hub(SUPPORT).await;
+    let (_, response) = hub
+        .users()
+        .threads_list("me")
+        .add_label_ids("INBOX")
+        .max_results(500)
+        .add_scope(Scope::Readonly)
+        .doit()
+        .await
+        .unwrap();
+    let ids: Vec<String> = response
+        .threads
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.id.unwrap())
+        .collect();
+    assert_eq!(ids, threads_in_order(&inbox));
+}
+
+#[tokio::test]
+async fn threads_get_answers_minimal_metadata_and_full_like_messages_get() {
+    let env = start(6, 3, 150).await;
+    let token = env.token(SUPPORT, GMAIL_READONLY).await;
+    let truth = env.ground_truth(SUPPORT).await;
+    let mut by_thread: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in truth.iter().rev() {
+        by_thread
+            .entry(m["threadId"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(m["id"].as_str().unwrap().to_owned());
+    }
+    let (thread, members) = by_thread
+        .iter()
+        .max_by_key(|(_, ms)| ms.len())
+        .map(|(t, ms)| (t.clone(), ms.clone()))
+        .unwrap();
+    assert!(members.len() > 1);
+
+    for format in ["minimal", "metadata", "full"] {
+        let got = get_ok(
+            &env,
+            &token,
+            &format!("gmail/v1/users/me/threads/{thread}?format={format}"),
+        )
+        .await;
+        assert_eq!(got["id"], thread.as_str());
+        let messages = got["messages"].as_array().unwrap();
+        let ids: Vec<&str> = messages.iter().map(|m| m["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, members, "oldest first");
+        assert_eq!(got["snippet"], messages.last().unwrap()["snippet"]);
+        for message in messages {
+            let id = message["id"].as_str().unwrap();
+            let single = get_ok(
+                &env,
+                &token,
+                &format!("gmail/v1/users/me/messages/{id}?format={format}"),
+            )
+            .await;
+            assert_eq!(message, &single, "{format} {id}");
+            assert_eq!(message.get("payload").is_some(), format != "minimal");
+        }
+    }
+
+    let hub = env.hub(SUPPORT).await;
+    let (_, parsed) = hub
+        .users()
+        .threads_get("me", &thread)
+        .format("metadata")
+        .add_metadata_headers("Subject")
+        .add_scope(Scope::Readonly)
+        .doit()
+        .await
+        .unwrap();
+    let first = &parsed.messages.unwrap()[0];
+    let headers = first.payload.as_ref().unwrap().headers.as_ref().unwrap();
+    assert_eq!(headers.len(), 1);
+    assert_eq!(headers[0].name.as_deref(), Some("Subject"));
+
+    let (status, _, body) = env
+        .get(
+            &token,
+            &format!("gmail/v1/users/me/threads/{thread}?format=raw"),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["status"], "INVALID_ARGUMENT");
+    let (status, _, _) = env
+        .get(&token, "gmail/v1/users/me/threads/00000000000000ab")
+        .await;
+    assert_eq!(status, 404);
+}
