@@ -220,3 +220,160 @@ async fn threads_get_answers_minimal_metadata_and_full_like_messages_get() {
         .await;
     assert_eq!(status, 404);
 }
+
+fn keys(value: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+#[tokio::test]
+async fn fields_selects_parts_of_every_gmail_answer() {
+    let env = start(7, 3, 30).await;
+    let token = env.token(SUPPORT, GMAIL_READONLY).await;
+    let truth = env.ground_truth(SUPPORT).await;
+    let id = truth[0]["id"].as_str().unwrap();
+    let thread = truth[0]["threadId"].as_str().unwrap();
+
+    let got = get_ok(
+        &env,
+        &token,
+        &format!("gmail/v1/users/me/messages/{id}?fields=id,labelIds"),
+    )
+    .await;
+    assert_eq!(keys(&got), ["id", "labelIds"]);
+    assert_eq!(got["labelIds"], truth[0]["labelIds"]);
+
+    let page = get_ok(
+        &env,
+        &token,
+        "gmail/v1/users/me/messages?maxResults=5&fields=nextPageToken,messages/id",
+    )
+    .await;
+    assert_eq!(keys(&page), ["messages", "nextPageToken"]);
+    for (listed, expected) in page["messages"].as_array().unwrap().iter().zip(&truth) {
+        assert_eq!(listed, &json!({"id": expected["id"]}));
+    }
+
+    let labels = get_ok(
+        &env,
+        &token,
+        "gmail/v1/users/me/labels?fields=labels(name,id,type)",
+    )
+    .await;
+    for label in labels["labels"].as_array().unwrap() {
+        assert_eq!(keys(label), ["id", "name", "type"]);
+    }
+
+    let nested = get_ok(
+        &env,
+        &token,
+        &format!(
+            "gmail/v1/users/me/threads/{thread}?format=metadata&metadataHeaders=Subject&fields=id,messages(id,payload(headers(name)))"
+        ),
+    )
+    .await;
+    assert_eq!(keys(&nested), ["id", "messages"]);
+    let message = &nested["messages"][0];
+    assert_eq!(keys(message), ["id", "payload"]);
+    assert_eq!(
+        message["payload"],
+        json!({"headers": [{"name": "Subject"}]})
+    );
+
+    let profile = get_ok(
+        &env,
+        &token,
+        "gmail/v1/users/me/profile?fields=emailAddress",
+    )
+    .await;
+    assert_eq!(profile, json!({"emailAddress": SUPPORT}));
+    let history_id = get_ok(&env, &token, "gmail/v1/users/me/profile").await["historyId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let history = get_ok(
+        &env,
+        &token,
+        &format!("gmail/v1/users/me/history?startHistoryId={history_id}&fields=historyId"),
+    )
+    .await;
+    assert_eq!(keys(&history), ["historyId"]);
+
+    // The client library sends `fields` as a plain parameter and parses what is left.
+    let hub = env.hub(SUPPORT).await;
+    let (_, parsed) = hub
+        .users()
+        .messages_get("me", id)
+        .param("fields", "id,snippet")
+        .add_scope(Scope::Readonly)
+        .doit()
+        .await
+        .unwrap();
+    assert_eq!(parsed.id.as_deref(), Some(id));
+    assert!(parsed.snippet.is_some());
+    assert!(parsed.label_ids.is_none() && parsed.payload.is_none());
+}
+
+#[tokio::test]
+async fn bad_selectors_are_googles_400_and_system_parameters_are_accepted_everywhere() {
+    let env = start(7, 3, 10).await;
+    let token = env.token(SUPPORT, GMAIL_READONLY).await;
+    let truth = env.ground_truth(SUPPORT).await;
+    let id = truth[0]["id"].as_str().unwrap();
+    let thread = truth[0]["threadId"].as_str().unwrap();
+    let before = env.control_ok(Method::GET, "stats", None).await;
+
+    for bad in ["labels(nme)", "labels(name", "id,,labelIds", "nosuchfield"] {
+        let (status, _, body) = env
+            .get(&token, &format!("gmail/v1/users/me/labels?fields={bad}"))
+            .await;
+        assert_eq!(status, 400, "{bad}");
+        assert_eq!(body["error"]["status"], "INVALID_ARGUMENT");
+        assert_eq!(body["error"]["errors"][0]["reason"], "invalidParameter");
+        assert_eq!(body["error"]["errors"][0]["location"], "fields");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Invalid field selection")
+        );
+    }
+    let after = env.control_ok(Method::GET, "stats", None).await;
+    assert_eq!(
+        after["quota_units"], before["quota_units"],
+        "a refused selector is not charged"
+    );
+
+    let history_id = get_ok(&env, &token, "gmail/v1/users/me/profile").await["historyId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for path in [
+        "gmail/v1/users/me/profile".to_owned(),
+        "gmail/v1/users/me/labels".to_owned(),
+        "gmail/v1/users/me/labels/INBOX".to_owned(),
+        "gmail/v1/users/me/messages".to_owned(),
+        format!("gmail/v1/users/me/messages/{id}"),
+        "gmail/v1/users/me/threads".to_owned(),
+        format!("gmail/v1/users/me/threads/{thread}"),
+        format!("gmail/v1/users/me/history?startHistoryId={history_id}"),
+    ] {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let plain = get_ok(&env, &token, &path).await;
+        for extra in ["alt=json", "prettyPrint=false", "prettyPrint=true&alt=json"] {
+            let got = get_ok(&env, &token, &format!("{path}{sep}{extra}")).await;
+            assert_eq!(got, plain, "{path} with {extra}");
+        }
+    }
+    let (status, _, body) = env
+        .get(&token, "gmail/v1/users/me/profile?prettyPrint=maybe")
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["errors"][0]["location"], "prettyPrint");
+}

@@ -20,7 +20,8 @@
 //!
 //! 1. Foundations: `util` (JSON responses, query parsing, lenient base64, hashing, private
 //!    files), `clock` and `scopes` (the scope names) import nothing of the crate; `errors`
-//!    (Google's error bodies) uses `util`.
+//!    (Google's error bodies) uses `util`, then `fields` (the system parameters `fields`,
+//!    `prettyPrint` and `alt` as a middleware; uses `util` and `errors`).
 //! 2. Content: `generate` (RFC 822 rendering from the seed), then `payload` (Gmail's parsed
 //!    view of a message; uses `generate`).
 //! 3. State: `grants` (the registered web client and its per-user grants, codes and sessions),
@@ -43,6 +44,7 @@ mod consent;
 mod control;
 mod directory;
 mod errors;
+mod fields;
 mod generate;
 mod gmail;
 mod grants;
@@ -284,6 +286,7 @@ mod layout_tests {
         ("clock", 0),
         ("scopes", 0),
         ("errors", 1),
+        ("fields", 2),
         ("generate", 2),
         ("payload", 3),
         ("grants", 4),

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::errors::GoogleError;
 use super::pipeline::{ResetConnection, Shared};
-use super::{batch, consent, control, directory, gmail, oauth};
+use super::{batch, consent, control, directory, fields, gmail, oauth};
 
 #[derive(Debug, thiserror::Error)]
 #[error("connection dropped by fault injection")]
@@ -35,13 +35,12 @@ async fn not_found() -> axum::response::Response {
 /// Every route the emulator serves; an unknown path gets Google's 404 body. The batch routes
 /// dispatch their inner requests to the Gmail routes alone.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    let batch_api = gmail::router()
-        .fallback(not_found)
-        .with_state(Arc::clone(&shared));
+    let gmail = || gmail::router().layer(axum::middleware::from_fn(fields::system_parameters));
+    let batch_api = gmail().fallback(not_found).with_state(Arc::clone(&shared));
     Router::new()
         .route("/token", axum::routing::post(oauth::token))
         .merge(consent::router())
-        .merge(gmail::router())
+        .merge(gmail())
         .merge(batch::router(batch_api))
         .merge(directory::router())
         .merge(control::router())
