@@ -377,3 +377,155 @@ async fn bad_selectors_are_googles_400_and_system_parameters_are_accepted_everyw
     assert_eq!(status, 400);
     assert_eq!(body["error"]["errors"][0]["location"], "prettyPrint");
 }
+
+/// Inserts a message through the control API and returns its ID.
+async fn insert(env: &TestEmulator, raw: &str, labels: &[&str]) -> String {
+    use base64::Engine as _;
+    let encoded = base64::prelude::BASE64_URL_SAFE_NO_PAD.encode(raw);
+    env.control_ok(
+        Method::POST,
+        &format!("users/{SUPPORT}/messages"),
+        Some(json!({"raw": encoded, "label_ids": labels})),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Every message ID `q` lists, paging to the end.
+async fn search(env: &TestEmulator, token: &str, q: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut page_token = String::new();
+    loop {
+        let mut url = reqwest::Url::parse(&env.url("gmail/v1/users/me/messages")).unwrap();
+        url.query_pairs_mut()
+            .append_pair("q", q)
+            .append_pair("maxResults", "500")
+            .append_pair("pageToken", &page_token);
+        let response = env.http.get(url).bearer_auth(token).send().await.unwrap();
+        assert_eq!(response.status(), 200, "q={q:?}");
+        let page: Value = response.json().await.unwrap();
+        for m in page["messages"].as_array().into_iter().flatten() {
+            found.insert(m["id"].as_str().unwrap().to_owned());
+        }
+        match page["nextPageToken"].as_str() {
+            Some(t) => page_token = t.to_owned(),
+            None => return found,
+        }
+    }
+}
+
+#[tokio::test]
+async fn q_understands_gmails_search_syntax() {
+    let env = start(8, 3, 80).await;
+    env.control_ok(Method::PUT, "quota", Some(json!({"enforce": false})))
+        .await;
+    let token = env.token(SUPPORT, GMAIL_READONLY).await;
+    let report = insert(
+        &env,
+        "From: Alice Zqxj <alice@zqxj.example>\r\nTo: support@example.com\r\nSubject: Quarterly zqxj report\r\nMessage-ID: <r1@zqxj.example>\r\nContent-Type: text/plain\r\n\r\nThe numbers are blorptastic.\r\n",
+        &["INBOX"],
+    )
+    .await;
+    let lunch = insert(
+        &env,
+        "From: Bob <bob@elsewhere.example>\r\nTo: carol@zqxj.example\r\nSubject: zqxj lunch\r\nMessage-ID: <r2@zqxj.example>\r\nContent-Type: text/plain\r\n\r\nNoon?\r\n",
+        &["INBOX", "UNREAD"],
+    )
+    .await;
+    let big_attachment = "A".repeat(80 * 1024);
+    let scan = insert(
+        &env,
+        &format!(
+            "From: Scanner <scanner@zqxj.example>\r\nTo: support@example.com\r\nSubject: Scan zqxj\r\nMessage-ID: <r3@zqxj.example>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nAttached.\r\n--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"scan-0001.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{big_attachment}\r\n--b--\r\n"
+        ),
+        &["SPAM"],
+    )
+    .await;
+    let set = |ids: &[&String]| ids.iter().map(|s| (*s).clone()).collect::<BTreeSet<_>>();
+    let cases: Vec<(&str, BTreeSet<String>)> = vec![
+        ("zqxj", set(&[&report, &lunch])),
+        ("zqxj in:anywhere", set(&[&report, &lunch, &scan])),
+        ("subject:zqxj -lunch", set(&[&report])),
+        ("\"quarterly zqxj\"", set(&[&report])),
+        ("\"zqxj quarterly\"", set(&[])),
+        ("from:alice@zqxj.example", set(&[&report])),
+        ("from:\"Alice Zqxj\"", set(&[&report])),
+        ("to:carol@zqxj.example", set(&[&lunch])),
+        ("subject:(zqxj lunch)", set(&[&lunch])),
+        ("blorptastic OR subject:lunch", set(&[&report, &lunch])),
+        ("{blorptastic noon}", set(&[&report, &lunch])),
+        ("(from:bob OR from:alice) zqxj is:unread", set(&[&lunch])),
+        ("zqxj -is:unread", set(&[&report])),
+        ("zqxj is:read", set(&[&report])),
+        ("in:spam has:attachment", set(&[&scan])),
+        ("in:spam filename:scan-0001.pdf", set(&[&scan])),
+        ("in:anywhere zqxj larger:50K", set(&[&scan])),
+        ("in:anywhere zqxj smaller:50K", set(&[&report, &lunch])),
+        ("rfc822msgid:<r2@zqxj.example>", set(&[&lunch])),
+        ("zqxj newer_than:1d", set(&[&report, &lunch])),
+        ("zqxj older_than:1d", set(&[])),
+        ("zqxj -(subject:lunch OR subject:quarterly)", set(&[])),
+        ("zqxj -is:chat -in:chats", set(&[&report, &lunch])),
+    ];
+    for (q, expected) in &cases {
+        assert_eq!(&search(&env, &token, q).await, expected, "q={q:?}");
+    }
+
+    // Label operators agree with the ground truth, spam and trash left out unless asked.
+    let truth = env.ground_truth(SUPPORT).await;
+    let visible = |m: &&Value| !has_label(m, "SPAM") && !has_label(m, "TRASH");
+    let ids = |pred: &dyn Fn(&Value) -> bool| {
+        truth
+            .iter()
+            .filter(visible)
+            .filter(|m| pred(m))
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect::<BTreeSet<_>>()
+    };
+    let everything = ids(&|_| true);
+    assert_eq!(search(&env, &token, "-is:chat -in:chats").await, everything);
+    assert_eq!(
+        search(&env, &token, "is:unread OR label:invoices").await,
+        ids(&|m| has_label(m, "UNREAD") || has_label(m, "Label_1"))
+    );
+    assert_eq!(
+        search(&env, &token, "-in:inbox (is:starred OR is:important)").await,
+        ids(&|m| !has_label(m, "INBOX") && (has_label(m, "STARRED") || has_label(m, "IMPORTANT")))
+    );
+    assert_eq!(search(&env, &token, "in:chats").await, BTreeSet::new());
+    assert_eq!(
+        search(&env, &token, "label:no-such-label").await,
+        BTreeSet::new()
+    );
+
+    // Never an error on a query Gmail accepts, nor on a sloppy one.
+    for q in [
+        "(",
+        ")",
+        "((a OR",
+        "a))",
+        "{",
+        "}",
+        "-",
+        "\"unterminated",
+        "OR",
+        "a OR",
+        "from:",
+        "subject:(",
+        "after:garbage",
+        "larger:lots",
+        "newer_than:soon",
+        "-(-(-zqxj))",
+        "has:drive",
+        "category:primary",
+        "list:announce@example.com",
+        "is:snoozed",
+        "http://example.com/x?y=1",
+        "a AND b",
+        "label:\"Tenants/Unit 4B\"",
+    ] {
+        search(&env, &token, q).await;
+    }
+}

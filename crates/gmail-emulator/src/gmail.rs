@@ -12,7 +12,6 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
-use chrono::NaiveDate;
 use google_gmail1::api::{
     History, HistoryLabelAdded, HistoryLabelRemoved, HistoryMessageAdded, HistoryMessageDeleted,
     Label, ListHistoryResponse, ListLabelsResponse, ListMessagesResponse, ListThreadsResponse,
@@ -21,12 +20,10 @@ use google_gmail1::api::{
 
 use super::errors::GoogleError;
 use super::generate;
-use super::model::{
-    ApiMethod, ChangeKind, IMPORTANT, INBOX, ListFilter, Mailbox, Msg, SENT, SPAM, STARRED, Source,
-    SourceContext, TRASH, UNREAD, User, World,
-};
+use super::model::{ApiMethod, ChangeKind, ListFilter, Msg, Source, SourceContext, User, World};
 use super::payload;
 use super::pipeline::{Caller, Shared, serve_api};
+use super::search::Query;
 use super::util::{json_response, param, params, query_pairs};
 
 pub(crate) fn router() -> Router<Arc<Shared>> {
@@ -143,95 +140,16 @@ fn parse_bool(pairs: &[(String, String)], name: &str) -> Result<bool, GoogleErro
     }
 }
 
-/// A `q` date: `YYYY/MM/DD`, `YYYY-MM-DD`, `MM/DD/YYYY` (UTC midnight) or epoch seconds.
-fn query_date_ms(value: &str) -> Option<i64> {
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        return value.parse::<i64>().ok().map(|s| s * 1000);
-    }
-    ["%Y/%m/%d", "%Y-%m-%d", "%m/%d/%Y"]
-        .iter()
-        .find_map(|f| NaiveDate::parse_from_str(value, f).ok())
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc().timestamp_millis())
-}
-
-/// Applies the supported subset of Gmail search: `after:` `before:` `in:` `label:` `is:`
-/// (with `-` negation for the label terms). Free text and other operators are ignored.
-fn apply_query(q: &str, mailbox: &Mailbox, filter: &mut ListFilter) -> Result<(), GoogleError> {
-    for term in q.split_whitespace() {
-        let (negated, term) = term.strip_prefix('-').map_or((false, term), |t| (true, t));
-        let Some((key, value)) = term.split_once(':') else {
-            continue;
-        };
-        let value = value.trim_matches('"');
-        let bit = match key.to_ascii_lowercase().as_str() {
-            "after" | "before" => {
-                let ms = query_date_ms(value).ok_or_else(|| {
-                    GoogleError::invalid_argument(format!("Invalid date in query: {value}"))
-                })?;
-                if key.eq_ignore_ascii_case("after") {
-                    filter.after_ms = Some(filter.after_ms.map_or(ms, |a| a.max(ms)));
-                } else {
-                    filter.before_ms = Some(filter.before_ms.map_or(ms, |b| b.min(ms)));
-                }
-                continue;
-            }
-            "in" => match value.to_ascii_lowercase().as_str() {
-                "anywhere" => {
-                    filter.include_spam_trash = true;
-                    continue;
-                }
-                "inbox" => INBOX,
-                "sent" => SENT,
-                "spam" => SPAM,
-                "trash" => TRASH,
-                "starred" => STARRED,
-                "important" => IMPORTANT,
-                other => mailbox.label_bit(&other.to_ascii_uppercase()).unwrap_or(0),
-            },
-            "label" => mailbox
-                .label_bit_by_name(value)
-                .or_else(|| mailbox.label_bit(&value.to_ascii_uppercase()))
-                .unwrap_or(0),
-            "is" => match value.to_ascii_lowercase().as_str() {
-                "unread" => UNREAD,
-                "read" => {
-                    if negated {
-                        filter.all_of |= UNREAD;
-                    } else {
-                        filter.none_of |= UNREAD;
-                    }
-                    continue;
-                }
-                "starred" => STARRED,
-                "important" => IMPORTANT,
-                _ => continue,
-            },
-            _ => continue,
-        };
-        if bit == 0 {
-            if !negated {
-                filter.impossible = true;
-            }
-        } else if negated {
-            filter.none_of |= bit;
-        } else {
-            filter.all_of |= bit;
-            if bit & (SPAM | TRASH) != 0 {
-                filter.include_spam_trash = true;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The selection `messages.list` and `threads.list` share: `labelIds`, `includeSpamTrash`
 /// and `q` (refused under the metadata scope, as Google does).
 fn list_filter(
     pairs: &[(String, String)],
     caller: &Caller,
-    mailbox: &Mailbox,
+    world: &World,
+    user: &User,
+    now_ms: i64,
 ) -> Result<ListFilter, GoogleError> {
+    let mailbox = &user.mailbox;
     let q = param(pairs, "q").filter(|q| !q.trim().is_empty());
     if q.is_some() && caller.has_metadata_scope() {
         return Err(GoogleError::forbidden(
@@ -248,7 +166,9 @@ fn list_filter(
             .ok_or_else(|| GoogleError::invalid_argument(format!("Invalid label: {label}")))?;
     }
     if let Some(q) = q {
-        apply_query(q, mailbox, &mut filter)?;
+        let query = Query::parse(q, mailbox, now_ms);
+        filter.include_spam_trash |= query.includes_spam_trash();
+        filter.only = Some(query.matching(mailbox, &source_context(world, user)));
     }
     Ok(filter)
 }
@@ -268,10 +188,11 @@ async fn list_messages(
             let pairs = query_pairs(query.as_deref());
             let max = page_size(&pairs, "maxResults", 500)?;
             let token = page_token(&pairs)?;
+            let now = shared.clock.now_ms();
             let world = shared.lock();
-            let mailbox = &mailbox_user(&world, caller)?.mailbox;
-            let filter = list_filter(&pairs, caller, mailbox)?;
-            let (page, next, estimate) = mailbox.list(&filter, token, max);
+            let user = mailbox_user(&world, caller)?;
+            let filter = list_filter(&pairs, caller, &world, user, now)?;
+            let (page, next, estimate) = user.mailbox.list(&filter, token, max);
             drop(world);
             let messages = page
                 .into_iter()
@@ -345,9 +266,10 @@ async fn list_threads(
             let pairs = query_pairs(query.as_deref());
             let max = page_size(&pairs, "maxResults", 500)?;
             let token = page_token(&pairs)?;
+            let now = shared.clock.now_ms();
             let world = shared.lock();
             let user = mailbox_user(&world, caller)?;
-            let filter = list_filter(&pairs, caller, &user.mailbox)?;
+            let filter = list_filter(&pairs, caller, &world, user, now)?;
             let (page, next, estimate) = user.mailbox.list_threads(&filter, token, max);
             // Each thread's snippet is its newest message's; its history ID the highest.
             let heads: Vec<(u64, u64, Source)> = page
@@ -676,17 +598,4 @@ async fn list_history(
         })
     })
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_dates_accept_gmail_forms() {
-        assert_eq!(query_date_ms("2026/01/02"), Some(1_767_312_000_000));
-        assert_eq!(query_date_ms("2026-01-02"), Some(1_767_312_000_000));
-        assert_eq!(query_date_ms("1767312000"), Some(1_767_312_000_000));
-        assert_eq!(query_date_ms("yesterday"), None);
-    }
 }

@@ -27,9 +27,9 @@
 //! 3. State: `grants` (the registered web client and its per-user grants, codes and sessions),
 //!    then `model` (users, mailboxes, history, quota windows, faults, counters; holds the
 //!    `grants` state).
-//! 4. Services over the state: `tokens` (access-token issuing and the process key) and
+//! 4. Services over the state: `tokens` (access-token issuing and the process key),
 //!    `pipeline` (`Shared`, the one lock, and the auth → quota → handler path every Gmail and
-//!    Directory call takes).
+//!    Directory call takes) and `search` (Gmail's `q` syntax over a mailbox).
 //! 5. Route handlers: `gmail`, `batch` (the batch endpoint; it reaches the Gmail handlers only
 //!    through the router `server` hands it), `directory`, `control`, `consent` (authorize, the web client's
 //!    code and refresh grants, revoke, userinfo, tokeninfo, certs), and `oauth` (the token
@@ -53,6 +53,7 @@ mod oauth;
 mod payload;
 mod pipeline;
 mod scopes;
+mod search;
 mod server;
 mod tokens;
 mod util;
@@ -293,6 +294,7 @@ mod layout_tests {
         ("model", 5),
         ("tokens", 6),
         ("pipeline", 6),
+        ("search", 6),
         ("gmail", 7),
         ("batch", 7),
         ("directory", 7),

@@ -130,6 +130,8 @@ pub(crate) struct ListFilter {
     pub(crate) before_ms: Option<i64>,
     /// Set when the query names a label the mailbox does not have: nothing matches.
     pub(crate) impossible: bool,
+    /// The messages a `q` search matched, when there is one.
+    pub(crate) only: Option<std::collections::HashSet<u64>>,
 }
 
 /// A mailbox: descriptors in ascending internal date, plus history.
@@ -453,6 +455,7 @@ impl Mailbox {
         }
         f.after_ms.is_none_or(|after| m.internal_date >= after)
             && f.before_ms.is_none_or(|before| m.internal_date < before)
+            && f.only.as_ref().is_none_or(|only| only.contains(&m.id))
     }
 
     /// `(messagesTotal, messagesUnread, threadsTotal, threadsUnread)` of one label, as
@@ -537,7 +540,11 @@ impl Mailbox {
             }
             page.push((m.id, m.thread_id));
         }
-        let unfiltered = f.all_of == 0 && f.none_of == 0 && f.include_spam_trash && !f.impossible;
+        let unfiltered = f.all_of == 0
+            && f.none_of == 0
+            && f.include_spam_trash
+            && !f.impossible
+            && f.only.is_none();
         let estimate = if unfiltered && f.after_ms.is_none() && f.before_ms.is_none() {
             self.live
         } else {
