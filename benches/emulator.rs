@@ -1,11 +1,12 @@
 //! Emulator benchmark: start-up time and memory for a million generated messages, then
 //! `messages.get?format=raw` throughput over 32 keep-alive HTTP/1.1 connections with quota
-//! enforcement off and no latency. Load generator and emulator share this process (and the
+//! enforcement off and no latency, first one call per request, then 50 calls per
+//! `POST /batch/gmail/v1` over the same number of connections. Load generator and emulator share this process (and the
 //! machine's cores). Results go to the log (set `RUST_LOG=info`) and to `BENCHMARKS.md`
 //! by hand.
 //!
 //! `cargo bench --bench emulator` (env: `BENCH_USERS`, `BENCH_MESSAGES`, `BENCH_SECONDS`,
-//! `BENCH_CONNECTIONS`).
+//! `BENCH_CONNECTIONS`, `BENCH_BATCH_SIZE`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::prelude::BASE64_URL_SAFE_NO_PAD;
 use gmail_emulator::{Emulator, EmulatorConfig};
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rsa::pkcs8::DecodePrivateKey as _;
@@ -63,6 +64,7 @@ async fn run() -> anyhow::Result<()> {
     let messages = env_or("BENCH_MESSAGES", 100_000) as usize;
     let seconds = env_or("BENCH_SECONDS", 10);
     let connections = env_or("BENCH_CONNECTIONS", 32) as usize;
+    let batch_size = env_or("BENCH_BATCH_SIZE", 50) as usize;
 
     let rss_before = rss_kib();
     let started = Instant::now();
@@ -233,6 +235,115 @@ async fn run() -> anyhow::Result<()> {
         body_bytes.load(Ordering::Relaxed) as f64 / elapsed / 1e6,
         rss_kib() / 1024
     ));
+    let ids: Vec<String> = picked.iter().map(|(id, _)| id.clone()).collect();
+    batch_phase(
+        &emulator.base_url(),
+        &token,
+        &ids,
+        batch_size,
+        connections,
+        seconds,
+    )
+    .await?;
     emulator.shutdown().await;
+    Ok(())
+}
+
+/// A batch body of `size` raw gets, starting at `offset` in `ids`, as Google's Python client
+/// writes it (LF line ends, `Content-ID: <base + n>`).
+fn batch_body(ids: &[String], offset: usize, size: usize, token: &str) -> String {
+    let mut body = String::new();
+    for n in 0..size {
+        let id = &ids[(offset + n) % ids.len()];
+        body.push_str(&format!(
+            "--{BOUNDARY}\nContent-Type: application/http\nContent-ID: <bench + {n}>\n\nGET /gmail/v1/users/me/messages/{id}?format=raw HTTP/1.1\nauthorization: Bearer {token}\n\n\n"
+        ));
+    }
+    body.push_str(&format!("--{BOUNDARY}--\n"));
+    body
+}
+
+const BOUNDARY: &str = "===============0123456789==";
+
+/// `size` messages per `POST /batch/gmail/v1`, `connections` workers, for `seconds`.
+async fn batch_phase(
+    base_url: &str,
+    token: &str,
+    ids: &[String],
+    size: usize,
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let bodies: Arc<Vec<Bytes>> = Arc::new(
+        (0..ids.len())
+            .map(|offset| Bytes::from(batch_body(ids, offset, size, token)))
+            .collect(),
+    );
+    let url = format!("{base_url}batch/gmail/v1");
+    let batches = Arc::new(AtomicU64::new(0));
+    let inner_ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let body_bytes = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..connections {
+        let (bodies, url, batches, inner_ok, failed, body_bytes) = (
+            bodies.clone(),
+            url.clone(),
+            batches.clone(),
+            inner_ok.clone(),
+            failed.clone(),
+            body_bytes.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let client = Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(1)
+                .build_http::<Full<Bytes>>();
+            let mut n = worker;
+            while Instant::now() < deadline {
+                let request = http::Request::post(&url)
+                    .header(
+                        "content-type",
+                        format!("multipart/mixed; boundary=\"{BOUNDARY}\""),
+                    )
+                    .body(Full::new(bodies[n % bodies.len()].clone()))
+                    .expect("valid request");
+                n += 1;
+                let answer = match client.request(request).await {
+                    Ok(response) if response.status() == 200 => {
+                        response.into_body().collect().await.ok()
+                    }
+                    _ => None,
+                };
+                let Some(answer) = answer else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let bytes = answer.to_bytes();
+                let ok = String::from_utf8_lossy(&bytes)
+                    .matches("\r\n\r\nHTTP/1.1 200 OK\r\n")
+                    .count() as u64;
+                body_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                inner_ok.fetch_add(ok, Ordering::Relaxed);
+                batches.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let ok = inner_ok.load(Ordering::Relaxed);
+    let answered = batches.load(Ordering::Relaxed);
+    report(&format!(
+        "batch of {size} x messages.get format=raw: {answered} batches ({ok} inner 200s, {} inner non-200, {} batches failed) in {elapsed:.1} s over {connections} connections = {:.0} messages/s, {:.1} batches/s, {:.1} MB/s of multipart; RSS now {} MiB",
+        answered * size as u64 - ok,
+        failed.load(Ordering::Relaxed),
+        ok as f64 / elapsed,
+        answered as f64 / elapsed,
+        body_bytes.load(Ordering::Relaxed) as f64 / elapsed / 1e6,
+        rss_kib() / 1024
+    ));
     Ok(())
 }

@@ -71,6 +71,13 @@ impl GoogleError {
         Self::new(400, "invalidArgument", message)
     }
 
+    /// A bad value of a system parameter such as `fields` or `alt`.
+    pub(crate) fn invalid_parameter(parameter: &'static str, message: impl Into<String>) -> Self {
+        Self::new(400, "invalidParameter", message).with(|d| {
+            d.location = Some(("parameter", parameter));
+        })
+    }
+
     pub(crate) fn failed_precondition(message: impl Into<String>) -> Self {
         Self::new(400, "failedPrecondition", message).with(|d| {
             d.status = Some("FAILED_PRECONDITION");

@@ -1,4 +1,5 @@
-//! Gmail API v1 handlers: profile, labels, messages (list/get), attachments, history.
+//! Gmail API v1 handlers: profile, labels (list/get), messages (list/get), threads (list/get),
+//! attachments, history.
 //!
 //! Handlers run inside [`serve_api`], which has already authenticated, admitted and charged
 //! the call. They copy what they need out of the world under the lock and build bodies
@@ -11,26 +12,27 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
-use chrono::NaiveDate;
 use google_gmail1::api::{
     History, HistoryLabelAdded, HistoryLabelRemoved, HistoryMessageAdded, HistoryMessageDeleted,
-    Label, ListHistoryResponse, ListLabelsResponse, ListMessagesResponse, Message, Profile,
+    Label, ListHistoryResponse, ListLabelsResponse, ListMessagesResponse, ListThreadsResponse,
+    Message, Profile, Thread,
 };
 
 use super::errors::GoogleError;
 use super::generate;
-use super::model::{
-    ApiMethod, ChangeKind, IMPORTANT, INBOX, ListFilter, Mailbox, SENT, SPAM, STARRED, Source,
-    SourceContext, TRASH, UNREAD, User, World,
-};
+use super::model::{ApiMethod, ChangeKind, ListFilter, Msg, Source, SourceContext, User, World};
 use super::payload;
 use super::pipeline::{Caller, Shared, serve_api};
+use super::search::Query;
 use super::util::{json_response, param, params, query_pairs};
 
 pub(crate) fn router() -> Router<Arc<Shared>> {
     Router::new()
         .route("/gmail/v1/users/{user_id}/profile", get(profile))
         .route("/gmail/v1/users/{user_id}/labels", get(labels))
+        .route("/gmail/v1/users/{user_id}/labels/{id}", get(get_label))
+        .route("/gmail/v1/users/{user_id}/threads", get(list_threads))
+        .route("/gmail/v1/users/{user_id}/threads/{id}", get(get_thread))
         .route("/gmail/v1/users/{user_id}/messages", get(list_messages))
         .route("/gmail/v1/users/{user_id}/messages/{id}", get(get_message))
         .route(
@@ -138,86 +140,37 @@ fn parse_bool(pairs: &[(String, String)], name: &str) -> Result<bool, GoogleErro
     }
 }
 
-/// A `q` date: `YYYY/MM/DD`, `YYYY-MM-DD`, `MM/DD/YYYY` (UTC midnight) or epoch seconds.
-fn query_date_ms(value: &str) -> Option<i64> {
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        return value.parse::<i64>().ok().map(|s| s * 1000);
+/// The selection `messages.list` and `threads.list` share: `labelIds`, `includeSpamTrash`
+/// and `q` (refused under the metadata scope, as Google does).
+fn list_filter(
+    pairs: &[(String, String)],
+    caller: &Caller,
+    world: &World,
+    user: &User,
+    now_ms: i64,
+) -> Result<ListFilter, GoogleError> {
+    let mailbox = &user.mailbox;
+    let q = param(pairs, "q").filter(|q| !q.trim().is_empty());
+    if q.is_some() && caller.has_metadata_scope() {
+        return Err(GoogleError::forbidden(
+            "Metadata scope does not support 'q' parameter",
+        ));
     }
-    ["%Y/%m/%d", "%Y-%m-%d", "%m/%d/%Y"]
-        .iter()
-        .find_map(|f| NaiveDate::parse_from_str(value, f).ok())
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc().timestamp_millis())
-}
-
-/// Applies the supported subset of Gmail search: `after:` `before:` `in:` `label:` `is:`
-/// (with `-` negation for the label terms). Free text and other operators are ignored.
-fn apply_query(q: &str, mailbox: &Mailbox, filter: &mut ListFilter) -> Result<(), GoogleError> {
-    for term in q.split_whitespace() {
-        let (negated, term) = term.strip_prefix('-').map_or((false, term), |t| (true, t));
-        let Some((key, value)) = term.split_once(':') else {
-            continue;
-        };
-        let value = value.trim_matches('"');
-        let bit = match key.to_ascii_lowercase().as_str() {
-            "after" | "before" => {
-                let ms = query_date_ms(value).ok_or_else(|| {
-                    GoogleError::invalid_argument(format!("Invalid date in query: {value}"))
-                })?;
-                if key.eq_ignore_ascii_case("after") {
-                    filter.after_ms = Some(filter.after_ms.map_or(ms, |a| a.max(ms)));
-                } else {
-                    filter.before_ms = Some(filter.before_ms.map_or(ms, |b| b.min(ms)));
-                }
-                continue;
-            }
-            "in" => match value.to_ascii_lowercase().as_str() {
-                "anywhere" => {
-                    filter.include_spam_trash = true;
-                    continue;
-                }
-                "inbox" => INBOX,
-                "sent" => SENT,
-                "spam" => SPAM,
-                "trash" => TRASH,
-                "starred" => STARRED,
-                "important" => IMPORTANT,
-                other => mailbox.label_bit(&other.to_ascii_uppercase()).unwrap_or(0),
-            },
-            "label" => mailbox
-                .label_bit_by_name(value)
-                .or_else(|| mailbox.label_bit(&value.to_ascii_uppercase()))
-                .unwrap_or(0),
-            "is" => match value.to_ascii_lowercase().as_str() {
-                "unread" => UNREAD,
-                "read" => {
-                    if negated {
-                        filter.all_of |= UNREAD;
-                    } else {
-                        filter.none_of |= UNREAD;
-                    }
-                    continue;
-                }
-                "starred" => STARRED,
-                "important" => IMPORTANT,
-                _ => continue,
-            },
-            _ => continue,
-        };
-        if bit == 0 {
-            if !negated {
-                filter.impossible = true;
-            }
-        } else if negated {
-            filter.none_of |= bit;
-        } else {
-            filter.all_of |= bit;
-            if bit & (SPAM | TRASH) != 0 {
-                filter.include_spam_trash = true;
-            }
-        }
+    let mut filter = ListFilter {
+        include_spam_trash: parse_bool(pairs, "includeSpamTrash")?,
+        ..ListFilter::default()
+    };
+    for label in params(pairs, "labelIds") {
+        filter.all_of |= mailbox
+            .label_bit(label)
+            .ok_or_else(|| GoogleError::invalid_argument(format!("Invalid label: {label}")))?;
     }
-    Ok(())
+    if let Some(q) = q {
+        let query = Query::parse(q, mailbox, now_ms);
+        filter.include_spam_trash |= query.includes_spam_trash();
+        filter.only = Some(query.matching(mailbox, &source_context(world, user)));
+    }
+    Ok(filter)
 }
 
 async fn list_messages(
@@ -235,27 +188,11 @@ async fn list_messages(
             let pairs = query_pairs(query.as_deref());
             let max = page_size(&pairs, "maxResults", 500)?;
             let token = page_token(&pairs)?;
-            let q = param(&pairs, "q").filter(|q| !q.trim().is_empty());
-            if q.is_some() && caller.has_metadata_scope() {
-                return Err(GoogleError::forbidden(
-                    "Metadata scope does not support 'q' parameter",
-                ));
-            }
-            let mut filter = ListFilter {
-                include_spam_trash: parse_bool(&pairs, "includeSpamTrash")?,
-                ..ListFilter::default()
-            };
+            let now = shared.clock.now_ms();
             let world = shared.lock();
-            let mailbox = &mailbox_user(&world, caller)?.mailbox;
-            for label in params(&pairs, "labelIds") {
-                filter.all_of |= mailbox.label_bit(label).ok_or_else(|| {
-                    GoogleError::invalid_argument(format!("Invalid label: {label}"))
-                })?;
-            }
-            if let Some(q) = q {
-                apply_query(q, mailbox, &mut filter)?;
-            }
-            let (page, next, estimate) = mailbox.list(&filter, token, max);
+            let user = mailbox_user(&world, caller)?;
+            let filter = list_filter(&pairs, caller, &world, user, now)?;
+            let (page, next, estimate) = user.mailbox.list(&filter, token, max);
             drop(world);
             let messages = page
                 .into_iter()
@@ -269,6 +206,142 @@ async fn list_messages(
                 messages: Some(messages),
                 next_page_token: next.map(|n| n.to_string()),
                 result_size_estimate: Some(u32::try_from(estimate).unwrap_or(u32::MAX)),
+            })
+        },
+    )
+    .await
+}
+
+async fn get_label(
+    State(shared): State<Arc<Shared>>,
+    Path((user_id, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    serve_api(
+        shared,
+        ApiMethod::LabelsGet,
+        &headers,
+        Some(&user_id),
+        |shared, caller| {
+            let world = shared.lock();
+            let mailbox = &mailbox_user(&world, caller)?.mailbox;
+            let (name, system) = mailbox
+                .labels()
+                .find(|(label, _, _)| *label == id)
+                .map(|(_, name, system)| (name.to_owned(), system))
+                .ok_or_else(GoogleError::not_found)?;
+            let bit = mailbox.label_bit(&id).ok_or_else(GoogleError::not_found)?;
+            let (messages, unread, threads, unread_threads) = mailbox.label_counts(bit);
+            drop(world);
+            let count = |n: usize| Some(i32::try_from(n).unwrap_or(i32::MAX));
+            ok(&Label {
+                id: Some(id.clone()),
+                name: Some(name),
+                type_: Some(if system { "system" } else { "user" }.to_owned()),
+                message_list_visibility: (!system).then(|| "show".to_owned()),
+                label_list_visibility: (!system).then(|| "labelShow".to_owned()),
+                messages_total: count(messages),
+                messages_unread: count(unread),
+                threads_total: count(threads),
+                threads_unread: count(unread_threads),
+                ..Label::default()
+            })
+        },
+    )
+    .await
+}
+
+async fn list_threads(
+    State(shared): State<Arc<Shared>>,
+    Path(user_id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    serve_api(
+        shared,
+        ApiMethod::ThreadsList,
+        &headers,
+        Some(&user_id),
+        |shared, caller| {
+            let pairs = query_pairs(query.as_deref());
+            let max = page_size(&pairs, "maxResults", 500)?;
+            let token = page_token(&pairs)?;
+            let now = shared.clock.now_ms();
+            let world = shared.lock();
+            let user = mailbox_user(&world, caller)?;
+            let filter = list_filter(&pairs, caller, &world, user, now)?;
+            let (page, next, estimate) = user.mailbox.list_threads(&filter, token, max);
+            // Each thread's snippet is its newest message's; its history ID the highest.
+            let heads: Vec<(u64, u64, Source)> = page
+                .iter()
+                .filter_map(|&thread| {
+                    let messages = user.mailbox.thread_messages(thread);
+                    let newest = messages.last()?;
+                    let history = messages.iter().map(|m| m.history_id).max()?;
+                    Some((
+                        thread,
+                        history,
+                        user.mailbox.source(newest, &source_context(&world, user)),
+                    ))
+                })
+                .collect();
+            drop(world);
+            let threads = heads
+                .into_iter()
+                .map(|(thread, history_id, source)| Thread {
+                    id: Some(format!("{thread:016x}")),
+                    snippet: Some(materialise(source).1),
+                    history_id: Some(history_id),
+                    messages: None,
+                })
+                .collect();
+            ok(&ListThreadsResponse {
+                threads: Some(threads),
+                next_page_token: next.map(|n| n.to_string()),
+                result_size_estimate: Some(u32::try_from(estimate).unwrap_or(u32::MAX)),
+            })
+        },
+    )
+    .await
+}
+
+async fn get_thread(
+    State(shared): State<Arc<Shared>>,
+    Path((user_id, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    serve_api(
+        shared,
+        ApiMethod::ThreadsGet,
+        &headers,
+        Some(&user_id),
+        |shared, caller| {
+            let pairs = query_pairs(query.as_deref());
+            let format = message_format(&pairs, caller, false)?;
+            let thread = parse_message_id(&id)?;
+            let world = shared.lock();
+            let user = mailbox_user(&world, caller)?;
+            let fetched: Vec<Fetched> = user
+                .mailbox
+                .thread_messages(thread)
+                .into_iter()
+                .map(|msg| fetched_of(&world, user, msg))
+                .collect();
+            drop(world);
+            if fetched.is_empty() {
+                return Err(GoogleError::not_found());
+            }
+            let wanted = params(&pairs, "metadataHeaders");
+            let messages: Vec<Message> = fetched
+                .into_iter()
+                .map(|f| message_resource(f, &format, &wanted))
+                .collect();
+            ok(&Thread {
+                id: Some(format!("{thread:016x}")),
+                snippet: messages.last().and_then(|m| m.snippet.clone()),
+                history_id: messages.iter().filter_map(|m| m.history_id).max(),
+                messages: Some(messages),
             })
         },
     )
@@ -292,24 +365,31 @@ struct Fetched {
     source: Source,
 }
 
-fn fetch(shared: &Shared, caller: &Caller, id: u64) -> Result<Fetched, GoogleError> {
-    let world = shared.lock();
-    let user = mailbox_user(&world, caller)?;
-    let msg = user.mailbox.get(id).ok_or_else(GoogleError::not_found)?;
-    let context = SourceContext {
+fn source_context<'w>(world: &'w World, user: &'w User) -> SourceContext<'w> {
+    SourceContext {
         seed: world.seeding.seed,
         user_index: user.index,
         email: &user.email,
         domain: &world.seeding.domain,
-    };
-    Ok(Fetched {
+    }
+}
+
+fn fetched_of(world: &World, user: &User, msg: &Msg) -> Fetched {
+    Fetched {
         id: msg.id,
         thread_id: msg.thread_id,
         internal_date: msg.internal_date,
         history_id: msg.history_id,
         label_ids: user.mailbox.label_names_of(msg.labels),
-        source: user.mailbox.source(msg, &context),
-    })
+        source: user.mailbox.source(msg, &source_context(world, user)),
+    }
+}
+
+fn fetch(shared: &Shared, caller: &Caller, id: u64) -> Result<Fetched, GoogleError> {
+    let world = shared.lock();
+    let user = mailbox_user(&world, caller)?;
+    let msg = user.mailbox.get(id).ok_or_else(GoogleError::not_found)?;
+    Ok(fetched_of(&world, user, msg))
 }
 
 /// The raw bytes and snippet of a message (rendered outside the lock).
@@ -326,46 +406,76 @@ fn materialise(source: Source) -> (Vec<u8>, String) {
     }
 }
 
+/// The `format` parameter, checked against what the caller's scopes allow; `raw` only where
+/// the method has it (`messages.get`, not `threads.get`).
+fn message_format(
+    pairs: &[(String, String)],
+    caller: &Caller,
+    raw_allowed: bool,
+) -> Result<String, GoogleError> {
+    let format = param(pairs, "format")
+        .unwrap_or("full")
+        .to_ascii_lowercase();
+    let known = matches!(format.as_str(), "minimal" | "full" | "metadata")
+        || (raw_allowed && format == "raw");
+    if !known {
+        return Err(GoogleError::invalid_argument(format!(
+            "Invalid value at 'format' (type.googleapis.com/google.apps.gmail.v1.MessageFormat), \"{format}\""
+        )));
+    }
+    if caller.metadata_only() && matches!(format.as_str(), "full" | "raw") {
+        return Err(GoogleError::forbidden(format!(
+            "Metadata scope doesn't allow format {}",
+            format.to_ascii_uppercase()
+        )));
+    }
+    Ok(format)
+}
+
+/// A message resource in `format` (already checked), rendered outside the lock.
+fn message_resource(fetched: Fetched, format: &str, metadata_headers: &[&str]) -> Message {
+    let (raw, snippet) = materialise(fetched.source);
+    let mut message = Message {
+        id: Some(format!("{:016x}", fetched.id)),
+        thread_id: Some(format!("{:016x}", fetched.thread_id)),
+        label_ids: Some(fetched.label_ids),
+        snippet: Some(snippet),
+        history_id: Some(fetched.history_id),
+        internal_date: Some(fetched.internal_date),
+        size_estimate: Some(i32::try_from(raw.len()).unwrap_or(i32::MAX)),
+        ..Message::default()
+    };
+    match format {
+        "full" => message.payload = Some(payload::full_payload(fetched.id, &raw)),
+        "metadata" => message.payload = Some(payload::metadata_payload(&raw, metadata_headers)),
+        "raw" => message.raw = Some(raw),
+        _ => {}
+    }
+    message
+}
+
 async fn get_message(
     State(shared): State<Arc<Shared>>,
     Path((user_id, id)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    serve_api(shared, ApiMethod::MessagesGet, &headers, Some(&user_id), |shared, caller| {
-        let pairs = query_pairs(query.as_deref());
-        let format = param(&pairs, "format").unwrap_or("full").to_ascii_lowercase();
-        if !matches!(format.as_str(), "minimal" | "full" | "raw" | "metadata") {
-            return Err(GoogleError::invalid_argument(format!(
-                "Invalid value at 'format' (type.googleapis.com/google.apps.gmail.v1.MessageFormat), \"{format}\""
-            )));
-        }
-        if caller.metadata_only() && matches!(format.as_str(), "full" | "raw") {
-            return Err(GoogleError::forbidden(format!(
-                "Metadata scope doesn't allow format {}",
-                format.to_ascii_uppercase()
-            )));
-        }
-        let fetched = fetch(shared, caller, parse_message_id(&id)?)?;
-        let (raw, snippet) = materialise(fetched.source);
-        let mut message = Message {
-            id: Some(format!("{:016x}", fetched.id)),
-            thread_id: Some(format!("{:016x}", fetched.thread_id)),
-            label_ids: Some(fetched.label_ids),
-            snippet: Some(snippet),
-            history_id: Some(fetched.history_id),
-            internal_date: Some(fetched.internal_date),
-            size_estimate: Some(i32::try_from(raw.len()).unwrap_or(i32::MAX)),
-            ..Message::default()
-        };
-        match format.as_str() {
-            "full" => message.payload = Some(payload::full_payload(fetched.id, &raw)),
-            "metadata" => message.payload = Some(payload::metadata_payload(&raw, &params(&pairs, "metadataHeaders"))),
-            "raw" => message.raw = Some(raw),
-            _ => {}
-        }
-        ok(&message)
-    })
+    serve_api(
+        shared,
+        ApiMethod::MessagesGet,
+        &headers,
+        Some(&user_id),
+        |shared, caller| {
+            let pairs = query_pairs(query.as_deref());
+            let format = message_format(&pairs, caller, true)?;
+            let fetched = fetch(shared, caller, parse_message_id(&id)?)?;
+            ok(&message_resource(
+                fetched,
+                &format,
+                &params(&pairs, "metadataHeaders"),
+            ))
+        },
+    )
     .await
 }
 
@@ -488,17 +598,4 @@ async fn list_history(
         })
     })
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_dates_accept_gmail_forms() {
-        assert_eq!(query_date_ms("2026/01/02"), Some(1_767_312_000_000));
-        assert_eq!(query_date_ms("2026-01-02"), Some(1_767_312_000_000));
-        assert_eq!(query_date_ms("1767312000"), Some(1_767_312_000_000));
-        assert_eq!(query_date_ms("yesterday"), None);
-    }
 }

@@ -20,27 +20,31 @@
 //!
 //! 1. Foundations: `util` (JSON responses, query parsing, lenient base64, hashing, private
 //!    files), `clock` and `scopes` (the scope names) import nothing of the crate; `errors`
-//!    (Google's error bodies) uses `util`.
+//!    (Google's error bodies) uses `util`, then `fields` (the system parameters `fields`,
+//!    `prettyPrint` and `alt` as a middleware; uses `util` and `errors`).
 //! 2. Content: `generate` (RFC 822 rendering from the seed), then `payload` (Gmail's parsed
 //!    view of a message; uses `generate`).
 //! 3. State: `grants` (the registered web client and its per-user grants, codes and sessions),
 //!    then `model` (users, mailboxes, history, quota windows, faults, counters; holds the
 //!    `grants` state).
-//! 4. Services over the state: `tokens` (access-token issuing and the process key) and
+//! 4. Services over the state: `tokens` (access-token issuing and the process key),
 //!    `pipeline` (`Shared`, the one lock, and the auth → quota → handler path every Gmail and
-//!    Directory call takes).
-//! 5. Route handlers: `gmail`, `directory`, `control`, `consent` (authorize, the web client's
+//!    Directory call takes) and `search` (Gmail's `q` syntax over a mailbox).
+//! 5. Route handlers: `gmail`, `batch` (the batch endpoint; it reaches the Gmail handlers only
+//!    through the router `server` hands it), `directory`, `control`, `consent` (authorize, the web client's
 //!    code and refresh grants, revoke, userinfo, tokeninfo, certs), and `oauth` (the token
 //!    endpoint: it keeps the JWT-bearer grant and hands the web client's grants to `consent`,
 //!    the one import inside this layer).
 //! 6. `server`: the router over all handlers and the accept loop.
 //! 7. `lib.rs`: the public API (`Emulator`, `EmulatorConfig`, the info types) over all of it.
 
+mod batch;
 mod clock;
 mod consent;
 mod control;
 mod directory;
 mod errors;
+mod fields;
 mod generate;
 mod gmail;
 mod grants;
@@ -49,6 +53,7 @@ mod oauth;
 mod payload;
 mod pipeline;
 mod scopes;
+mod search;
 mod server;
 mod tokens;
 mod util;
@@ -282,13 +287,16 @@ mod layout_tests {
         ("clock", 0),
         ("scopes", 0),
         ("errors", 1),
+        ("fields", 2),
         ("generate", 2),
         ("payload", 3),
         ("grants", 4),
         ("model", 5),
         ("tokens", 6),
         ("pipeline", 6),
+        ("search", 6),
         ("gmail", 7),
+        ("batch", 7),
         ("directory", 7),
         ("control", 7),
         ("consent", 7),

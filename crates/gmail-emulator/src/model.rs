@@ -130,6 +130,8 @@ pub(crate) struct ListFilter {
     pub(crate) before_ms: Option<i64>,
     /// Set when the query names a label the mailbox does not have: nothing matches.
     pub(crate) impossible: bool,
+    /// The messages a `q` search matched, when there is one.
+    pub(crate) only: Option<std::collections::HashSet<u64>>,
 }
 
 /// A mailbox: descriptors in ascending internal date, plus history.
@@ -453,6 +455,67 @@ impl Mailbox {
         }
         f.after_ms.is_none_or(|after| m.internal_date >= after)
             && f.before_ms.is_none_or(|before| m.internal_date < before)
+            && f.only.as_ref().is_none_or(|only| only.contains(&m.id))
+    }
+
+    /// `(messagesTotal, messagesUnread, threadsTotal, threadsUnread)` of one label, as
+    /// `labels.get` counts them: live messages carrying it, those also `UNREAD`, the threads
+    /// with such a message, and the threads with an unread one.
+    pub(crate) fn label_counts(&self, bit: LabelMask) -> (usize, usize, usize, usize) {
+        let (mut messages, mut unread) = (0, 0);
+        let mut threads = std::collections::HashSet::new();
+        let mut unread_threads = std::collections::HashSet::new();
+        for m in self
+            .msgs
+            .iter()
+            .filter(|m| !m.deleted && m.labels & bit != 0)
+        {
+            messages += 1;
+            threads.insert(m.thread_id);
+            if m.labels & UNREAD != 0 {
+                unread += 1;
+                unread_threads.insert(m.thread_id);
+            }
+        }
+        (messages, unread, threads.len(), unread_threads.len())
+    }
+
+    /// One page of `threads.list`, newest first: a thread is listed once, where its newest
+    /// matching message stands, so page tokens (positions) work as for `messages.list`.
+    /// Returns the thread IDs, the next token and the number of matching threads.
+    pub(crate) fn list_threads(
+        &self,
+        f: &ListFilter,
+        end: Option<usize>,
+        max: usize,
+    ) -> (Vec<u64>, Option<usize>, usize) {
+        let end = end.unwrap_or(self.msgs.len()).min(self.msgs.len());
+        let mut seen = std::collections::HashSet::new();
+        let mut page = Vec::new();
+        let mut next = None;
+        for position in (0..self.msgs.len()).rev() {
+            let m = &self.msgs[position];
+            if !self.matches(m, f) || !seen.insert(m.thread_id) || position >= end {
+                continue;
+            }
+            if page.len() == max {
+                next = next.or(Some(position + 1));
+            } else {
+                page.push(m.thread_id);
+            }
+        }
+        (page, next, seen.len())
+    }
+
+    /// The live messages of a thread, oldest first (empty for an unknown thread).
+    pub(crate) fn thread_messages(&self, thread: u64) -> Vec<&Msg> {
+        if !self.thread_sizes.contains_key(&thread) {
+            return Vec::new();
+        }
+        self.msgs
+            .iter()
+            .filter(|m| m.thread_id == thread && !m.deleted)
+            .collect()
     }
 
     /// One page of `messages.list`, newest first. `end` is the page token: positions below it
@@ -477,7 +540,11 @@ impl Mailbox {
             }
             page.push((m.id, m.thread_id));
         }
-        let unfiltered = f.all_of == 0 && f.none_of == 0 && f.include_spam_trash && !f.impossible;
+        let unfiltered = f.all_of == 0
+            && f.none_of == 0
+            && f.include_spam_trash
+            && !f.impossible
+            && f.only.is_none();
         let estimate = if unfiltered && f.after_ms.is_none() && f.before_ms.is_none() {
             self.live
         } else {
@@ -813,10 +880,13 @@ impl Fault {
 pub(crate) enum ApiMethod {
     GetProfile,
     LabelsList,
+    LabelsGet,
     MessagesList,
     MessagesGet,
     AttachmentsGet,
     HistoryList,
+    ThreadsList,
+    ThreadsGet,
     DirectoryUsersGet,
     DirectoryMembersList,
     Token,
@@ -831,10 +901,13 @@ impl ApiMethod {
         match self {
             ApiMethod::GetProfile => "gmail.users.getProfile",
             ApiMethod::LabelsList => "gmail.users.labels.list",
+            ApiMethod::LabelsGet => "gmail.users.labels.get",
             ApiMethod::MessagesList => "gmail.users.messages.list",
             ApiMethod::MessagesGet => "gmail.users.messages.get",
             ApiMethod::AttachmentsGet => "gmail.users.messages.attachments.get",
             ApiMethod::HistoryList => "gmail.users.history.list",
+            ApiMethod::ThreadsList => "gmail.users.threads.list",
+            ApiMethod::ThreadsGet => "gmail.users.threads.get",
             ApiMethod::DirectoryUsersGet => "directory.users.get",
             ApiMethod::DirectoryMembersList => "directory.members.list",
             ApiMethod::Token => "oauth2.token",
@@ -848,9 +921,10 @@ impl ApiMethod {
     /// Quota units under the 2026 regime; Directory and OAuth calls are not charged.
     pub(crate) fn cost(self) -> u64 {
         match self {
-            ApiMethod::GetProfile | ApiMethod::LabelsList => 1,
+            ApiMethod::GetProfile | ApiMethod::LabelsList | ApiMethod::LabelsGet => 1,
             ApiMethod::HistoryList => 2,
             ApiMethod::MessagesList => 5,
+            ApiMethod::ThreadsList | ApiMethod::ThreadsGet => 10,
             ApiMethod::MessagesGet | ApiMethod::AttachmentsGet => 20,
             ApiMethod::DirectoryUsersGet
             | ApiMethod::DirectoryMembersList

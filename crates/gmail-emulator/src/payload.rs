@@ -141,6 +141,78 @@ fn build(
     out
 }
 
+/// What Gmail's search looks at in one message: decoded addresses and subject (lower case),
+/// its text, and its attachments.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Searchable {
+    pub(crate) from: String,
+    pub(crate) to: String,
+    pub(crate) cc: String,
+    pub(crate) bcc: String,
+    pub(crate) subject: String,
+    pub(crate) message_id: String,
+    /// Subject, addresses and the text bodies together, lower case, for free-text terms.
+    pub(crate) text: String,
+    /// One entry per attachment leaf (the same leaves `full_payload` moves out), its file
+    /// name lower case (empty when it has none).
+    pub(crate) attachments: Vec<String>,
+    pub(crate) size: usize,
+}
+
+fn addresses(address: Option<&mail_parser::Address<'_>>) -> String {
+    address
+        .map(|a| {
+            a.iter()
+                .map(|addr| {
+                    format!(
+                        "{} <{}>",
+                        addr.name().unwrap_or_default(),
+                        addr.address().unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+                .to_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+/// The searchable view of a raw message; an unparsable one is searchable by its bytes only.
+pub(crate) fn searchable(raw: &[u8]) -> Searchable {
+    let Some(parsed) = parse(raw) else {
+        return Searchable {
+            text: String::from_utf8_lossy(raw).to_lowercase(),
+            size: raw.len(),
+            ..Searchable::default()
+        };
+    };
+    let mut out = Searchable {
+        from: addresses(parsed.from()),
+        to: addresses(parsed.to()),
+        cc: addresses(parsed.cc()),
+        bcc: addresses(parsed.bcc()),
+        subject: parsed.subject().unwrap_or_default().to_lowercase(),
+        message_id: parsed.message_id().unwrap_or_default().to_lowercase(),
+        size: raw.len(),
+        ..Searchable::default()
+    };
+    let mut text = format!("{} {} {} {}", out.subject, out.from, out.to, out.cc);
+    for index in 0..parsed.text_body_count() {
+        if let Some(body) = parsed.body_text(index) {
+            text.push(' ');
+            text.push_str(&body.to_lowercase());
+        }
+    }
+    out.text = text;
+    out.attachments = parsed
+        .parts
+        .iter()
+        .filter(|p| !matches!(p.body, PartType::Multipart(_)) && is_attachment(p))
+        .map(|p| p.attachment_name().unwrap_or_default().to_lowercase())
+        .collect();
+    out
+}
+
 /// `format=full`: the whole MIME tree, text bodies inline, attachments by ID.
 pub(crate) fn full_payload(message_id: u64, raw: &[u8]) -> MessagePart {
     match parse(raw) {

@@ -19,25 +19,32 @@ use tokio_util::sync::CancellationToken;
 
 use super::errors::GoogleError;
 use super::pipeline::{ResetConnection, Shared};
-use super::{consent, control, directory, gmail, oauth};
+use super::{batch, consent, control, directory, fields, gmail, oauth};
 
 #[derive(Debug, thiserror::Error)]
 #[error("connection dropped by fault injection")]
 struct InjectedReset;
 
-/// Every route the emulator serves; an unknown path gets Google's 404 body.
+/// Google's 404 for a path nothing serves.
+async fn not_found() -> axum::response::Response {
+    let mut response = GoogleError::new(404, "notFound", "Not Found").into_response();
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response
+}
+
+/// Every route the emulator serves; an unknown path gets Google's 404 body. The batch routes
+/// dispatch their inner requests to the Gmail routes alone.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let gmail = || gmail::router().layer(axum::middleware::from_fn(fields::system_parameters));
+    let batch_api = gmail().fallback(not_found).with_state(Arc::clone(&shared));
     Router::new()
         .route("/token", axum::routing::post(oauth::token))
         .merge(consent::router())
-        .merge(gmail::router())
+        .merge(gmail())
+        .merge(batch::router(batch_api))
         .merge(directory::router())
         .merge(control::router())
-        .fallback(|| async {
-            let mut response = GoogleError::new(404, "notFound", "Not Found").into_response();
-            *response.status_mut() = StatusCode::NOT_FOUND;
-            response
-        })
+        .fallback(not_found)
         .with_state(shared)
 }
 
