@@ -1,4 +1,4 @@
-//! Throughput of `sync::normalize::normalize` over the golden corpus and a
+//! Throughput of `gmail_normalize::normalize` (`crates/normalize`) over the golden corpus and a
 //! generated typical 10 KB multipart message.
 //!
 //!     cargo bench --bench normalize

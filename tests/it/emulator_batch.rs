@@ -97,6 +97,24 @@ async fn send_batch(
     (status, Ok(parse_answer(&content_type, bytes).await))
 }
 
+/// POSTs `calls` to `/batch/gmail/v1` exactly as google-api-python-client
+/// sends a batch.
+async fn python_batch(
+    env: &TestEmulator,
+    outer_token: Option<&str>,
+    base_id: &str,
+    calls: &[Call],
+) -> (u16, Result<Vec<Answer>, Value>) {
+    send_batch(
+        env,
+        "batch/gmail/v1",
+        &python_content_type(),
+        outer_token,
+        python_batch_body(base_id, calls),
+    )
+    .await
+}
+
 async fn parse_answer(content_type: &str, body: Vec<u8>) -> Vec<Answer> {
     let boundary = content_type
         .split_once("boundary=")
@@ -183,14 +201,7 @@ async fn fifty_raw_gets_in_one_batch_equal_fifty_single_gets() {
             )
         })
         .collect();
-    let (status, answers) = send_batch(
-        &env,
-        "batch/gmail/v1",
-        &python_content_type(),
-        Some(&token),
-        python_batch_body(&base_id, &calls),
-    )
-    .await;
+    let (status, answers) = python_batch(&env, Some(&token), &base_id, &calls).await;
     let answers = answers.unwrap();
     assert_eq!(status, 200);
     assert_eq!(answers.len(), 50);
@@ -256,14 +267,7 @@ async fn a_batch_of_101_calls_is_refused_whole() {
     let calls: Vec<Call> = (0..101)
         .map(|_| call("/gmail/v1/users/me/profile", Some(&token)))
         .collect();
-    let (status, answer) = send_batch(
-        &env,
-        "batch/gmail/v1",
-        &python_content_type(),
-        Some(&token),
-        python_batch_body("b1", &calls),
-    )
-    .await;
+    let (status, answer) = python_batch(&env, Some(&token), "b1", &calls).await;
     assert_eq!(status, 400);
     let error = answer.unwrap_err();
     assert_eq!(error["error"]["code"], 400);
@@ -296,14 +300,7 @@ async fn an_inner_401_sits_beside_successful_calls() {
         call(profile, None),
         call(profile, Some(&token)),
     ];
-    let (status, answers) = send_batch(
-        &env,
-        "batch/gmail/v1",
-        &python_content_type(),
-        Some(&token),
-        python_batch_body("x", &calls),
-    )
-    .await;
+    let (status, answers) = python_batch(&env, Some(&token), "x", &calls).await;
     assert_eq!(status, 200);
     let answers = answers.unwrap();
     let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
@@ -313,14 +310,7 @@ async fn an_inner_401_sits_beside_successful_calls() {
     assert_eq!(answers[1].content_id.as_deref(), Some("<response-x + 2>"));
 
     // Without an outer token, a part without its own is unauthenticated.
-    let (status, answers) = send_batch(
-        &env,
-        "batch/gmail/v1",
-        &python_content_type(),
-        None,
-        python_batch_body("y", &calls),
-    )
-    .await;
+    let (status, answers) = python_batch(&env, None, "y", &calls).await;
     assert_eq!(status, 200);
     let statuses: Vec<u16> = answers.unwrap().iter().map(|a| a.status).collect();
     assert_eq!(statuses, [200, 401, 401, 200]);
@@ -342,14 +332,7 @@ async fn inner_calls_meet_the_enforced_quota_and_concurrency_cap() {
         .iter()
         .map(|id| call(format!("/gmail/v1/users/me/messages/{id}"), Some(&token)))
         .collect();
-    let (status, answers) = send_batch(
-        &env,
-        "batch/gmail/v1",
-        &python_content_type(),
-        None,
-        python_batch_body("q", &calls),
-    )
-    .await;
+    let (status, answers) = python_batch(&env, None, "q", &calls).await;
     assert_eq!(status, 200);
     let answers = answers.unwrap();
     let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
@@ -382,14 +365,7 @@ async fn inner_calls_meet_the_enforced_quota_and_concurrency_cap() {
     let calls: Vec<Call> = (0..8)
         .map(|_| call("/gmail/v1/users/me/profile", Some(&token)))
         .collect();
-    let (status, answers) = send_batch(
-        &env,
-        "batch/gmail/v1",
-        &python_content_type(),
-        None,
-        python_batch_body("c", &calls),
-    )
-    .await;
+    let (status, answers) = python_batch(&env, None, "c", &calls).await;
     assert_eq!(status, 200);
     let answers = answers.unwrap();
     let mut statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
@@ -415,14 +391,7 @@ async fn injected_faults_hit_each_inner_call() {
     let calls: Vec<Call> = (0..10)
         .map(|_| call("/gmail/v1/users/me/profile", Some(&token)))
         .collect();
-    let (status, answers) = send_batch(
-        &env,
-        "batch/gmail/v1",
-        &python_content_type(),
-        None,
-        python_batch_body("f", &calls),
-    )
-    .await;
+    let (status, answers) = python_batch(&env, None, "f", &calls).await;
     assert_eq!(status, 200, "the batch itself is never faulted");
     let answers = answers.unwrap();
     assert_eq!(answers.len(), 10);

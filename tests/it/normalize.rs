@@ -1,4 +1,4 @@
-//! Golden corpus for `sync::normalize`: every `tests/fixtures/eml/<folder>/*.eml`
+//! Golden corpus for the normalizer (`gmail_normalize`): every `tests/fixtures/eml/<folder>/*.eml`
 //! is normalized with the default limits and compared with the `*.json` beside it.
 //!
 //! On a mismatch the actual output is written to `<name>.failed` (ignored by
