@@ -276,16 +276,33 @@ async fn a_batch_of_101_calls_is_refused_whole() {
     assert!(stats["requests"].get("gmail.users.getProfile").is_none());
 
     // A hundred is the limit, not beyond it.
-    let (status, answers) = send_batch(
-        &env,
-        "batch/gmail/v1",
-        &python_content_type(),
-        Some(&token),
-        python_batch_body("b2", &calls[..100]),
-    )
-    .await;
+    let (status, answers) = python_batch(&env, Some(&token), "b2", &calls[..100]).await;
     assert_eq!(status, 200);
     assert_eq!(answers.unwrap().len(), 100);
+}
+
+#[tokio::test]
+async fn a_batch_without_a_boundary_is_googles_400_and_runs_nothing() {
+    let env = start(1, 3, 5).await;
+    let token = env.token(SUPPORT, GMAIL_READONLY).await;
+    let calls = [call("/gmail/v1/users/me/profile", Some(&token))];
+    let (status, answer) = send_batch(
+        &env,
+        "batch/gmail/v1",
+        "multipart/mixed",
+        Some(&token),
+        python_batch_body("nb", &calls),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let error = answer.unwrap_err();
+    assert_eq!(error["error"]["status"], "INVALID_ARGUMENT");
+    assert_eq!(
+        error["error"]["message"],
+        "Invalid multipart request with 0 mime parts."
+    );
+    let stats = env.control_ok(Method::GET, "stats", None).await;
+    assert!(stats["requests"].get("gmail.users.getProfile").is_none());
 }
 
 #[tokio::test]
