@@ -542,6 +542,7 @@ string_enum!(
         Deleted => "deleted",
         LabelAdded => "label_added",
         LabelRemoved => "label_removed",
+        LeftScope => "left_scope",
     }
 );
 

@@ -77,6 +77,7 @@ pub(crate) fn batch_ids(b: &SyncBatch) -> Vec<String> {
     ids.extend(b.upserts.iter().map(|u| u.meta.gmail_id.as_str()));
     ids.extend(b.deletes.iter().map(|(id, _)| id.as_str()));
     ids.extend(b.label_changes.iter().map(|c| c.gmail_id.as_str()));
+    ids.extend(b.leave_scope.iter().map(GmailMessageId::as_str));
     if let Some((_, members)) = &b.label_reconcile {
         ids.extend(members.iter().map(GmailMessageId::as_str));
     }
@@ -179,7 +180,32 @@ pub(crate) fn plan_batch(b: &SyncBatch, original: HashMap<String, Existing>) -> 
         }
     }
 
+    // The scope: a live message this batch relabeled that carries no scope
+    // label any more leaves the live rows, as do those named in `leave_scope`.
     let mut deletes = Vec::new();
+    let mut leaving: Vec<String> = Vec::new();
+    if let Some(scope) = b.enforce_scope.as_ref().filter(|s| !s.is_empty()) {
+        let scope: BTreeSet<String> = scope.iter().map(|l| clean(l)).collect();
+        leaving.extend(
+            dirty
+                .iter()
+                .filter(|id| {
+                    state
+                        .get(id.as_str())
+                        .is_some_and(|e| e.live && e.labels.is_disjoint(&scope))
+                })
+                .cloned(),
+        );
+    }
+    leaving.extend(b.leave_scope.iter().map(|id| id.as_str().to_owned()));
+    for id in leaving {
+        if let Some(e) = state.get_mut(&id).filter(|e| e.live) {
+            e.live = false;
+            changes.push(change(&id, ChangeKind::LeftScope, None, None));
+            deletes.push(id);
+            stats.deleted += 1;
+        }
+    }
     for (id, hid) in &b.deletes {
         let id = id.as_str();
         if let Some(e) = state.get_mut(id).filter(|e| e.live) {

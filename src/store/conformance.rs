@@ -81,6 +81,7 @@ fn transition(
         approved_by: (action == SubscriptionAction::Approve).then(|| operator("approver")),
         reviewed_by: None,
         org_unit_seen: None,
+        label_scope: None,
     }
 }
 
@@ -152,6 +153,7 @@ pub fn checkpoint(history: u64) -> Checkpoint {
         page_token: None,
         full_sync_history_id: None,
         full_sync_generation: 1,
+        applied_label_scope: None,
         success: true,
     }
 }
@@ -1336,6 +1338,114 @@ pub async fn full_sync_deletes_unseen_messages(store: &Store) {
     let state = store.sync_state(&m).await.unwrap().unwrap();
     assert_eq!(state.full_sync_generation, 2);
     assert_eq!(state.phase, SyncPhase::Incremental);
+}
+
+/// The label scope: a relabeled live message left with no scope label, and
+/// those named in `leave_scope`, leave the live rows as `left_scope`; a
+/// later upsert brings one back as `added`; the applied scope is written
+/// with the checkpoint. Replaying a batch records nothing twice.
+pub async fn label_scope_is_enforced_by_the_batch(store: &Store) {
+    let m = mailbox("scope@example.com");
+    active_subscription(store, &m).await;
+    let l = lease(store, &m).await;
+    let first = SyncBatch {
+        upserts: vec![
+            message("s1", "t", &["STARRED", "INBOX"], "1", "x"),
+            message("s2", "t", &["STARRED"], "2", "x"),
+            message("s3", "t", &["Label_1"], "3", "x"),
+            message("s4", "t", &["STARRED"], "4", "x"),
+        ],
+        ..SyncBatch::new(Checkpoint {
+            applied_label_scope: Some(vec!["STARRED".into(), "Label_1".into()]),
+            ..checkpoint(10)
+        })
+    };
+    store.commit_batch(&l, &first).await.unwrap();
+    let state = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(
+        state.applied_label_scope,
+        Some(vec!["STARRED".to_owned(), "Label_1".to_owned()])
+    );
+    let scoped = SyncBatch {
+        label_changes: vec![
+            // Loses one of two scope labels: stays.
+            LabelChange {
+                gmail_id: gid("s1"),
+                added: vec![],
+                removed: vec!["STARRED".into()],
+                history_id: Some(hid(20)),
+            },
+            // Loses its last scope label: leaves.
+            LabelChange {
+                gmail_id: gid("s2"),
+                added: vec!["INBOX".into()],
+                removed: vec!["STARRED".into()],
+                history_id: Some(hid(20)),
+            },
+        ],
+        leave_scope: vec![gid("s3"), gid("unknown1")],
+        enforce_scope: Some(vec!["STARRED".into(), "INBOX".into()]),
+        ..SyncBatch::new(checkpoint(20))
+    };
+    let s = store.commit_batch(&l, &scoped).await.unwrap();
+    assert_eq!(s.deleted, 1, "only s3 leaves: {s:?}");
+    let live: Vec<String> = store
+        .live_messages(&m)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.gmail_id.to_string())
+        .collect();
+    assert_eq!(
+        live,
+        vec!["s1", "s2", "s4"],
+        "s2 keeps INBOX, in this scope"
+    );
+    let scoped = SyncBatch {
+        label_changes: vec![LabelChange {
+            gmail_id: gid("s2"),
+            added: vec![],
+            removed: vec!["INBOX".into()],
+            history_id: Some(hid(30)),
+        }],
+        enforce_scope: Some(vec!["STARRED".into(), "INBOX".into()]),
+        ..SyncBatch::new(checkpoint(30))
+    };
+    store.commit_batch(&l, &scoped).await.unwrap();
+    let left: Vec<String> = store
+        .message_changes(&m)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.change == ChangeKind::LeftScope)
+        .map(|c| c.gmail_id.to_string())
+        .collect();
+    assert_eq!(left, vec!["s3", "s2"]);
+    // Replayed: nothing new.
+    assert_eq!(store.commit_batch(&l, &scoped).await.unwrap().deleted, 0);
+    // No scope enforced: a relabel to no label at all keeps the row.
+    let whole = SyncBatch {
+        label_changes: vec![LabelChange {
+            gmail_id: gid("s4"),
+            added: vec![],
+            removed: vec!["STARRED".into()],
+            history_id: Some(hid(40)),
+        }],
+        ..SyncBatch::new(checkpoint(40))
+    };
+    assert_eq!(store.commit_batch(&l, &whole).await.unwrap().deleted, 0);
+    // Back in scope: an upsert revives the row as `added`.
+    let back = SyncBatch {
+        upserts: vec![message("s3", "t", &["STARRED"], "3", "x")],
+        ..SyncBatch::new(checkpoint(50))
+    };
+    assert_eq!(store.commit_batch(&l, &back).await.unwrap().added, 1);
+    let last = store.message_changes(&m).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (last.gmail_id.as_str(), last.change),
+        ("s3", ChangeKind::Added)
+    );
+    assert_eq!(store.count_messages(&m).await.unwrap(), 3);
 }
 
 /// record_failure counts failures; a successful batch resets them.

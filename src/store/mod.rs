@@ -395,6 +395,16 @@ impl Store {
         dispatch!(self, s => s.search(mailbox, query, limit).await)
     }
 
+    /// Live messages not marked with full-sync `generation`: what a
+    /// completed listing of that generation did not see.
+    pub async fn unseen_message_ids(
+        &self,
+        mailbox: &MailboxAddress,
+        generation: i64,
+    ) -> Result<Vec<GmailMessageId>, StoreError> {
+        dispatch!(self, s => s.unseen_message_ids(mailbox, generation).await)
+    }
+
     /// Placeholder rows (see [`UNFETCHED_PREFIX`]) still waiting for a successful fetch.
     pub async fn unfetched_message_ids(
         &self,

@@ -41,6 +41,9 @@ pub struct SubscriptionUpdate {
     pub approved_by: Option<Operator>,
     pub reviewed_by: Option<Operator>,
     pub org_unit_seen: Option<String>,
+    /// Written with the change when set: the label IDs the subscription's
+    /// `label_filter` resolved to at approval (`[]` = the whole mailbox).
+    pub label_scope: Option<Vec<String>>,
 }
 
 /// One row of `subscriptions`.
@@ -48,7 +51,8 @@ pub struct SubscriptionUpdate {
 pub struct Subscription {
     pub mailbox: MailboxAddress,
     pub status: SubscriptionStatus,
-    /// Stored as a JSON array of label IDs; empty means all mail.
+    /// The labels requested, as names or IDs (JSON array); empty means all
+    /// mail. Resolved to IDs (`label_scope`) at approval.
     pub label_filter: Vec<String>,
     pub requested_by: Operator,
     pub requested_at: DateTime<Utc>,
@@ -63,6 +67,10 @@ pub struct Subscription {
     pub auth_mode: AuthMode,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The Gmail label IDs `label_filter` resolved to at the last approval:
+    /// the scope the engine enforces (`[]` = the whole mailbox). `None`: not
+    /// resolved since the last request.
+    pub label_scope: Option<Vec<String>>,
 }
 
 /// A mailbox owner's OAuth consent to store (`oauth_tokens`).
@@ -128,6 +136,9 @@ pub struct SyncState {
     /// Incremented by the engine for each full sync; rows not marked with
     /// the current generation at the end of the listing are soft-deleted.
     pub full_sync_generation: i64,
+    /// The label scope the live rows reflect (`[]` = the whole mailbox;
+    /// `None` = none yet), written with the checkpoint that makes it true.
+    pub applied_label_scope: Option<Vec<String>>,
     pub last_success_at: Option<DateTime<Utc>>,
     pub next_poll_at: Option<DateTime<Utc>>,
     pub consecutive_failures: i64,
@@ -277,6 +288,8 @@ pub struct Checkpoint {
     pub page_token: Option<String>,
     pub full_sync_history_id: Option<HistoryId>,
     pub full_sync_generation: i64,
+    /// `sync_state.applied_label_scope` after this batch.
+    pub applied_label_scope: Option<Vec<String>>,
     /// True: `last_success_at` = now, `consecutive_failures` = 0, `last_error` = NULL.
     pub success: bool,
 }
@@ -284,8 +297,8 @@ pub struct Checkpoint {
 /// Everything one sync step writes, committed in one transaction.
 ///
 /// Applied in this order: `upserts`, `label_changes`, `label_reconcile`,
-/// `deletes`, `mark_seen`, `delete_unseen`, `labels`, then the checkpoint
-/// and `run`.
+/// the scope (`enforce_scope`, `leave_scope`), `deletes`, `mark_seen`,
+/// `delete_unseen`, `labels`, then the checkpoint and `run`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncBatch {
     pub upserts: Vec<MessageUpsert>,
@@ -300,6 +313,13 @@ pub struct SyncBatch {
     pub mark_seen: Vec<GmailMessageId>,
     /// Soft-delete every live message of an older generation.
     pub delete_unseen: bool,
+    /// Live messages that exist in Gmail outside the subscription's label
+    /// scope: soft-deleted with a `left_scope` change (before `delete_unseen`).
+    pub leave_scope: Vec<GmailMessageId>,
+    /// The label scope to enforce on the messages whose labels this batch
+    /// changes: one left with no scope label leaves the live rows
+    /// (`left_scope`). `None` (or empty) = the whole mailbox, nothing enforced.
+    pub enforce_scope: Option<Vec<String>>,
     /// Replace this mailbox's `labels` rows.
     pub labels: Option<Vec<LabelRow>>,
     pub checkpoint: Checkpoint,
@@ -316,6 +336,8 @@ impl SyncBatch {
             label_reconcile: None,
             mark_seen: Vec::new(),
             delete_unseen: false,
+            leave_scope: Vec::new(),
+            enforce_scope: None,
             labels: None,
             checkpoint,
             run: None,

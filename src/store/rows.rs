@@ -65,6 +65,7 @@ row_struct! {
         auth_mode: String,
         created_at: DateTime<Utc>,
         updated_at: DateTime<Utc>,
+        label_scope: Option<String>,
     }
 }
 
@@ -89,6 +90,7 @@ impl TryFrom<SubscriptionRow> for Subscription {
             auth_mode: r.auth_mode.parse().map_err(decode_err)?,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            label_scope: r.label_scope.as_deref().map(parse_json_strings),
         })
     }
 }
@@ -165,6 +167,7 @@ row_struct! {
         page_token: Option<String>,
         full_sync_history_id: Option<i64>,
         full_sync_generation: i64,
+        applied_label_scope: Option<String>,
         last_success_at: Option<DateTime<Utc>>,
         next_poll_at: Option<DateTime<Utc>>,
         consecutive_failures: i64,
@@ -186,6 +189,7 @@ impl TryFrom<SyncStateRow> for SyncState {
             page_token: r.page_token,
             full_sync_history_id: history(r.full_sync_history_id)?,
             full_sync_generation: r.full_sync_generation,
+            applied_label_scope: r.applied_label_scope.as_deref().map(parse_json_strings),
             last_success_at: r.last_success_at,
             next_poll_at: r.next_poll_at,
             consecutive_failures: r.consecutive_failures,

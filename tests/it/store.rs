@@ -62,6 +62,7 @@ conformance_tests!(
     metacharacters_are_stored_verbatim,
     quota_reservations_respect_the_limit,
     full_sync_deletes_unseen_messages,
+    label_scope_is_enforced_by_the_batch,
     failures_are_counted_and_reset,
     old_runs_and_quota_windows_are_pruned,
     migrations_are_applied_once,

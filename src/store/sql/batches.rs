@@ -253,7 +253,7 @@ macro_rules! batch_statements {
                     let c = &b.checkpoint;
                     sqlx::query::<$db>(
                         "UPDATE sync_state SET phase = $2, history_id = $3, page_token = $4, \
-                         full_sync_history_id = $5, full_sync_generation = $6, \
+                         full_sync_history_id = $5, full_sync_generation = $6, applied_label_scope = $9, \
                          last_success_at = CASE WHEN $7 THEN $8 ELSE last_success_at END, \
                          consecutive_failures = CASE WHEN $7 THEN 0 ELSE consecutive_failures END, \
                          last_error = CASE WHEN $7 THEN NULL ELSE last_error END, \
@@ -267,6 +267,7 @@ macro_rules! batch_statements {
                     .bind(c.full_sync_generation)
                     .bind(c.success)
                     .bind(now)
+                    .bind(c.applied_label_scope.as_ref().map(json_strings))
                     .execute(&mut *tx)
                     .await?;
 

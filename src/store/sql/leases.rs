@@ -11,7 +11,7 @@
 macro_rules! sync_state_columns {
     () => {
         "mailbox, phase, history_id, page_token, full_sync_history_id, full_sync_generation, \
-         last_success_at, next_poll_at, consecutive_failures, last_error, lease_owner, \
+         applied_label_scope, last_success_at, next_poll_at, consecutive_failures, last_error, lease_owner, \
          lease_epoch, lease_expires_at, updated_at"
     };
 }

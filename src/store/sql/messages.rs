@@ -44,6 +44,24 @@ macro_rules! message_statements {
                         .collect()
                 }
 
+                pub(crate) async fn unseen_message_ids(
+                    &self,
+                    m: &MailboxAddress,
+                    generation: i64,
+                ) -> Result<Vec<GmailMessageId>, StoreError> {
+                    let rows: Vec<(String,)> = sqlx::query_as::<$db, (String,)>(
+                        "SELECT gmail_id FROM messages WHERE mailbox = $1 AND deleted_at IS NULL \
+                         AND sync_generation < $2 ORDER BY gmail_id",
+                    )
+                    .bind(m.as_str())
+                    .bind(generation)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.into_iter()
+                        .map(|(id,)| GmailMessageId::parse(&id).map_err(decode_err))
+                        .collect()
+                }
+
                 pub(crate) async fn live_messages(
                     &self,
                     m: &MailboxAddress,

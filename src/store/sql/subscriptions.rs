@@ -11,7 +11,7 @@ macro_rules! subscription_columns {
     () => {
         "mailbox, status, label_filter, requested_by, requested_at, approved_by, approved_at, \
          last_reviewed_at, reviewed_by, org_unit_seen, org_unit_checked_at, note, status_reason, \
-         auth_mode, created_at, updated_at"
+         auth_mode, created_at, updated_at, label_scope"
     };
 }
 
@@ -71,7 +71,8 @@ macro_rules! subscription_statements {
                         Some("removed") => sqlx::query_as::<$db, SubscriptionRow>(concat!(
                             "UPDATE subscriptions SET status = 'pending', label_filter = $2, \
                              requested_by = $3, requested_at = $4, note = $5, approved_by = NULL, \
-                             approved_at = NULL, status_reason = NULL, auth_mode = $6, updated_at = $4 \
+                             approved_at = NULL, status_reason = NULL, auth_mode = $6, updated_at = $4, \
+                             label_scope = NULL \
                              WHERE mailbox = $1 RETURNING ",
                             subscription_columns!()
                         ))
@@ -171,6 +172,7 @@ macro_rules! subscription_statements {
                                               WHEN status <> $3 THEN NULL ELSE status_reason END, \
                          org_unit_seen = COALESCE($7, org_unit_seen), \
                          org_unit_checked_at = CASE WHEN $7 IS NULL THEN org_unit_checked_at ELSE $8 END, \
+                         label_scope = COALESCE($9, label_scope), \
                          updated_at = $8 \
                          WHERE mailbox = $1 AND status = $2 RETURNING ",
                         subscription_columns!()
@@ -183,6 +185,7 @@ macro_rules! subscription_statements {
                     .bind(clean_opt(u.reason.as_deref()))
                     .bind(clean_opt(u.org_unit_seen.as_deref()))
                     .bind(now)
+                    .bind(u.label_scope.as_ref().map(json_strings))
                     .fetch_optional(&mut *tx)
                     .await?;
                     let Some(row) = row else {
