@@ -417,6 +417,112 @@ impl From<&SyncReport> for ReportView {
     }
 }
 
+/// What [`approve_one`] did: the active subscription, and the warning to
+/// show when the Directory could not be asked (a subscription without labels
+/// may still be approved then; the daemon's gate checks before every sync).
+#[derive(Debug)]
+pub struct Approved {
+    pub subscription: crate::store::Subscription,
+    pub warning: Option<String>,
+}
+
+/// One approval, as `subscriptions approve` runs it for one mailbox (and
+/// group approval for each member): the domain, state and four-eyes rules
+/// first, then the org-unit verdict (none for an OAuth mailbox), then — only
+/// for a subscription that requests labels, and only once the gate admitted
+/// it — Gmail's `labels.list` read as the mailbox (delegated: impersonated;
+/// OAuth: the stored consent's token) to resolve `label_filter` into label
+/// IDs, written as `label_scope` in the update that makes it active.
+///
+/// Refusals (`SubscriptionError`, exit code 2) change nothing: an unknown
+/// label, a delegated mailbox with labels whose org unit could not be
+/// verified, a refused org unit, four-eyes. A subscription without labels
+/// costs no Gmail call.
+pub async fn approve_one(
+    settings: &Settings,
+    store: &Store,
+    policy: &Policy,
+    mailbox: &MailboxAddress,
+    by: crate::domain::Operator,
+) -> anyhow::Result<Approved> {
+    use crate::subscriptions::{SubscriptionError, Subscriptions, resolve_label_scope};
+    let subs = Subscriptions::new(store, policy);
+    let sub = subs.admissible(mailbox, &by).await?;
+    let oauth = sub.auth_mode == crate::domain::AuthMode::OAuth;
+    let verdict = if oauth {
+        OrgUnitVerdict::NotApplicable
+    } else {
+        org_unit_verdict(settings, policy, mailbox).await
+    };
+    let mut warning = None;
+    match &verdict {
+        // Refused: `approve_scoped` names the cause, before any label read.
+        OrgUnitVerdict::Refused(_) => {}
+        OrgUnitVerdict::Unverified(why) if !sub.label_filter.is_empty() => {
+            return Err(SubscriptionError::LabelsUnverified {
+                mailbox: mailbox.clone(),
+                why: why.clone(),
+            }
+            .into());
+        }
+        OrgUnitVerdict::Unverified(why) => {
+            warning = Some(format!(
+                "org unit not verified ({why}); the daemon checks it before every sync"
+            ));
+        }
+        OrgUnitVerdict::Approved(_) | OrgUnitVerdict::NotApplicable => {}
+    }
+    let admitted = !matches!(verdict, OrgUnitVerdict::Refused(_));
+    let scope = if sub.label_filter.is_empty() || !admitted {
+        None
+    } else {
+        let labels = mailbox_labels(settings, store, policy, mailbox, oauth)
+            .await
+            .with_context(|| format!("reading the labels of {mailbox} to resolve --labels"))?;
+        let scope = resolve_label_scope(&labels, &sub.label_filter).map_err(|label| {
+            SubscriptionError::UnknownLabel {
+                mailbox: mailbox.clone(),
+                label,
+            }
+        })?;
+        Some(scope)
+    };
+    let subscription = subs.approve_scoped(mailbox, by, verdict, scope).await?;
+    Ok(Approved {
+        subscription,
+        warning,
+    })
+}
+
+/// Gmail's `labels.list` as the mailbox: impersonated, or with its owner's
+/// consent for an OAuth subscription.
+async fn mailbox_labels(
+    settings: &Settings,
+    store: &Store,
+    policy: &Policy,
+    mailbox: &MailboxAddress,
+    oauth: bool,
+) -> anyhow::Result<Vec<crate::google::gmail::LabelInfo>> {
+    let google = Google::from_settings(settings)?;
+    let stats = Arc::new(crate::google::gmail::CallStats::default());
+    let gmail = if oauth {
+        let service = crate::oauth::OAuthService::from_settings(
+            settings,
+            store.clone(),
+            Arc::new(policy.clone()),
+        )?
+        .ok_or_else(|| {
+            UsageError(format!(
+                "{mailbox} is an OAuth subscription, but oauth.enabled is false"
+            ))
+        })?;
+        google.gmail_oauth(mailbox, service.tokens().clone(), stats)
+    } else {
+        google.gmail(mailbox, stats).await?
+    };
+    Ok(gmail.list_labels().await?)
+}
+
 /// The org-unit verdict for `subscriptions approve`, from the Directory when
 /// a key is configured; `Unverified` when it cannot be asked.
 pub async fn org_unit_verdict(

@@ -19,7 +19,7 @@ use crate::config::Settings;
 use crate::domain::{MailboxAddress, Operator, SubscriptionAction, SubscriptionStatus};
 use crate::output::{self, Format};
 use crate::store::Store;
-use crate::subscriptions::{OrgUnitVerdict, Subscriptions};
+use crate::subscriptions::Subscriptions;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -88,7 +88,8 @@ pub enum SubscriptionsCommand {
     /// Request a subscription (status pending).
     Add {
         email: String,
-        /// Only ingest messages carrying one of these labels (comma-separated).
+        /// Only ingest messages carrying one of these labels (comma-separated
+        /// names or IDs; resolved to IDs when the subscription is approved).
         #[arg(long, value_delimiter = ',')]
         labels: Vec<String>,
         #[arg(long)]
@@ -381,24 +382,18 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
         }
         SubscriptionsCommand::Approve { email, by } => {
             let m = mailbox(&email)?;
-            let is_oauth = store
-                .get_subscription(&m)
-                .await?
-                .is_some_and(|s| s.auth_mode == crate::domain::AuthMode::OAuth);
-            let verdict = if is_oauth {
-                OrgUnitVerdict::NotApplicable
-            } else {
-                app::org_unit_verdict(&settings, &policy, &m).await
-            };
-            if let OrgUnitVerdict::Unverified(why) = &verdict {
-                output::notice(format!(
-                    "warning: org unit not verified ({why}); the daemon checks it before every sync"
-                ));
+            let done = app::approve_one(&settings, &store, &policy, &m, operator(&by)?).await?;
+            if let Some(w) = &done.warning {
+                output::notice(format!("warning: {w}"));
             }
-            let s = subs.approve(&m, operator(&by)?, verdict).await?;
+            let s = done.subscription;
+            let scope = match s.label_scope.as_deref() {
+                None | Some([]) => String::new(),
+                Some(ids) => format!("; label scope: {}", ids.join(", ")),
+            };
             output::line(format!(
-                "{} is {} (approved by {})",
-                s.mailbox, s.status, by
+                "{} is {} (approved by {by}{scope})",
+                s.mailbox, s.status
             ));
         }
         SubscriptionsCommand::Pause { email, by } => {
@@ -474,10 +469,13 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
                                     .map_or("-".to_owned(), ToString::to_string),
                                 fmt_time(s.last_reviewed_at),
                                 s.org_unit_seen.clone().unwrap_or_else(|| "-".to_owned()),
-                                if s.label_filter.is_empty() {
-                                    "-".to_owned()
-                                } else {
-                                    s.label_filter.join(",")
+                                match (&s.label_scope, s.label_filter.is_empty()) {
+                                    (_, true) => "-".to_owned(),
+                                    // Resolved at approval: the IDs when they differ.
+                                    (Some(ids), false) if *ids != s.label_filter => {
+                                        format!("{} ({})", s.label_filter.join(","), ids.join(","))
+                                    }
+                                    _ => s.label_filter.join(","),
                                 },
                                 s.note.clone().unwrap_or_default(),
                             ]

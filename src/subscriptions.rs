@@ -13,6 +13,7 @@ use crate::config::Policy;
 use crate::domain::{
     AuthMode, MailboxAddress, Operator, SubscriptionAction, SubscriptionStatus, SyncPhase,
 };
+use crate::google::gmail::LabelInfo;
 use crate::store::{
     NewSubscription, PurgeCounts, Store, StoreError, Subscription, SubscriptionUpdate,
 };
@@ -42,6 +43,24 @@ pub enum SubscriptionError {
         mailbox: MailboxAddress,
         reason: String,
     },
+    #[error(
+        "cannot approve {mailbox}: it has no label {label:?} (labels are matched by ID, then by name)"
+    )]
+    UnknownLabel {
+        mailbox: MailboxAddress,
+        label: String,
+    },
+    #[error(
+        "cannot approve {mailbox}: its labels are read only once its org unit is verified, and it could not be ({why})"
+    )]
+    LabelsUnverified {
+        mailbox: MailboxAddress,
+        why: String,
+    },
+    #[error(
+        "cannot approve {0}: it requests labels, which are resolved by `subscriptions approve` (app::approve_one)"
+    )]
+    LabelsUnresolved(MailboxAddress),
     #[error("invalid label {0:?}: expected 1 to 225 printable characters")]
     BadLabel(String),
     #[error("note too long or has control characters (at most 2000 characters)")]
@@ -72,6 +91,33 @@ pub enum OrgUnitVerdict {
 pub struct Subscriptions<'a> {
     store: &'a Store,
     policy: &'a Policy,
+}
+
+/// The label IDs `requested` (names or IDs, as `subscriptions add --labels`
+/// stored them) resolve to among the mailbox's `labels` (Gmail's
+/// `labels.list`): each entry matches a label by ID first, then by name
+/// (Gmail names are case-insensitive). Duplicates collapse, order is kept.
+/// `Err` carries the first entry that matches no label.
+pub fn resolve_label_scope(
+    labels: &[LabelInfo],
+    requested: &[String],
+) -> Result<Vec<String>, String> {
+    let mut scope: Vec<String> = Vec::new();
+    for wanted in requested {
+        let wanted_trimmed = wanted.trim();
+        let found = labels
+            .iter()
+            .find(|l| l.id == wanted_trimmed)
+            .or_else(|| {
+                let lower = wanted_trimmed.to_lowercase();
+                labels.iter().find(|l| l.name.to_lowercase() == lower)
+            })
+            .ok_or_else(|| wanted.clone())?;
+        if !scope.contains(&found.id) {
+            scope.push(found.id.clone());
+        }
+    }
+    Ok(scope)
 }
 
 fn parse_labels(labels: &[String]) -> Result<Vec<String>, SubscriptionError> {
@@ -147,15 +193,54 @@ impl<'a> Subscriptions<'a> {
         }
     }
 
-    /// `pending` → `active`, under the domain, four-eyes and org-unit rules.
+    /// The subscription `by` may approve, under the domain, state-machine
+    /// and four-eyes rules (the org unit is not asked here). Changes nothing:
+    /// the caller asks the Directory and resolves the labels only after this.
+    pub async fn admissible(
+        &self,
+        mailbox: &MailboxAddress,
+        by: &Operator,
+    ) -> Result<Subscription, SubscriptionError> {
+        self.check_domain(mailbox)?;
+        let sub = self.current(mailbox).await?;
+        sub.status.apply(SubscriptionAction::Approve).ok_or(
+            SubscriptionError::IllegalTransition {
+                mailbox: mailbox.clone(),
+                from: sub.status,
+                action: "approve",
+            },
+        )?;
+        if self.policy.four_eyes && &sub.requested_by == by {
+            return Err(SubscriptionError::FourEyes(by.clone()));
+        }
+        Ok(sub)
+    }
+
+    /// `pending` → `active` for a subscription that requests no labels (its
+    /// scope is the whole mailbox), under the domain, four-eyes and org-unit
+    /// rules. One that requests labels is refused: `app::approve_one` reads
+    /// them and calls [`Subscriptions::approve_scoped`].
     pub async fn approve(
         &self,
         mailbox: &MailboxAddress,
         by: Operator,
         org_unit: OrgUnitVerdict,
     ) -> Result<Subscription, SubscriptionError> {
-        self.check_domain(mailbox)?;
-        let sub = self.current(mailbox).await?;
+        self.approve_scoped(mailbox, by, org_unit, None).await
+    }
+
+    /// `pending` → `active` with the label scope resolved from the mailbox's
+    /// labels (see [`resolve_label_scope`]); `label_scope` is written in the
+    /// same update that makes the subscription active. `None` is accepted
+    /// only for a subscription without `label_filter` (scope `[]`).
+    pub async fn approve_scoped(
+        &self,
+        mailbox: &MailboxAddress,
+        by: Operator,
+        org_unit: OrgUnitVerdict,
+        label_scope: Option<Vec<String>>,
+    ) -> Result<Subscription, SubscriptionError> {
+        let sub = self.admissible(mailbox, &by).await?;
         let new_status = sub.status.apply(SubscriptionAction::Approve).ok_or(
             SubscriptionError::IllegalTransition {
                 mailbox: mailbox.clone(),
@@ -163,9 +248,11 @@ impl<'a> Subscriptions<'a> {
                 action: "approve",
             },
         )?;
-        if self.policy.four_eyes && sub.requested_by == by {
-            return Err(SubscriptionError::FourEyes(by));
-        }
+        let label_scope = match label_scope {
+            Some(scope) => Some(scope),
+            None if sub.label_filter.is_empty() => Some(Vec::new()),
+            None => return Err(SubscriptionError::LabelsUnresolved(mailbox.clone())),
+        };
         let (reason, seen) = match org_unit {
             OrgUnitVerdict::Refused(reason) => {
                 return Err(SubscriptionError::OrgUnitRefused {
@@ -195,6 +282,7 @@ impl<'a> Subscriptions<'a> {
             approved_by: Some(by),
             reviewed_by: None,
             org_unit_seen: seen,
+            label_scope,
         };
         self.apply_update(update).await
     }
@@ -226,6 +314,7 @@ impl<'a> Subscriptions<'a> {
             approved_by: None,
             reviewed_by: None,
             org_unit_seen: None,
+            label_scope: None,
         };
         self.apply_update(update).await
     }
@@ -367,6 +456,7 @@ impl<'a> Subscriptions<'a> {
                 approved_by: None,
                 reviewed_by: Some(by.clone()),
                 org_unit_seen: None,
+                label_scope: None,
             };
             self.apply_update(update).await?;
             n += 1;
@@ -398,4 +488,73 @@ pub struct ReviewItem {
     pub status: SubscriptionStatus,
     pub issues: Vec<String>,
     pub last_reviewed_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> Vec<LabelInfo> {
+        [
+            ("INBOX", "INBOX", "system"),
+            ("STARRED", "STARRED", "system"),
+            ("Label_1", "Invoices", "user"),
+            ("Label_2", "Tenants/Unit 4B", "user"),
+            // A user label whose name is another label's ID.
+            ("Label_3", "Label_1", "user"),
+        ]
+        .into_iter()
+        .map(|(id, name, t)| LabelInfo {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            label_type: t.to_owned(),
+        })
+        .collect()
+    }
+
+    fn req(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn labels_resolve_by_id_then_by_case_insensitive_name() {
+        let l = labels();
+        assert_eq!(
+            resolve_label_scope(&l, &req(&["STARRED", "invoices", "TENANTS/unit 4b"])),
+            Ok(req(&["STARRED", "Label_1", "Label_2"]))
+        );
+        // An ID wins over a name that spells it.
+        assert_eq!(
+            resolve_label_scope(&l, &req(&["Label_1"])),
+            Ok(req(&["Label_1"]))
+        );
+        // System labels by a lower-case spelling of their name.
+        assert_eq!(
+            resolve_label_scope(&l, &req(&["starred"])),
+            Ok(req(&["STARRED"]))
+        );
+    }
+
+    #[test]
+    fn duplicates_collapse_and_order_is_kept() {
+        let l = labels();
+        assert_eq!(
+            resolve_label_scope(&l, &req(&["Invoices", "STARRED", "Label_1"])),
+            Ok(req(&["Label_1", "STARRED"]))
+        );
+        assert_eq!(resolve_label_scope(&l, &[]), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn an_unknown_label_is_named() {
+        let l = labels();
+        assert_eq!(
+            resolve_label_scope(&l, &req(&["STARRED", "Receipts", "Nope"])),
+            Err("Receipts".to_owned())
+        );
+        assert_eq!(
+            resolve_label_scope(&[], &req(&["INBOX"])),
+            Err("INBOX".to_owned())
+        );
+    }
 }

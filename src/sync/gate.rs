@@ -129,6 +129,7 @@ pub async fn check_subscription(
             approved_by: None,
             reviewed_by: None,
             org_unit_seen: org_unit.clone(),
+            label_scope: None,
         };
         match ctx.store.update_subscription(&update).await {
             Ok(_) => match action {
