@@ -100,6 +100,10 @@ pub struct HistoryRecord {
     pub deleted: Vec<GmailMessageId>,
     pub labels_added: Vec<(GmailMessageId, Vec<String>)>,
     pub labels_removed: Vec<(GmailMessageId, Vec<String>)>,
+    /// The message's whole label set (`message.labelIds`) as the
+    /// `labelsAdded`/`labelsRemoved` entries of this record carry it, when
+    /// Google sent it: what a label scope is decided from without a fetch.
+    pub message_labels: Vec<(GmailMessageId, Vec<String>)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -174,6 +178,21 @@ fn convert_part(p: google_gmail1::api::MessagePart) -> PayloadPart {
             .map(convert_part)
             .collect(),
     }
+}
+
+/// `message.labelIds` of the label-change entries of one history record.
+fn message_labels(
+    method: &'static str,
+    h: &google_gmail1::api::History,
+) -> Result<Vec<(GmailMessageId, Vec<String>)>, GoogleError> {
+    let added = h.labels_added.iter().flatten().map(|x| &x.message);
+    let removed = h.labels_removed.iter().flatten().map(|x| &x.message);
+    added
+        .chain(removed)
+        .flatten()
+        .filter_map(|m| m.label_ids.as_ref().map(|l| (m.id.clone(), l.clone())))
+        .map(|(id, l)| Ok((parse_id(method, id)?, l)))
+        .collect()
 }
 
 fn label_pairs(
@@ -414,7 +433,9 @@ impl MailboxGmail {
             .await?;
         let mut records = Vec::new();
         for h in resp.history.unwrap_or_default() {
+            let message_labels = message_labels(m.id(), &h)?;
             records.push(HistoryRecord {
+                message_labels,
                 id: history_id(m.id(), h.id)?,
                 added: h
                     .messages_added

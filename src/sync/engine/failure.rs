@@ -29,6 +29,8 @@ pub enum ErrorType {
     Directory,
     /// Some messages could not be fetched; the pass is retried.
     Incomplete,
+    /// The subscription cannot be read as configured (an unresolved label scope).
+    Config,
 }
 
 impl ErrorType {
@@ -39,6 +41,7 @@ impl ErrorType {
             ErrorType::Database => "database",
             ErrorType::Directory => "directory",
             ErrorType::Incomplete => "incomplete",
+            ErrorType::Config => "config",
         }
     }
 }

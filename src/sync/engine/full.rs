@@ -1,9 +1,27 @@
-//! Full sync and resync: list every message, fetch what is not stored, and
-//! adopt the historyId read before the listing once the listing is complete.
+//! Full sync and resync: list every message of the scope, fetch what is not
+//! stored, and adopt the historyId read before the listing once the listing
+//! is complete.
 //!
 //! Resumable from the stored page token, which never moves past a page that
 //! still misses a message. This module must not move `history_id` before
 //! the listing is complete.
+//!
+//! The scope: with no labels the listing is the whole mailbox and the stored
+//! token is Gmail's own page token, as it always was. With labels, each scope
+//! label is listed in turn (`labelIds=`; a message under two labels is
+//! fetched once: the second listing finds it stored), and the stored token
+//! is a [`Cursor`]: `scope:` followed by JSON `{"scope": [label IDs],
+//! "label": index into scope, "page": Gmail's token or null}`. A stored
+//! token for another scope (or a raw one when the scope now has labels)
+//! restarts the listing, since the pages it vouches for were another scope's.
+//! At the end, a live row the listing did not see is `deleted` if the
+//! message is gone from Gmail and `left_scope` if it exists outside the
+//! scope: one mailbox-wide ID listing (5 units per 500 IDs) tells them
+//! apart, and it is made only when such rows exist.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
 
 use super::fetch::Misses;
 use super::{Pass, PassError, Progress, SyncKind, checkpoint, empty_batch};
@@ -14,14 +32,90 @@ use crate::store::{LabelRow, SyncBatch, SyncState};
 /// Page size for message listings (Gmail's maximum).
 const LIST_PAGE_SIZE: u32 = 500;
 
+/// The prefix of a stored page token that is a scoped [`Cursor`].
+const SCOPED_TOKEN_PREFIX: &str = "scope:";
+
+/// Where a listing stands: which scope label (always 0 for the whole
+/// mailbox) and Gmail's page token within it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Cursor {
+    scope: Vec<String>,
+    label: usize,
+    page: Option<String>,
+}
+
+impl Cursor {
+    fn start(scope: &[String]) -> Cursor {
+        Cursor {
+            scope: scope.to_vec(),
+            label: 0,
+            page: None,
+        }
+    }
+
+    /// The stored form: Gmail's token for the whole mailbox, else `scope:` + JSON.
+    fn encode(&self) -> Option<String> {
+        if self.scope.is_empty() {
+            return self.page.clone();
+        }
+        let json = serde_json::to_string(self).unwrap_or_default();
+        Some(format!("{SCOPED_TOKEN_PREFIX}{json}"))
+    }
+
+    /// The cursor a stored token holds, if it belongs to a listing of `scope`.
+    fn decode(stored: Option<&str>, scope: &[String]) -> Option<Cursor> {
+        let cursor = match stored {
+            Some(t) if t.starts_with(SCOPED_TOKEN_PREFIX) => {
+                serde_json::from_str::<Cursor>(&t[SCOPED_TOKEN_PREFIX.len()..]).ok()?
+            }
+            // A raw token (or none) is a whole-mailbox listing.
+            page => Cursor {
+                scope: Vec::new(),
+                label: 0,
+                page: page.map(str::to_owned),
+            },
+        };
+        (cursor.scope == scope).then_some(cursor)
+    }
+
+    /// The label to list (`None`: the whole mailbox), or `Err` when every
+    /// scope label is listed.
+    fn label(&self) -> Result<Option<&str>, ()> {
+        if self.scope.is_empty() {
+            return Ok(None);
+        }
+        self.scope
+            .get(self.label)
+            .map(|l| Some(l.as_str()))
+            .ok_or(())
+    }
+
+    /// The cursor after a page whose next token is `next`; `None` when the
+    /// listing is complete.
+    fn after(&self, next: Option<String>) -> Option<Cursor> {
+        match next {
+            Some(t) => Some(Cursor {
+                page: Some(t),
+                ..self.clone()
+            }),
+            None if self.scope.is_empty() => None,
+            None => Some(Cursor {
+                scope: self.scope.clone(),
+                label: self.label + 1,
+                page: None,
+            }),
+        }
+    }
+}
+
 /// Where a full-sync listing stands between two pages.
 struct Listing {
     progress: Progress,
-    /// The token of the first page that still misses a message: the resume point.
+    /// The stored token of the first page that still misses a message: the resume point.
     resume_from: Option<Option<String>>,
     misses: Misses,
-    /// The token of the page being listed.
-    page_token: Option<String>,
+    /// The page being listed.
+    cursor: Cursor,
 }
 
 impl Pass<'_> {
@@ -38,9 +132,14 @@ impl Pass<'_> {
         let mut state = state.clone();
         let misses = Misses::new(&state);
         let mut estimated_total = None;
-        if state.full_sync_history_id.is_none() || fresh {
-            estimated_total = Some(self.start_listing(&mut state).await?);
-        }
+        let resumed = Cursor::decode(state.page_token.as_deref(), &self.scope);
+        let cursor = match resumed {
+            Some(c) if state.full_sync_history_id.is_some() && !fresh => c,
+            _ => {
+                estimated_total = Some(self.start_listing(&mut state).await?);
+                Cursor::start(&self.scope)
+            }
+        };
         // A resumed full sync asks for the size only when someone shows progress.
         if estimated_total.is_none() && self.opts.progress.is_some() {
             estimated_total = self
@@ -58,18 +157,28 @@ impl Pass<'_> {
             },
             resume_from: None,
             misses,
-            page_token: state.page_token.clone(),
+            cursor,
         };
         loop {
             self.check_cancel()?;
+            let Ok(label) = listing.cursor.label() else {
+                break;
+            };
+            let label = label.map(str::to_owned);
             let page = self
                 .gmail
-                .list_message_ids(listing.page_token.as_deref(), None, LIST_PAGE_SIZE)
+                .list_message_ids(
+                    listing.cursor.page.as_deref(),
+                    label.as_deref(),
+                    LIST_PAGE_SIZE,
+                )
                 .await?;
-            let next = page.next_page_token.clone();
-            self.sync_page(&mut state, &mut listing, page).await?;
+            let next = listing.cursor.after(page.next_page_token.clone());
+            let next_token = next.as_ref().and_then(Cursor::encode);
+            self.sync_page(&mut state, &mut listing, page, next_token)
+                .await?;
             match next {
-                Some(t) => listing.page_token = Some(t),
+                Some(c) => listing.cursor = c,
                 None => break,
             }
         }
@@ -89,7 +198,7 @@ impl Pass<'_> {
         let labels = self.gmail.list_labels().await?;
         state.full_sync_history_id = Some(profile.history_id);
         state.full_sync_generation += 1;
-        state.page_token = None;
+        state.page_token = Cursor::start(&self.scope).encode();
         state.phase = SyncPhase::FullSync;
         let batch = SyncBatch {
             labels: Some(
@@ -109,13 +218,15 @@ impl Pass<'_> {
     }
 
     /// Fetches and stores what one listed page holds that is not stored yet,
-    /// in batches; the page token moves past the page only with its last
-    /// batch, and never past a page that still misses a message.
+    /// in batches; the page token moves past the page (to `next_token`, the
+    /// stored form of the next cursor) only with its last batch, and never
+    /// past a page that still misses a message.
     async fn sync_page(
         &mut self,
         state: &mut SyncState,
         listing: &mut Listing,
         page: IdPage,
+        next_token: Option<String>,
     ) -> Result<(), PassError> {
         listing.progress.listed += page.messages.len() as u64;
         let ids: Vec<GmailMessageId> = page.messages.iter().map(|m| m.id.clone()).collect();
@@ -134,7 +245,7 @@ impl Pass<'_> {
         if chunks.is_empty() {
             // Nothing new on this page: mark it seen and advance.
             if listing.resume_from.is_none() {
-                state.page_token = page.next_page_token.clone();
+                state.page_token = next_token;
             }
             let batch = SyncBatch {
                 mark_seen: ids,
@@ -167,11 +278,11 @@ impl Pass<'_> {
             if i + 1 == n_chunks {
                 batch.mark_seen = ids.clone();
                 if page_failed && listing.resume_from.is_none() {
-                    listing.resume_from = Some(listing.page_token.clone());
+                    listing.resume_from = Some(listing.cursor.encode());
                 }
                 state.page_token = match &listing.resume_from {
                     Some(t) => t.clone(),
-                    None => page.next_page_token.clone(),
+                    None => next_token.clone(),
                 };
             }
             batch.checkpoint = checkpoint(state, false);
@@ -216,6 +327,45 @@ impl Pass<'_> {
         Ok(())
     }
 
+    /// The live rows a scoped listing did not see that still exist in Gmail
+    /// (outside the scope): they leave the live rows as `left_scope`, the
+    /// rest as `deleted`. Costs one mailbox-wide ID listing, and only when a
+    /// scoped listing left rows unseen; nothing for the whole mailbox.
+    async fn unseen_outside_scope(
+        &mut self,
+        state: &SyncState,
+    ) -> Result<Vec<GmailMessageId>, PassError> {
+        if self.scope.is_empty() {
+            return Ok(Vec::new());
+        }
+        let unseen = self
+            .ctx()
+            .store
+            .unseen_message_ids(self.mailbox(), state.full_sync_generation)
+            .await?;
+        if unseen.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut exists: HashSet<GmailMessageId> = HashSet::new();
+        let mut token: Option<String> = None;
+        loop {
+            self.check_cancel()?;
+            let page = self
+                .gmail
+                .list_message_ids(token.as_deref(), None, LIST_PAGE_SIZE)
+                .await?;
+            exists.extend(page.messages.into_iter().map(|m| m.id));
+            match page.next_page_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        Ok(unseen
+            .into_iter()
+            .filter(|id| exists.contains(id))
+            .collect())
+    }
+
     /// Listing complete: what was not seen is gone; adopt the starting
     /// historyId, with the run row, in one batch.
     async fn complete_listing(
@@ -224,11 +374,14 @@ impl Pass<'_> {
         kind: SyncKind,
         started: chrono::DateTime<chrono::Utc>,
     ) -> Result<SyncState, PassError> {
+        let leave_scope = self.unseen_outside_scope(&state).await?;
         state.history_id = state.full_sync_history_id.take();
         state.page_token = None;
         state.phase = SyncPhase::Incremental;
+        state.applied_label_scope = Some(self.scope.clone());
         let batch = SyncBatch {
             delete_unseen: true,
+            leave_scope,
             run: Some(self.run_row(kind, started, &self.totals)),
             ..empty_batch(&state, true)
         };

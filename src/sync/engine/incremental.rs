@@ -4,6 +4,12 @@
 //!
 //! This module must not move `history_id` in any batch but the last one,
 //! which also carries the deletes, the label changes and the run row.
+//!
+//! With a label scope, what to fetch is decided from the `labelIds` the
+//! history records carry, without a fetch: a message added outside the
+//! scope costs nothing; one that gains a scope label and is not live is
+//! fetched and enters; a live one left with no scope label leaves the live
+//! rows (`left_scope`) in the last batch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -23,14 +29,20 @@ struct Collapsed {
     deleted: BTreeSet<GmailMessageId>,
     /// Net label delta per message: label -> true (present at the end) / false (absent).
     labels: HashMap<GmailMessageId, BTreeMap<String, bool>>,
+    /// The latest whole label set a record carried per message (`labelIds`).
+    current: HashMap<GmailMessageId, Vec<String>>,
 }
 
 impl Collapsed {
     fn apply(&mut self, rec: HistoryRecord) {
-        for (id, _) in rec.added {
+        for (id, labels) in rec.added {
+            self.current.insert(id.clone(), labels);
             if !self.deleted.contains(&id) && !self.added.contains(&id) {
                 self.added.push(id);
             }
+        }
+        for (id, labels) in rec.message_labels {
+            self.current.insert(id, labels);
         }
         for (id, labels) in rec.labels_added {
             let e = self.labels.entry(id).or_default();
@@ -47,6 +59,32 @@ impl Collapsed {
         for id in rec.deleted {
             self.deleted.insert(id);
         }
+    }
+
+    /// Whether `id` carries a label of `scope` at the end of the history
+    /// read: from its latest `labelIds`, else from the net delta (a scope
+    /// label added).
+    fn in_scope(&self, id: &GmailMessageId, scope: &[String]) -> bool {
+        if let Some(labels) = self.current.get(id) {
+            return labels.iter().any(|l| scope.contains(l));
+        }
+        self.labels
+            .get(id)
+            .is_some_and(|d| d.iter().any(|(l, on)| *on && scope.contains(l)))
+    }
+
+    /// Messages whose latest `labelIds` carry no label of `scope`.
+    fn known_outside(&self, scope: &[String]) -> Vec<GmailMessageId> {
+        let mut ids: Vec<GmailMessageId> = self
+            .current
+            .iter()
+            .filter(|(id, labels)| {
+                !self.deleted.contains(*id) && !labels.iter().any(|l| scope.contains(l))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
     }
 }
 
@@ -101,14 +139,27 @@ impl Pass<'_> {
         Ok((collapsed, newest))
     }
 
-    /// What was added and is not deleted since and not stored already.
+    /// What was added and is not deleted since and not stored already; with
+    /// a label scope, only what is in it, including messages that entered it
+    /// by a label change.
     async fn not_stored(&self, collapsed: &Collapsed) -> Result<Vec<GmailMessageId>, PassError> {
-        let candidates: Vec<GmailMessageId> = collapsed
+        let mut candidates: Vec<GmailMessageId> = collapsed
             .added
             .iter()
             .filter(|id| !collapsed.deleted.contains(*id))
             .cloned()
             .collect();
+        if !self.scope.is_empty() {
+            let mut relabeled: Vec<GmailMessageId> = collapsed
+                .labels
+                .keys()
+                .filter(|id| !collapsed.deleted.contains(*id) && !candidates.contains(*id))
+                .cloned()
+                .collect();
+            relabeled.sort();
+            candidates.extend(relabeled);
+            candidates.retain(|id| collapsed.in_scope(id, &self.scope));
+        }
         let known = self
             .ctx()
             .store
@@ -146,6 +197,11 @@ impl Pass<'_> {
                 if let Some(delta) = collapsed.labels.get(&u.meta.gmail_id) {
                     apply_delta(&mut u.meta.label_ids, delta);
                 }
+            }
+            // Left the scope between the history read and the fetch: not stored.
+            if !self.scope.is_empty() {
+                let scope = &self.scope;
+                upserts.retain(|u| u.meta.label_ids.iter().any(|l| scope.contains(l)));
             }
             let batch = SyncBatch {
                 upserts,
@@ -195,9 +251,21 @@ impl Pass<'_> {
 
         state.history_id = Some(newest);
         state.phase = SyncPhase::Incremental;
+        let scoped = !self.scope.is_empty();
+        let leave_scope = if scoped {
+            collapsed
+                .known_outside(&self.scope)
+                .into_iter()
+                .filter(|id| !fetched.contains(id))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut batch = SyncBatch {
             deletes,
             label_changes,
+            leave_scope,
+            enforce_scope: scoped.then(|| self.scope.clone()),
             ..empty_batch(&state, true)
         };
         // The run row counts this batch too; it is written in the same transaction.

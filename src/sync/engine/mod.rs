@@ -188,8 +188,8 @@ async fn run_pass(
     let clock = Instant::now();
     let mut run = Run::new(ctx, lease, opts.schedule);
     let calls = Arc::new(CallStats::default());
-    let gmail = match open_gmail(ctx, &lease.mailbox, calls).await {
-        Ok(gmail) => gmail,
+    let (gmail, scope) = match open_gmail(ctx, &lease.mailbox, calls).await {
+        Ok(opened) => opened,
         Err(Refused::Gate(reason)) => {
             run.suspended(reason);
             return run.into_report();
@@ -207,6 +207,7 @@ async fn run_pass(
     let mut pass = Pass {
         run,
         gmail,
+        scope,
         opts,
         cancel,
         totals: SyncCounts::default(),
@@ -226,7 +227,8 @@ enum Refused {
     Google(GoogleError),
 }
 
-/// The approved-OU gate, then the Gmail handle as the mailbox. The gate runs
+/// The approved-OU gate, then the Gmail handle as the mailbox and the
+/// label scope the pass enforces (empty: the whole mailbox). The gate runs
 /// before any impersonation, on every pass. A mailbox authorized by its
 /// owner's consent is not impersonated: the gate is the consent itself (and
 /// the allowed domains, checked again).
@@ -234,13 +236,28 @@ async fn open_gmail(
     ctx: &SyncContext,
     mailbox: &MailboxAddress,
     calls: Arc<CallStats>,
-) -> Result<MailboxGmail, Refused> {
+) -> Result<(MailboxGmail, Vec<String>), Refused> {
     let sub = ctx.store.get_subscription(mailbox).await.map_err(|e| {
         Refused::Check(
             ErrorType::Database,
             format!("reading the subscription: {e}"),
         )
     })?;
+    // The scope resolved at approval; a subscription that requests labels
+    // but has none resolved is never read whole.
+    let scope = match sub.as_ref() {
+        Some(s) => match (&s.label_scope, s.label_filter.is_empty()) {
+            (Some(scope), _) => scope.clone(),
+            (None, true) => Vec::new(),
+            (None, false) => {
+                return Err(Refused::Check(
+                    ErrorType::Config,
+                    "its --labels are not resolved: approve it again".to_owned(),
+                ));
+            }
+        },
+        None => Vec::new(),
+    };
     let mode = sub.as_ref().map_or(AuthMode::Delegated, |s| s.auth_mode);
     let decision = match mode {
         AuthMode::Delegated => gate::check_subscription(ctx, mailbox, sub.as_ref())
@@ -267,7 +284,7 @@ async fn open_gmail(
             )),
         },
     };
-    gmail.map_err(Refused::Google)
+    gmail.map(|g| (g, scope)).map_err(Refused::Google)
 }
 
 /// A pass past the gate: the record of the run, the Gmail handle as the
@@ -275,6 +292,9 @@ async fn open_gmail(
 struct Pass<'a> {
     run: Run<'a>,
     gmail: MailboxGmail,
+    /// The subscription's label scope (IDs, resolved at approval), read once
+    /// at the start of the pass; empty means the whole mailbox.
+    scope: Vec<String>,
     opts: &'a PassOptions,
     /// Fires on shutdown, or when the lease keeper lost the lease: the pass
     /// stops at the next batch boundary, after a commit, never inside one.
@@ -355,20 +375,30 @@ impl Pass<'_> {
         self.run.saw(&state);
         let force_full = self.opts.force_full;
         let full_in_progress = state.full_sync_history_id.is_some();
-        if force_full || state.history_id.is_none() || full_in_progress {
+        // The live rows reflect another scope (re-approved with new labels,
+        // or never completed a listing): a scoped resync brings them to this
+        // one, and commits it as applied with its final checkpoint.
+        let scope_changed = state.history_id.is_some()
+            && state.applied_label_scope.as_deref() != Some(self.scope.as_slice());
+        if force_full || state.history_id.is_none() || full_in_progress || scope_changed {
             let kind = if state.history_id.is_some() {
                 SyncKind::Resync
             } else {
                 SyncKind::Full
             };
-            if force_full && !full_in_progress {
+            if (force_full || scope_changed) && !full_in_progress {
                 events::ResyncStarted {
                     mailbox: self.mailbox(),
-                    reason: "scheduled",
+                    reason: if force_full {
+                        "scheduled"
+                    } else {
+                        "label_scope_changed"
+                    },
                 }
                 .emit();
             }
-            return self.full_then_incremental(&state, kind, force_full).await;
+            let fresh = force_full || (scope_changed && !full_in_progress);
+            return self.full_then_incremental(&state, kind, fresh).await;
         }
         self.run.report.kinds.push(SyncKind::Incremental);
         let started = self.run.started;
@@ -467,6 +497,7 @@ fn initial_state(lease: &Lease) -> SyncState {
         page_token: None,
         full_sync_history_id: None,
         full_sync_generation: 0,
+        applied_label_scope: None,
         last_success_at: None,
         next_poll_at: None,
         consecutive_failures: 0,
@@ -490,6 +521,7 @@ fn checkpoint(state: &SyncState, success: bool) -> Checkpoint {
         page_token: state.page_token.clone(),
         full_sync_history_id: state.full_sync_history_id,
         full_sync_generation: state.full_sync_generation,
+        applied_label_scope: state.applied_label_scope.clone(),
         success,
     }
 }
