@@ -38,6 +38,10 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
             post(relabel),
         )
         .route(
+            "/emulator/v1/users/{email}/labels/{id}",
+            patch(rename_label),
+        )
+        .route(
             "/emulator/v1/users/{email}/history/expire",
             post(expire_history),
         )
@@ -347,6 +351,35 @@ async fn relabel(
             )
         }
         None => control_error(StatusCode::NOT_FOUND, format!("unknown message {id}")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenameLabel {
+    name: String,
+}
+
+async fn rename_label(
+    State(shared): State<Arc<Shared>>,
+    Path((email, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let rename: RenameLabel = match parse_body(&body) {
+        Ok(rename) => rename,
+        Err(refusal) => return *refusal,
+    };
+    let mut world = shared.lock();
+    let Some(user) = world.user_mut(&email) else {
+        return unknown_user(&email);
+    };
+    let mailbox = &mut user.mailbox;
+    if !mailbox.labels().any(|(l, _, _)| l == id) {
+        return control_error(StatusCode::NOT_FOUND, format!("unknown label {id}"));
+    }
+    match mailbox.rename_label(&id, &rename.name) {
+        Ok(()) => ok(&json!({"id": id, "name": rename.name.trim()})),
+        Err(e) => control_error(StatusCode::BAD_REQUEST, e),
     }
 }
 

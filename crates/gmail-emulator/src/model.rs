@@ -298,6 +298,33 @@ impl Mailbox {
         Ok(1 << (self.label_ids.len() - 1))
     }
 
+    /// Renames a user label, as Gmail's `labels.patch` does: its ID and its
+    /// messages stay. System labels cannot be renamed; names are unique
+    /// case-insensitively.
+    pub(crate) fn rename_label(&mut self, id: &str, name: &str) -> Result<(), String> {
+        let Some(i) = self.label_ids.iter().position(|l| l == id) else {
+            return Err(format!("unknown label {id:?}"));
+        };
+        if i < SYSTEM_LABELS.len() {
+            return Err(format!("system label {id} cannot be renamed"));
+        }
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 225 || name.chars().any(char::is_control) {
+            return Err("a label name is 1 to 225 printable characters".to_owned());
+        }
+        let lower = name.to_lowercase();
+        if self
+            .label_names
+            .iter()
+            .enumerate()
+            .any(|(j, n)| j != i && n.to_lowercase() == lower)
+        {
+            return Err(format!("label name {name:?} exists"));
+        }
+        self.label_names[i] = name.to_owned();
+        Ok(())
+    }
+
     /// Label IDs of a mask, in table order.
     pub(crate) fn label_names_of(&self, mask: LabelMask) -> Vec<String> {
         self.label_ids
