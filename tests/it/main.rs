@@ -20,6 +20,7 @@ mod oauth;
 mod outage;
 mod pg;
 mod replicas;
+mod scope;
 mod security;
 mod store;
 mod sync;
