@@ -1657,3 +1657,96 @@ pub async fn seed_sample_data(store: &Store) {
         .await
         .unwrap();
 }
+
+/// Every fenced sync write also checks, in its own transaction, that the
+/// subscription is still active: a pause or a removal refuses the batch and
+/// the failure record (nothing written), while releasing the lease still
+/// works; resumed, the mailbox is claimable and writable again.
+pub async fn decisions_fence_every_sync_write(store: &Store) {
+    let m = mailbox("decided@example.com");
+    active_subscription(store, &m).await;
+    let l = lease(store, &m).await;
+    store
+        .commit_batch(&l, &batch(vec![message("k1", "t", &[], "S", "b")], 10))
+        .await
+        .expect("an active subscription's batch is written");
+
+    store
+        .update_subscription(&transition(
+            &m,
+            SubscriptionStatus::Active,
+            SubscriptionAction::Pause,
+        ))
+        .await
+        .unwrap();
+    let err = store
+        .commit_batch(&l, &batch(vec![message("k2", "t", &[], "S", "b")], 20))
+        .await
+        .expect_err("a paused subscription's batch is refused");
+    assert!(err.to_string().contains("paused"), "{err}");
+    let failure = FailureRecord {
+        phase: SyncPhase::Error,
+        error: "boom".into(),
+        next_poll_at: Utc::now(),
+        run: Some(run_row(&m)),
+    };
+    let err = store
+        .record_failure(&l, &failure)
+        .await
+        .expect_err("a paused subscription's failure record is refused");
+    assert!(err.to_string().contains("paused"), "{err}");
+    assert_eq!(store.count_messages(&m).await.unwrap(), 1);
+    assert!(store.sync_runs(&m).await.unwrap().is_empty());
+    let state = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(
+        state.history_id,
+        Some(hid(10)),
+        "the checkpoint did not move"
+    );
+    assert_eq!(state.consecutive_failures, 0);
+    store.release_lease(&l, Utc::now()).await.unwrap();
+    let state = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(
+        state.lease_owner, None,
+        "the lease is released after a stop"
+    );
+    assert!(
+        store
+            .claim_mailbox(&m, "conformance", Utc::now(), Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none(),
+        "a paused mailbox is not claimable"
+    );
+
+    store
+        .update_subscription(&transition(
+            &m,
+            SubscriptionStatus::Paused,
+            SubscriptionAction::Resume,
+        ))
+        .await
+        .unwrap();
+    let l = lease(store, &m).await;
+    store
+        .commit_batch(&l, &batch(vec![message("k3", "t", &[], "S", "b")], 30))
+        .await
+        .expect("a resumed subscription's batch is written");
+
+    store
+        .update_subscription(&transition(
+            &m,
+            SubscriptionStatus::Active,
+            SubscriptionAction::Remove,
+        ))
+        .await
+        .unwrap();
+    let err = store
+        .commit_batch(&l, &batch(vec![message("k4", "t", &[], "S", "b")], 40))
+        .await
+        .expect_err("a removed subscription's batch is refused");
+    assert!(err.to_string().contains("removed"), "{err}");
+    assert_eq!(store.count_messages(&m).await.unwrap(), 2);
+    let state = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(state.history_id, Some(hid(30)));
+}

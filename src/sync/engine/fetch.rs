@@ -67,6 +67,7 @@ impl Pass<'_> {
         misses: &mut Misses,
         placed: impl Fn(&GmailMessageId) -> (Option<String>, HistoryId),
     ) -> Result<(Vec<MessageUpsert>, bool), PassError> {
+        self.check_standing().await?;
         let (mut upserts, failed) = self.fetch_many(ids).await?;
         let mut missed = false;
         for (id, e) in failed {

@@ -61,7 +61,7 @@ impl Pass<'_> {
             page_token: state.page_token.clone(),
         };
         loop {
-            self.check_cancel()?;
+            self.check_standing().await?;
             let page = self
                 .gmail
                 .list_message_ids(listing.page_token.as_deref(), None, LIST_PAGE_SIZE)
