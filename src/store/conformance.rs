@@ -19,8 +19,8 @@ use super::{
 };
 use crate::domain::{
     AddressRole, AttachmentMeta, AuthMode, ChangeKind, GmailMessageId, GmailMessageMeta, HistoryId,
-    MailboxAddress, MessageAddress, NormalizedMessage, Operator, RunOutcome, SubscriptionAction,
-    SubscriptionStatus, SyncCounts, SyncKind, SyncPhase,
+    MailboxAddress, MessageAddress, NormalizedMessage, Operator, RunOutcome, StopDecision,
+    SubscriptionAction, SubscriptionStatus, SyncCounts, SyncKind, SyncPhase,
 };
 
 // ---------------------------------------------------------------------------
@@ -1695,8 +1695,26 @@ pub async fn decisions_fence_every_sync_write(store: &Store) {
         .await
         .expect_err("a paused subscription's failure record is refused");
     assert!(err.to_string().contains("paused"), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::NotActive {
+                decision: StopDecision::Paused,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(store.count_messages(&m).await.unwrap(), 1);
     assert!(store.sync_runs(&m).await.unwrap().is_empty());
+    // The stop's own run row is written under the lease alone.
+    let mut stopped = run_row(&m);
+    stopped.outcome = RunOutcome::Paused;
+    store.record_stop(&l, &stopped).await.unwrap();
+    assert_eq!(
+        store.sync_runs(&m).await.unwrap()[0].outcome,
+        RunOutcome::Paused
+    );
     let state = store.sync_state(&m).await.unwrap().unwrap();
     assert_eq!(
         state.history_id,
@@ -1749,4 +1767,50 @@ pub async fn decisions_fence_every_sync_write(store: &Store) {
     assert_eq!(store.count_messages(&m).await.unwrap(), 2);
     let state = store.sync_state(&m).await.unwrap().unwrap();
     assert_eq!(state.history_id, Some(hid(30)));
+
+    // Removed with --purge while the pass runs: nothing comes back.
+    store.purge_mailbox(&m).await.unwrap();
+    assert!(
+        store
+            .commit_batch(&l, &batch(vec![message("k5", "t", &[], "S", "b")], 50))
+            .await
+            .is_err()
+    );
+    assert!(matches!(
+        store.record_stop(&l, &run_row(&m)).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert_eq!(store.count_messages(&m).await.unwrap(), 0);
+    assert!(store.sync_state(&m).await.unwrap().is_none());
+
+    // A lease pinned to another auth mode is refused too.
+    let o = mailbox("pinned@example.com");
+    active_subscription(store, &o).await;
+    let pinned = Lease {
+        auth_mode: Some(AuthMode::OAuth),
+        ..lease(store, &o).await
+    };
+    let err = store
+        .commit_batch(&pinned, &batch(vec![message("p1", "t", &[], "S", "b")], 10))
+        .await
+        .expect_err("a delegated subscription refuses a pass pinned to oauth");
+    assert!(
+        matches!(
+            err,
+            StoreError::NotActive {
+                decision: StopDecision::AuthModeChanged,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let same = Lease {
+        auth_mode: Some(AuthMode::Delegated),
+        ..pinned
+    };
+    store
+        .commit_batch(&same, &batch(vec![message("p2", "t", &[], "S", "b")], 10))
+        .await
+        .expect("the pinned mode matches");
+    assert_eq!(store.count_messages(&o).await.unwrap(), 1);
 }

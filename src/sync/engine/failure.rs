@@ -172,15 +172,18 @@ impl<'a> Run<'a> {
             stop.decision.run_outcome(),
             stop.reason.clone(),
         );
+        let mut next_poll_at = Some(self.schedule.after_success(self.poll()));
         match self.ctx.store.record_stop(self.lease, &run).await {
             Ok(()) => {}
+            // Also what a removal with --purge does (the sync state is gone):
+            // the decision still names the end; the lease is not ours to release.
             Err(StoreError::LeaseLost { .. }) => {
                 events::LeaseLost {
                     mailbox: &self.lease.mailbox,
                 }
                 .emit();
-                self.stopped(true);
-                return;
+                let before = self.seen.and_then(|s| s.due_before);
+                next_poll_at = self.schedule.after_stop(true, before, self.poll());
             }
             Err(e) => events::DbError {
                 operation: "record_stop",
@@ -192,7 +195,7 @@ impl<'a> Run<'a> {
             decision: stop.decision,
             reason: stop.reason,
         };
-        self.report.next_poll_at = Some(self.schedule.after_success(self.poll()));
+        self.report.next_poll_at = next_poll_at;
     }
 
     /// The pass stopped between two batches: shutdown, or (`lease_lost`)

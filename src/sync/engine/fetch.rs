@@ -56,7 +56,8 @@ impl Misses {
 }
 
 impl Pass<'_> {
-    /// Fetches one chunk of new messages under the give-up policy: a revoked
+    /// Fetches one chunk of new messages under the give-up policy, after one
+    /// read of the subscription (a decision stops the pass first): a revoked
     /// authorization stops the pass; any other failure becomes a placeholder
     /// (in the thread and at the history position `placed` gives) once
     /// `misses` gives up, and is noted in `misses` before that. Returns the
