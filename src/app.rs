@@ -312,7 +312,9 @@ pub async fn sync_with(
         schedule: Schedule::OneOff,
     };
     let concurrency = ctx.settings.sync.max_concurrent_mailboxes.max(1);
-    let reports: Vec<anyhow::Result<Option<SyncReport>>> = futures::stream::iter(targets)
+    let passes_done = CancellationToken::new();
+    let recheck = recheck_gate(ctx, only.as_ref(), &passes_done);
+    let passes = futures::stream::iter(targets)
         .map(|m| {
             let opts = opts.clone();
             async move {
@@ -334,8 +336,15 @@ pub async fn sync_with(
             }
         })
         .buffer_unordered(concurrency)
-        .collect()
-        .await;
+        .collect::<Vec<anyhow::Result<Option<SyncReport>>>>();
+    let (reports, ()) = tokio::join!(
+        async {
+            let r = passes.await;
+            passes_done.cancel();
+            r
+        },
+        recheck
+    );
     if show_progress {
         output::progress_done();
     }
@@ -347,6 +356,57 @@ pub async fn sync_with(
     }
     out.sort_by(|a, b| a.mailbox.cmp(&b.mailbox));
     Ok(out)
+}
+
+/// The org-unit gate re-evaluated every `sync.org_unit_recheck_interval`
+/// while the passes of a long `sync` run (the daemon's scheduler does the
+/// same): a mailbox moved out of the approved OUs is suspended, and its
+/// running pass stops at once. Only `only` when `sync` was given one
+/// mailbox. Ends when `done` fires.
+async fn recheck_gate(ctx: &SyncContext, only: Option<&MailboxAddress>, done: &CancellationToken) {
+    let every = ctx
+        .settings
+        .sync
+        .org_unit_recheck_interval
+        .max(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = done.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let check = async {
+            match only {
+                None => gate::check_all(ctx).await.map(|results| {
+                    for (m, r) in results {
+                        if let Err(e) = r {
+                            tracing::warn!(mailbox = %m, error = %format!("{e:#}"), "Org-unit re-check failed.");
+                        }
+                    }
+                }),
+                Some(m) => {
+                    let sub = ctx.store.get_subscription(m).await?;
+                    match sub {
+                        Some(s)
+                            if s.auth_mode == crate::domain::AuthMode::Delegated
+                                && matches!(
+                                    s.status,
+                                    SubscriptionStatus::Active | SubscriptionStatus::Suspended
+                                ) =>
+                        {
+                            gate::check_subscription(ctx, m, Some(&s)).await.map(|_| ())
+                        }
+                        _ => Ok(()),
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            () = done.cancelled() => return,
+            r = check => if let Err(e) = r {
+                tracing::warn!(error = %format!("{e:#}"), "Org-unit re-check failed; retrying at the next interval.");
+            }
+        }
+    }
 }
 
 /// Column headers of the per-mailbox sync table (`sync`, `demo`).
@@ -412,6 +472,14 @@ impl From<&SyncReport> for ReportView {
                 engine::Outcome::Suspended { reason } => format!("suspended: {reason}"),
                 engine::Outcome::LeaseLost => "lease lost".to_owned(),
                 engine::Outcome::Interrupted => "interrupted".to_owned(),
+                engine::Outcome::Stopped {
+                    decision,
+                    reason: Some(reason),
+                } => format!("stopped: {decision} ({reason})"),
+                engine::Outcome::Stopped {
+                    decision,
+                    reason: None,
+                } => format!("stopped: {decision}"),
             },
         }
     }
@@ -546,8 +614,20 @@ pub async fn org_unit_verdict(
 }
 
 /// `check`: the deep preflight. Prints one line per check and, for each
-/// failure, what must be fixed. Returns the exit code.
-pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
+/// failure, what must be fixed. Returns the exit code. `only` checks one
+/// subscription (whatever its status; an unknown one is a [`UsageError`]
+/// before anything is checked). Only an active subscription is read: a
+/// pending, suspended or paused one gets no mailbox token and no Gmail call,
+/// at most the Directory's verdict on its org unit (the admin's token).
+pub async fn check(settings: &Settings, only: Option<&MailboxAddress>) -> anyhow::Result<u8> {
+    if let Some(m) = only {
+        let store = open_migrated_store(settings).await?;
+        let found = store.get_subscription(m).await;
+        store.close().await;
+        if found?.is_none() {
+            return Err(UsageError(format!("no subscription for {m}")).into());
+        }
+    }
     let mut failed = 0usize;
     let mut report = |ok: bool, what: String| {
         if !ok {
@@ -667,17 +747,50 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
             None
         }
     };
-    for sub in subs.iter().filter(|s| {
-        matches!(
+    for sub in subs.iter().filter(|s| match only {
+        Some(m) => &s.mailbox == m,
+        None => matches!(
             s.status,
             SubscriptionStatus::Active
                 | SubscriptionStatus::Pending
                 | SubscriptionStatus::Suspended
-        )
+        ),
     }) {
         let m = &sub.mailbox;
+        let active = sub.status == SubscriptionStatus::Active;
+        let not_read = || {
+            format!(
+                "{m}: {}: not read until it is active (no mailbox token, no Gmail call)",
+                sub.status
+            )
+        };
         if sub.auth_mode == crate::domain::AuthMode::OAuth {
-            check_oauth_mailbox(&google, oauth.as_ref(), m, &mut report).await;
+            if active {
+                check_oauth_mailbox(&google, oauth.as_ref(), m, &mut report).await;
+            } else {
+                let consent = store.oauth_token(m).await?.is_some();
+                report(
+                    true,
+                    format!(
+                        "{m}: authorized by its owner: {}",
+                        if consent {
+                            "consent stored"
+                        } else {
+                            "no consent stored yet"
+                        }
+                    ),
+                );
+                report(true, not_read());
+            }
+            continue;
+        }
+        if !matches!(
+            sub.status,
+            SubscriptionStatus::Active
+                | SubscriptionStatus::Pending
+                | SubscriptionStatus::Suspended
+        ) {
+            report(true, not_read());
             continue;
         }
         // The gate first: a mailbox outside policy is never impersonated,
@@ -710,6 +823,12 @@ pub async fn check(settings: &Settings) -> anyhow::Result<u8> {
                 false
             }
         };
+        if !active {
+            // The Directory's verdict (asked with the admin's token) is all
+            // a subscription nobody approved, or the gate suspended, gets.
+            report(true, not_read());
+            continue;
+        }
         if !allowed {
             continue;
         }

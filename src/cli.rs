@@ -57,12 +57,20 @@ pub enum Command {
     Subscriptions(SubscriptionsCommand),
     /// Per-mailbox sync state, lag and last error.
     Status(FormatArg),
-    /// Preflight: config, key file, DB, token + profile + org unit for every subscription.
-    Check,
+    /// Preflight: config, key file, DB, token + profile + org unit for every
+    /// subscription (mailboxes that are not active get no token and no Gmail call).
+    Check(CheckArgs),
     /// Serve the local Google emulator (tests, benchmarks, demo).
     Emulator(EmulatorArgs),
     /// Emulator + SQLite + one sync: shows what gets ingested.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Only this subscription.
+    #[arg(long, value_name = "EMAIL")]
+    pub mailbox: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -251,7 +259,10 @@ pub async fn run(
         Command::Sync(args) => sync(settings, args, shutdown).await,
         Command::Subscriptions(cmd) => subscriptions(settings, cmd).await,
         Command::Status(f) => status(settings, f.format).await,
-        Command::Check => app::check(&settings).await,
+        Command::Check(args) => {
+            let only = args.mailbox.as_deref().map(mailbox).transpose()?;
+            app::check(&settings, only.as_ref()).await
+        }
         Command::Emulator(args) => emulator(args, shutdown).await,
         Command::Demo(args) => demo(settings, args).await,
     }
@@ -616,7 +627,8 @@ async fn sync(
     let settings = Arc::new(settings);
     let show_progress = args.format == Format::Table && output::is_terminal();
     let reports = app::sync_once(settings, only, args.full, show_progress, shutdown).await?;
-    let failed = reports.iter().filter(|r| !r.outcome.is_ok()).count();
+    // A pass stopped by a decision (pause, removal, suspension) did not fail.
+    let failed = reports.iter().filter(|r| r.outcome.is_failure()).count();
     match args.format {
         Format::Json => output::json(
             &reports

@@ -499,14 +499,77 @@ string_enum!(
 
 string_enum!(
     /// How a recorded pass ended (`sync_runs.outcome`). `LeaseLost` is
-    /// reserved: a fenced-out replica cannot write its run row.
+    /// reserved: a fenced-out replica cannot write its run row. The last six
+    /// name the decision that stopped a pass ([`StopDecision`]).
     RunOutcome {
         Ok => "ok",
         Error => "error",
         AuthFailed => "auth_failed",
         LeaseLost => "lease_lost",
+        Pending => "pending",
+        Paused => "paused",
+        Suspended => "suspended",
+        Removed => "removed",
+        AuthModeChanged => "auth_mode_changed",
+        Disabled => "disabled",
     }
 );
+
+string_enum!(
+    /// The decision that stopped a pass before its end: the subscription is
+    /// no longer active (returned to pending, paused, suspended by the
+    /// org-unit gate, removed), its `auth_mode` is not the one the pass
+    /// started with, or `integration.enabled` is false. Never a failure.
+    StopDecision {
+        Pending => "pending",
+        Paused => "paused",
+        Suspended => "suspended",
+        Removed => "removed",
+        AuthModeChanged => "auth_mode_changed",
+        Disabled => "disabled",
+    }
+);
+
+impl StopDecision {
+    /// The decision a subscription in `status` stands for; `None` when it is
+    /// active (a missing subscription is [`StopDecision::Removed`]).
+    pub fn from_status(status: Option<SubscriptionStatus>) -> Option<StopDecision> {
+        match status {
+            Some(SubscriptionStatus::Active) => None,
+            Some(SubscriptionStatus::Pending) => Some(StopDecision::Pending),
+            Some(SubscriptionStatus::Paused) => Some(StopDecision::Paused),
+            Some(SubscriptionStatus::Suspended) => Some(StopDecision::Suspended),
+            Some(SubscriptionStatus::Removed) | None => Some(StopDecision::Removed),
+        }
+    }
+
+    /// Whether the subscription's standing admits a pass that started in
+    /// `pinned` mode (`None`: any mode): the decision that stops it, if any.
+    pub fn judge(
+        standing: Option<(SubscriptionStatus, AuthMode)>,
+        pinned: Option<AuthMode>,
+    ) -> Option<StopDecision> {
+        if let Some(d) = Self::from_status(standing.map(|(s, _)| s)) {
+            return Some(d);
+        }
+        match (standing, pinned) {
+            (Some((_, mode)), Some(p)) if mode != p => Some(StopDecision::AuthModeChanged),
+            _ => None,
+        }
+    }
+
+    /// The `sync_runs.outcome` recording it.
+    pub fn run_outcome(self) -> RunOutcome {
+        match self {
+            StopDecision::Pending => RunOutcome::Pending,
+            StopDecision::Paused => RunOutcome::Paused,
+            StopDecision::Suspended => RunOutcome::Suspended,
+            StopDecision::Removed => RunOutcome::Removed,
+            StopDecision::AuthModeChanged => RunOutcome::AuthModeChanged,
+            StopDecision::Disabled => RunOutcome::Disabled,
+        }
+    }
+}
 
 /// What a pass (or one committed batch of it) changed and spent: the one
 /// set of counters shared by the store's batch result, the engine's report,
@@ -635,6 +698,44 @@ mod tests {
         assert_eq!(S::Paused.apply(A::Reinstate), None);
         assert_eq!(S::Removed.apply(A::Remove), None);
         assert_eq!(S::Pending.apply(A::Remove), Some(S::Removed));
+    }
+
+    #[test]
+    fn only_an_active_subscription_in_the_pinned_mode_admits_a_pass() {
+        use AuthMode as M;
+        use StopDecision as D;
+        use SubscriptionStatus as S;
+        assert_eq!(
+            StopDecision::judge(Some((S::Active, M::Delegated)), None),
+            None
+        );
+        assert_eq!(
+            StopDecision::judge(Some((S::Active, M::Delegated)), Some(M::Delegated)),
+            None
+        );
+        assert_eq!(
+            StopDecision::judge(Some((S::Active, M::OAuth)), Some(M::Delegated)),
+            Some(D::AuthModeChanged)
+        );
+        assert_eq!(
+            StopDecision::judge(Some((S::Paused, M::OAuth)), Some(M::Delegated)),
+            Some(D::Paused),
+            "the status is named before the mode"
+        );
+        assert_eq!(StopDecision::judge(None, None), Some(D::Removed));
+        for (status, decision) in [
+            (S::Pending, D::Pending),
+            (S::Suspended, D::Suspended),
+            (S::Removed, D::Removed),
+        ] {
+            assert_eq!(
+                StopDecision::judge(Some((status, M::Delegated)), None),
+                Some(decision)
+            );
+        }
+        for d in StopDecision::ALL {
+            assert_eq!(d.run_outcome().as_str(), d.as_str());
+        }
     }
 
     #[test]

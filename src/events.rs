@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 
-use crate::domain::{MailboxAddress, SyncCounts, SyncKind, SyncPhase};
+use crate::domain::{MailboxAddress, StopDecision, SyncCounts, SyncKind, SyncPhase};
 use crate::google::error::{AuthCause, ErrorClass, GoogleError};
 
 /// Every metric this crate exports, with its help text. The README lists them
@@ -243,6 +243,27 @@ impl MailboxSyncFailed<'_> {
             "Mailbox sync failed; it will be retried."
         );
         counter!("gmail_ingest_sync_runs_total", "kind" => self.kind.as_str(), "outcome" => self.error_type)
+            .increment(1);
+    }
+}
+
+/// A decision stopped a pass before its end (paused, removed, suspended,
+/// returned to pending, another auth mode, the integration disabled).
+pub struct PassStopped<'a> {
+    pub mailbox: &'a MailboxAddress,
+    pub kind: SyncKind,
+    pub decision: StopDecision,
+}
+
+impl PassStopped<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            mailbox = %self.mailbox,
+            kind = self.kind.as_str(),
+            decision = self.decision.as_str(),
+            "Mailbox sync stopped by a decision; no further request is sent for it."
+        );
+        counter!("gmail_ingest_sync_runs_total", "kind" => self.kind.as_str(), "outcome" => self.decision.as_str())
             .increment(1);
     }
 }

@@ -19,8 +19,8 @@ use super::{
 };
 use crate::domain::{
     AddressRole, AttachmentMeta, AuthMode, ChangeKind, GmailMessageId, GmailMessageMeta, HistoryId,
-    MailboxAddress, MessageAddress, NormalizedMessage, Operator, RunOutcome, SubscriptionAction,
-    SubscriptionStatus, SyncCounts, SyncKind, SyncPhase,
+    MailboxAddress, MessageAddress, NormalizedMessage, Operator, RunOutcome, StopDecision,
+    SubscriptionAction, SubscriptionStatus, SyncCounts, SyncKind, SyncPhase,
 };
 
 // ---------------------------------------------------------------------------
@@ -1766,4 +1766,161 @@ pub async fn seed_sample_data(store: &Store) {
         )
         .await
         .unwrap();
+}
+
+/// Every fenced sync write also checks, in its own transaction, that the
+/// subscription is still active: a pause or a removal refuses the batch and
+/// the failure record (nothing written), while releasing the lease still
+/// works; resumed, the mailbox is claimable and writable again.
+pub async fn decisions_fence_every_sync_write(store: &Store) {
+    let m = mailbox("decided@example.com");
+    active_subscription(store, &m).await;
+    let l = lease(store, &m).await;
+    store
+        .commit_batch(&l, &batch(vec![message("k1", "t", &[], "S", "b")], 10))
+        .await
+        .expect("an active subscription's batch is written");
+
+    store
+        .update_subscription(&transition(
+            &m,
+            SubscriptionStatus::Active,
+            SubscriptionAction::Pause,
+        ))
+        .await
+        .unwrap();
+    let err = store
+        .commit_batch(&l, &batch(vec![message("k2", "t", &[], "S", "b")], 20))
+        .await
+        .expect_err("a paused subscription's batch is refused");
+    assert!(err.to_string().contains("paused"), "{err}");
+    let failure = FailureRecord {
+        phase: SyncPhase::Error,
+        error: "boom".into(),
+        next_poll_at: Utc::now(),
+        run: Some(run_row(&m)),
+    };
+    let err = store
+        .record_failure(&l, &failure)
+        .await
+        .expect_err("a paused subscription's failure record is refused");
+    assert!(err.to_string().contains("paused"), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::NotActive {
+                decision: StopDecision::Paused,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(store.count_messages(&m).await.unwrap(), 1);
+    assert!(store.sync_runs(&m).await.unwrap().is_empty());
+    // The stop's own run row is written under the lease alone.
+    let mut stopped = run_row(&m);
+    stopped.outcome = RunOutcome::Paused;
+    store.record_stop(&l, &stopped).await.unwrap();
+    assert_eq!(
+        store.sync_runs(&m).await.unwrap()[0].outcome,
+        RunOutcome::Paused
+    );
+    let state = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(
+        state.history_id,
+        Some(hid(10)),
+        "the checkpoint did not move"
+    );
+    assert_eq!(state.consecutive_failures, 0);
+    store.release_lease(&l, Utc::now()).await.unwrap();
+    let state = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(
+        state.lease_owner, None,
+        "the lease is released after a stop"
+    );
+    assert!(
+        store
+            .claim_mailbox(&m, "conformance", Utc::now(), Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none(),
+        "a paused mailbox is not claimable"
+    );
+
+    store
+        .update_subscription(&transition(
+            &m,
+            SubscriptionStatus::Paused,
+            SubscriptionAction::Resume,
+        ))
+        .await
+        .unwrap();
+    let l = lease(store, &m).await;
+    store
+        .commit_batch(&l, &batch(vec![message("k3", "t", &[], "S", "b")], 30))
+        .await
+        .expect("a resumed subscription's batch is written");
+
+    store
+        .update_subscription(&transition(
+            &m,
+            SubscriptionStatus::Active,
+            SubscriptionAction::Remove,
+        ))
+        .await
+        .unwrap();
+    let err = store
+        .commit_batch(&l, &batch(vec![message("k4", "t", &[], "S", "b")], 40))
+        .await
+        .expect_err("a removed subscription's batch is refused");
+    assert!(err.to_string().contains("removed"), "{err}");
+    assert_eq!(store.count_messages(&m).await.unwrap(), 2);
+    let state = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(state.history_id, Some(hid(30)));
+
+    // Removed with --purge while the pass runs: nothing comes back.
+    store.purge_mailbox(&m).await.unwrap();
+    assert!(
+        store
+            .commit_batch(&l, &batch(vec![message("k5", "t", &[], "S", "b")], 50))
+            .await
+            .is_err()
+    );
+    assert!(matches!(
+        store.record_stop(&l, &run_row(&m)).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert_eq!(store.count_messages(&m).await.unwrap(), 0);
+    assert!(store.sync_state(&m).await.unwrap().is_none());
+
+    // A lease pinned to another auth mode is refused too.
+    let o = mailbox("pinned@example.com");
+    active_subscription(store, &o).await;
+    let pinned = Lease {
+        auth_mode: Some(AuthMode::OAuth),
+        ..lease(store, &o).await
+    };
+    let err = store
+        .commit_batch(&pinned, &batch(vec![message("p1", "t", &[], "S", "b")], 10))
+        .await
+        .expect_err("a delegated subscription refuses a pass pinned to oauth");
+    assert!(
+        matches!(
+            err,
+            StoreError::NotActive {
+                decision: StopDecision::AuthModeChanged,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let same = Lease {
+        auth_mode: Some(AuthMode::Delegated),
+        ..pinned
+    };
+    store
+        .commit_batch(&same, &batch(vec![message("p2", "t", &[], "S", "b")], 10))
+        .await
+        .expect("the pinned mode matches");
+    assert_eq!(store.count_messages(&o).await.unwrap(), 1);
 }

@@ -39,11 +39,17 @@
 //! `sync_state.lease_expires_at`. Every claim increments the epoch, so a
 //! replica that paused past its expiry and was overtaken holds a stale epoch.
 //! Every sync write ([`Store::commit_batch`], [`Store::record_failure`])
-//! begins its transaction with a conditional `UPDATE` on the mailbox's
-//! `sync_state` row matching owner, epoch and an unexpired lease; when that
-//! touches no row the transaction is abandoned with [`StoreError::LeaseLost`]
-//! and nothing is written. The checkpoint (`history_id`, page token) is
-//! written in the same transaction as the data it covers.
+//! begins its transaction by reading the subscription (under a share lock on
+//! PostgreSQL, so a pause or removal waits for the batch or is seen by it):
+//! unless it is `active` (and in the lease's `auth_mode`, when the lease
+//! names one) the transaction is abandoned with [`StoreError::NotActive`].
+//! Then a conditional `UPDATE` on the mailbox's `sync_state` row matches
+//! owner, epoch and an unexpired lease; when that touches no row the
+//! transaction is abandoned with [`StoreError::LeaseLost`]. Either way
+//! nothing is written. Only [`Store::record_stop`] (the run row of a pass
+//! stopped by such a decision) and [`Store::release_lease`] check the lease
+//! alone. The checkpoint (`history_id`, page token) is written in the same
+//! transaction as the data it covers.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -51,7 +57,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{GmailMessageId, MailboxAddress, Operator, SyncCounts};
+use crate::domain::{GmailMessageId, MailboxAddress, Operator, StopDecision, SyncCounts};
 
 mod batch;
 #[cfg(any(test, feature = "test-support"))]
@@ -74,13 +80,22 @@ pub use model::{
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
-/// What can go wrong in the store; callers branch on the first five.
+/// What can go wrong in the store; callers branch on the first six.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The fencing check refused the write: the lease expired or another
     /// replica claimed the mailbox since. Nothing was written.
     #[error("lease on mailbox {mailbox} was lost")]
     LeaseLost { mailbox: String },
+    /// The fencing check refused the write: the subscription is no longer
+    /// active (an operator paused or removed it, the org-unit gate suspended
+    /// it, it returned to pending), or its `auth_mode` is not the lease's.
+    /// Nothing was written.
+    #[error("subscription {mailbox} is {decision}: sync writes are refused")]
+    NotActive {
+        mailbox: String,
+        decision: StopDecision,
+    },
     /// The row changed under us or already exists.
     #[error("conflict: {0}")]
     Conflict(String),
@@ -357,6 +372,13 @@ impl Store {
     /// consecutive_failures + 1, next_poll_at, and the run row if given.
     pub async fn record_failure(&self, l: &Lease, f: &FailureRecord) -> Result<(), StoreError> {
         dispatch!(self, s => s.record_failure(l, f).await)
+    }
+
+    /// Records the run row of a pass stopped by a decision
+    /// ([`StoreError::NotActive`]), fenced by the lease only: the refusal's
+    /// own record. Changes nothing else ([`StoreError::LeaseLost`] otherwise).
+    pub async fn record_stop(&self, l: &Lease, run: &SyncRunRow) -> Result<(), StoreError> {
+        dispatch!(self, s => s.record_stop(l, run).await)
     }
 
     /// The subset of `ids` stored and not deleted.

@@ -251,6 +251,10 @@ pub struct Lease {
     pub epoch: i64,
     /// Writes under this lease are refused from this instant on.
     pub expires_at: DateTime<Utc>,
+    /// The `auth_mode` the pass started with, once it read it (claims leave
+    /// it `None`): fenced writes are then refused when the subscription's
+    /// mode is another one.
+    pub auth_mode: Option<AuthMode>,
 }
 
 /// A fetched message to insert or replace.

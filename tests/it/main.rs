@@ -6,6 +6,7 @@ mod chaos_helpers;
 mod cli;
 mod crash;
 mod daemon;
+mod decisions;
 mod deploy;
 mod emulator;
 mod emulator_batch;

@@ -66,6 +66,7 @@ conformance_tests!(
     failures_are_counted_and_reset,
     old_runs_and_quota_windows_are_pruned,
     migrations_are_applied_once,
+    decisions_fence_every_sync_write,
 );
 
 // -- connection errors ------------------------------------------------------

@@ -19,19 +19,23 @@ macro_rules! sync_state_columns {
 pub(crate) use sync_state_columns;
 
 /// The sync-state and lease statements for one backend: `$store` is the
-/// backend's store type, `$db` its sqlx database.
+/// backend's store type, `$db` its sqlx database; `share_lock` ends the
+/// fence's read of the subscription (`FOR SHARE` on PostgreSQL, so a status
+/// change waits for the batch's commit; empty on SQLite, whose writers take
+/// turns).
 macro_rules! lease_statements {
     (
         $store:ident,
-        $db:ty
+        $db:ty,
+        share_lock($lk:literal)
     ) => {
         const _: () = {
             use std::time::Duration;
             use chrono::{DateTime, Utc};
-            use $crate::domain::MailboxAddress;
+            use $crate::domain::{AuthMode, MailboxAddress, StopDecision, SubscriptionStatus};
             use $crate::store::StoreError;
             use $crate::store::model::{Lease, MailboxStatus, SyncState};
-            use $crate::store::rows::{StatusRow, SyncStateRow, convert};
+            use $crate::store::rows::{StatusRow, SyncStateRow, convert, decode_err};
             use $crate::store::sql::{micros, now, plus, sync_state_columns};
 
             impl $store {
@@ -134,6 +138,7 @@ macro_rules! lease_statements {
                         owner: owner.to_owned(),
                         epoch,
                         expires_at: expires,
+                        auth_mode: None,
                     }))
                 }
 
@@ -183,10 +188,45 @@ macro_rules! lease_statements {
                     Ok(())
                 }
 
-                /// The fencing check, first statement of every sync write: takes
-                /// the `sync_state` row (a row lock on PostgreSQL) only when the
-                /// lease is still ours and unexpired.
+                /// The fencing check every sync write begins with: the
+                /// subscription is still active (and in the lease's mode, if it
+                /// names one), then [`Self::fence_lease`]. The subscription is
+                /// read first, under a share lock on PostgreSQL: the same order
+                /// (subscriptions, then sync_state) as a consent's transaction.
                 async fn fence(
+                    tx: &mut sqlx::Transaction<'static, $db>,
+                    l: &Lease,
+                    now: DateTime<Utc>,
+                ) -> Result<(), StoreError> {
+                    let row: Option<(String, String)> = sqlx::query_as::<$db, (String, String)>(
+                        concat!(
+                            "SELECT status, auth_mode FROM subscriptions WHERE mailbox = $1",
+                            $lk
+                        ),
+                    )
+                    .bind(l.mailbox.as_str())
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                    let standing = match row {
+                        Some((status, mode)) => Some((
+                            status.parse::<SubscriptionStatus>().map_err(decode_err)?,
+                            mode.parse::<AuthMode>().map_err(decode_err)?,
+                        )),
+                        None => None,
+                    };
+                    if let Some(decision) = StopDecision::judge(standing, l.auth_mode) {
+                        return Err(StoreError::NotActive {
+                            mailbox: l.mailbox.to_string(),
+                            decision,
+                        });
+                    }
+                    Self::fence_lease(tx, l, now).await
+                }
+
+                /// The lease half of the fence: takes the `sync_state` row (a
+                /// row lock on PostgreSQL) only when the lease is still ours
+                /// and unexpired.
+                async fn fence_lease(
                     tx: &mut sqlx::Transaction<'static, $db>,
                     l: &Lease,
                     now: DateTime<Utc>,

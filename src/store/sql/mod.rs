@@ -97,6 +97,7 @@ pub(crate) fn claimed_leases(
                 owner: owner.to_owned(),
                 epoch,
                 expires_at,
+                auth_mode: None,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;

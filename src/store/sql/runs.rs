@@ -2,7 +2,9 @@
 //! failure record that may carry a run row.
 //!
 //! A run row is written only inside a fenced transaction: a replica that
-//! lost its lease writes none. Expanded once per backend by
+//! lost its lease writes none. The run row of a pass stopped by a decision
+//! (`record_stop`) is fenced by the lease alone: the subscription check is
+//! what refused the pass, and the row records that refusal. Expanded once per backend by
 //! `run_statements!`.
 
 /// The run statements for one backend: `$store` is the backend's store
@@ -55,6 +57,7 @@ macro_rules! run_statements {
                 ) -> Result<(), StoreError> {
                     let now = now();
                     let (_turn, mut tx) = self.begin_write().await?;
+                    Self::fence(&mut tx, l, now).await?;
                     let done = sqlx::query::<$db>(
                         "UPDATE sync_state SET phase = $5, last_error = $6, \
                          consecutive_failures = consecutive_failures + 1, next_poll_at = $7, \
@@ -77,6 +80,19 @@ macro_rules! run_statements {
                     if let Some(r) = &f.run {
                         Self::insert_run(&mut tx, r).await?;
                     }
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                pub(crate) async fn record_stop(
+                    &self,
+                    l: &Lease,
+                    r: &SyncRunRow,
+                ) -> Result<(), StoreError> {
+                    let now = now();
+                    let (_turn, mut tx) = self.begin_write().await?;
+                    Self::fence_lease(&mut tx, l, now).await?;
+                    Self::insert_run(&mut tx, r).await?;
                     tx.commit().await?;
                     Ok(())
                 }

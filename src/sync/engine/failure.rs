@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::standing::Stop;
 use super::{Outcome, Schedule, SyncCounts, SyncKind, SyncReport};
 use crate::domain::{RunOutcome, SyncPhase};
 use crate::events;
@@ -156,6 +157,50 @@ impl<'a> Run<'a> {
         self.report.next_poll_at = Some(self.schedule.after_success(self.poll()));
     }
 
+    /// A decision stopped the pass (see `standing`): its run row names the
+    /// decision (written under the lease alone: the subscription check is
+    /// what refused the pass), the mailbox is due again after the poll
+    /// interval like after a completed pass, and no failure is counted.
+    pub(super) async fn stopped_by(&mut self, kind: SyncKind, stop: Stop) {
+        events::PassStopped {
+            mailbox: &self.lease.mailbox,
+            kind,
+            decision: stop.decision,
+        }
+        .emit();
+        let run = self.row(
+            kind,
+            self.started,
+            self.report.counts,
+            stop.decision.run_outcome(),
+            stop.reason.clone(),
+        );
+        let mut next_poll_at = Some(self.schedule.after_success(self.poll()));
+        match self.ctx.store.record_stop(self.lease, &run).await {
+            Ok(()) => {}
+            // Also what a removal with --purge does (the sync state is gone):
+            // the decision still names the end; the lease is not ours to release.
+            Err(StoreError::LeaseLost { .. }) => {
+                events::LeaseLost {
+                    mailbox: &self.lease.mailbox,
+                }
+                .emit();
+                let before = self.seen.and_then(|s| s.due_before);
+                next_poll_at = self.schedule.after_stop(true, before, self.poll());
+            }
+            Err(e) => events::DbError {
+                operation: "record_stop",
+                error: &e,
+            }
+            .emit(),
+        }
+        self.report.outcome = Outcome::Stopped {
+            decision: stop.decision,
+            reason: stop.reason,
+        };
+        self.report.next_poll_at = next_poll_at;
+    }
+
     /// The pass stopped between two batches: shutdown, or (`lease_lost`)
     /// another replica owns the mailbox now.
     pub(super) fn stopped(&mut self, lease_lost: bool) {
@@ -278,6 +323,15 @@ impl<'a> Run<'a> {
         .emit();
         match self.ctx.store.record_failure(self.lease, &record).await {
             Ok(()) => {}
+            // Failed after a decision: the decision is how it ended.
+            Err(StoreError::NotActive { decision, .. }) => {
+                let stop = Stop {
+                    decision,
+                    reason: None,
+                };
+                self.stopped_by(kind, stop).await;
+                return next_poll_at;
+            }
             Err(StoreError::LeaseLost { .. }) => {
                 events::LeaseLost {
                     mailbox: &self.lease.mailbox,

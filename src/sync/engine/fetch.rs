@@ -56,7 +56,8 @@ impl Misses {
 }
 
 impl Pass<'_> {
-    /// Fetches one chunk of new messages under the give-up policy: a revoked
+    /// Fetches one chunk of new messages under the give-up policy, after one
+    /// read of the subscription (a decision stops the pass first): a revoked
     /// authorization stops the pass; any other failure becomes a placeholder
     /// (in the thread and at the history position `placed` gives) once
     /// `misses` gives up, and is noted in `misses` before that. Returns the
@@ -67,6 +68,7 @@ impl Pass<'_> {
         misses: &mut Misses,
         placed: impl Fn(&GmailMessageId) -> (Option<String>, HistoryId),
     ) -> Result<(Vec<MessageUpsert>, bool), PassError> {
+        self.check_standing().await?;
         let (mut upserts, failed) = self.fetch_many(ids).await?;
         let mut missed = false;
         for (id, e) in failed {

@@ -160,7 +160,7 @@ impl Pass<'_> {
             cursor,
         };
         loop {
-            self.check_cancel()?;
+            self.check_standing().await?;
             let Ok(label) = listing.cursor.label() else {
                 break;
             };
@@ -349,7 +349,7 @@ impl Pass<'_> {
         let mut exists: HashSet<GmailMessageId> = HashSet::new();
         let mut token: Option<String> = None;
         loop {
-            self.check_cancel()?;
+            self.check_standing().await?;
             let page = self
                 .gmail
                 .list_message_ids(token.as_deref(), None, LIST_PAGE_SIZE)

@@ -119,7 +119,7 @@ impl Pass<'_> {
         let mut token: Option<String> = None;
         let mut newest = start;
         loop {
-            self.check_cancel()?;
+            self.check_standing().await?;
             let page = self.gmail.list_history(start, token.as_deref()).await?;
             for rec in page.records {
                 if let Some(id) = rec.id {

@@ -19,12 +19,20 @@
 //! Layout: this file is the entry point ([`sync_mailbox`]), the gate and the
 //! choice between full and incremental; `full` lists the mailbox, `incremental`
 //! replays history, `fetch` is the one fetch-with-give-up policy (and the
-//! placeholders), `failure` records a failed pass and its backoff.
+//! placeholders), `failure` records a failed pass and its backoff,
+//! `standing` stops a pass the moment a decision no longer admits it.
+//!
+//! Decisions take effect during a pass: it starts only for an active
+//! subscription while `integration.enabled`, pins the `auth_mode` it read on
+//! its lease (so every fenced write checks it too), reads the subscription
+//! again before each group of Gmail requests and once a second beside them,
+//! and stops with [`Outcome::Stopped`] naming the decision, never `Ok`.
 
 mod failure;
 mod fetch;
 mod full;
 mod incremental;
+mod standing;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,7 +44,10 @@ use tracing::Instrument;
 
 pub use self::failure::{ErrorType, failure_backoff};
 use self::failure::{Failure, Run};
-use crate::domain::{AuthMode, HistoryId, MailboxAddress, SyncPhase};
+use self::standing::{Stop, Watch};
+use crate::domain::{
+    AuthMode, HistoryId, MailboxAddress, StopDecision, SubscriptionStatus, SyncPhase,
+};
 pub use crate::domain::{SyncCounts, SyncKind};
 use crate::events;
 use crate::google::error::{ErrorClass, GoogleError};
@@ -66,11 +77,25 @@ pub enum Outcome {
     LeaseLost,
     /// Shutdown interrupted the pass between two committed batches.
     Interrupted,
+    /// A decision stopped the pass: the subscription is no longer active (or
+    /// no longer in the mode the pass started with), or the integration is
+    /// disabled. Not a failure: the lease is released, nothing is retried,
+    /// and `reason` is the one the subscription records, if any.
+    Stopped {
+        decision: StopDecision,
+        reason: Option<String>,
+    },
 }
 
 impl Outcome {
     pub fn is_ok(&self) -> bool {
         matches!(self, Outcome::Ok)
+    }
+
+    /// Whether the pass failed (what `sync` counts for its exit code): not
+    /// when it completed, nor when a decision stopped it.
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, Outcome::Ok | Outcome::Stopped { .. })
     }
 }
 
@@ -164,6 +189,8 @@ enum PassError {
     Incomplete(String),
     #[error("interrupted by shutdown")]
     Interrupted,
+    #[error("stopped: the subscription is {}", .0.decision)]
+    Stopped(Stop),
 }
 
 /// One pass over a mailbox the caller holds a lease on: gate, then full or
@@ -186,10 +213,28 @@ async fn run_pass(
     cancel: &CancellationToken,
 ) -> SyncReport {
     let clock = Instant::now();
+    let pinned: Lease;
     let mut run = Run::new(ctx, lease, opts.schedule);
+    if !ctx.settings.integration.enabled {
+        run.stopped_by(SyncKind::Incremental, Stop::disabled())
+            .await;
+        return run.into_report();
+    }
     let calls = Arc::new(CallStats::default());
     let (gmail, scope) = match open_gmail(ctx, &lease.mailbox, calls).await {
-        Ok(opened) => opened,
+        Ok((gmail, mode, scope)) => {
+            // Every write of the pass is fenced with the mode it read.
+            pinned = Lease {
+                auth_mode: Some(mode),
+                ..lease.clone()
+            };
+            run.lease = &pinned;
+            (gmail, scope)
+        }
+        Err(Refused::Stopped(stop)) => {
+            run.stopped_by(SyncKind::Incremental, stop).await;
+            return run.into_report();
+        }
         Err(Refused::Gate(reason)) => {
             run.suspended(reason);
             return run.into_report();
@@ -204,12 +249,14 @@ async fn run_pass(
             return run.into_report();
         }
     };
+    let watch = Watch::start(ctx.store.clone(), run.lease, cancel);
     let mut pass = Pass {
         run,
         gmail,
         scope,
         opts,
-        cancel,
+        cancel: &watch.token,
+        watch: &watch,
         totals: SyncCounts::default(),
         clock,
     };
@@ -219,6 +266,8 @@ async fn run_pass(
 
 /// Why a pass stopped before its Gmail handle existed.
 enum Refused {
+    /// The subscription is not active: a decision came before the pass.
+    Stopped(Stop),
     /// The gate refused the mailbox: it is suspended, not failed.
     Gate(String),
     /// The subscription or the Directory could not be read.
@@ -231,18 +280,27 @@ enum Refused {
 /// label scope the pass enforces (empty: the whole mailbox). The gate runs
 /// before any impersonation, on every pass. A mailbox authorized by its
 /// owner's consent is not impersonated: the gate is the consent itself (and
-/// the allowed domains, checked again).
+/// the allowed domains, checked again). Returns the handle and the mode it
+/// was opened in; only an active subscription gets one.
 async fn open_gmail(
     ctx: &SyncContext,
     mailbox: &MailboxAddress,
     calls: Arc<CallStats>,
-) -> Result<(MailboxGmail, Vec<String>), Refused> {
+) -> Result<(MailboxGmail, AuthMode, Vec<String>), Refused> {
     let sub = ctx.store.get_subscription(mailbox).await.map_err(|e| {
         Refused::Check(
             ErrorType::Database,
             format!("reading the subscription: {e}"),
         )
     })?;
+    // Suspended is the gate's to judge (it may reinstate the mailbox).
+    if sub
+        .as_ref()
+        .is_none_or(|s| s.status != SubscriptionStatus::Suspended)
+        && let Some(stop) = Stop::of(sub.as_ref(), None)
+    {
+        return Err(Refused::Stopped(stop));
+    }
     // The scope resolved at approval; a subscription that requests labels
     // but has none resolved is never read whole.
     let scope = match sub.as_ref() {
@@ -284,7 +342,7 @@ async fn open_gmail(
             )),
         },
     };
-    gmail.map(|g| (g, scope)).map_err(Refused::Google)
+    gmail.map(|g| (g, mode, scope)).map_err(Refused::Google)
 }
 
 /// A pass past the gate: the record of the run, the Gmail handle as the
@@ -296,9 +354,12 @@ struct Pass<'a> {
     /// at the start of the pass; empty means the whole mailbox.
     scope: Vec<String>,
     opts: &'a PassOptions,
-    /// Fires on shutdown, or when the lease keeper lost the lease: the pass
-    /// stops at the next batch boundary, after a commit, never inside one.
+    /// Fires on shutdown, when the lease keeper lost the lease, or when the
+    /// watcher found a decision: the pass stops at the next batch boundary,
+    /// after a commit, never inside one (in-flight fetches are dropped).
     cancel: &'a CancellationToken,
+    /// The watcher behind `cancel`, which says what decision fired it.
+    watch: &'a Watch,
     /// Sum of every committed batch's counts (no API counters: see `counts`).
     totals: SyncCounts,
     /// Since the pass began (the gate included), for the completion event.
@@ -447,6 +508,14 @@ impl Pass<'_> {
             .last()
             .copied()
             .unwrap_or(SyncKind::Incremental);
+        // A decision cancelled the pass (or came while it failed): that is
+        // how it ended.
+        if result.is_err()
+            && let Some(stop) = self.watch.found().cloned()
+        {
+            self.run.stopped_by(kind, stop).await;
+            return self.run.into_report();
+        }
         match result {
             Ok(()) => {
                 events::MailboxSyncCompleted {
@@ -457,6 +526,14 @@ impl Pass<'_> {
                 }
                 .emit();
                 self.run.completed();
+            }
+            Err(PassError::Stopped(stop)) => self.run.stopped_by(kind, stop).await,
+            Err(PassError::Store(StoreError::NotActive { decision, .. })) => {
+                let stop = Stop {
+                    decision,
+                    reason: None,
+                };
+                self.run.stopped_by(kind, stop).await;
             }
             Err(PassError::Google(e)) => self.run.google_failure(kind, e).await,
             Err(PassError::Store(StoreError::LeaseLost { .. })) => {
