@@ -46,10 +46,7 @@ impl Cli {
     }
 
     async fn run(&self, args: &[&str]) -> Output {
-        let mut all = vec![
-            "--config".to_owned(),
-            self.config.display().to_string(),
-        ];
+        let mut all = vec!["--config".to_owned(), self.config.display().to_string()];
         all.extend(args.iter().map(|a| (*a).to_owned()));
         tokio::task::spawn_blocking(move || {
             std::process::Command::new(env!("CARGO_BIN_EXE_gmail-ingest"))
@@ -81,7 +78,11 @@ impl Cli {
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-        assert_eq!(lines.len(), 1, "{args:?}: expected one error line: {stderr}");
+        assert_eq!(
+            lines.len(),
+            1,
+            "{args:?}: expected one error line: {stderr}"
+        );
         lines[0].to_owned()
     }
 }
@@ -103,7 +104,12 @@ async fn snapshot(w: &World, m: &MailboxAddress) -> Snapshot {
 }
 
 async fn sub(w: &World, m: &MailboxAddress) -> Subscription {
-    w.ctx.store.get_subscription(m).await.unwrap().expect("subscribed")
+    w.ctx
+        .store
+        .get_subscription(m)
+        .await
+        .unwrap()
+        .expect("subscribed")
 }
 
 async fn last_event(w: &World, m: &MailboxAddress) -> gmail_ingest::store::SubscriptionEvent {
@@ -143,7 +149,10 @@ async fn post_link(link: &str) -> (StatusCode, String) {
         .post(format!(
             "{}://{}{}",
             url.scheme(),
-            url.host_str().zip(url.port()).map(|(h, p)| format!("{h}:{p}")).unwrap(),
+            url.host_str()
+                .zip(url.port())
+                .map(|(h, p)| format!("{h}:{p}"))
+                .unwrap(),
             url.path()
         ))
         .form(&pairs)
@@ -218,15 +227,27 @@ async fn relabel_and_set_auth_go_back_to_four_eyes(backend: Backend) {
     let (m, gone) = (shared[0].clone(), shared[1].clone());
     let ms = m.as_str();
     cli.ok(&["subscriptions", "add", ms, "--by", "ops-a"]).await;
-    cli.ok(&["subscriptions", "approve", ms, "--by", "ops-b"]).await;
+    cli.ok(&["subscriptions", "approve", ms, "--by", "ops-b"])
+        .await;
 
     let out = cli
-        .ok(&["subscriptions", "relabel", ms, "--labels", "INBOX, STARRED", "--by", "ops-c"])
+        .ok(&[
+            "subscriptions",
+            "relabel",
+            ms,
+            "--labels",
+            "INBOX, STARRED",
+            "--by",
+            "ops-c",
+        ])
         .await;
     assert!(out.contains("pending"), "{out}");
     let s = sub(&w, &m).await;
     assert_eq!(s.status, SubscriptionStatus::Pending);
-    assert_eq!(s.label_filter, vec!["INBOX".to_owned(), "STARRED".to_owned()]);
+    assert_eq!(
+        s.label_filter,
+        vec!["INBOX".to_owned(), "STARRED".to_owned()]
+    );
     assert_eq!(s.requested_by.as_str(), "ops-c");
     assert_eq!(s.auth_mode, AuthMode::Delegated);
     let e = last_event(&w, &m).await;
@@ -237,25 +258,41 @@ async fn relabel_and_set_auth_go_back_to_four_eyes(backend: Backend) {
     assert!(reason.contains("all mail → INBOX,STARRED"), "{reason}");
 
     // Four-eyes compares with who asked for the change.
-    let line = cli.refused(&["subscriptions", "approve", ms, "--by", "ops-c"]).await;
+    let line = cli
+        .refused(&["subscriptions", "approve", ms, "--by", "ops-c"])
+        .await;
     assert!(line.contains("four-eyes"), "{line}");
     assert_eq!(sub(&w, &m).await.status, SubscriptionStatus::Pending);
-    let out = cli.ok(&["subscriptions", "approve", ms, "--by", "ops-a"]).await;
+    let out = cli
+        .ok(&["subscriptions", "approve", ms, "--by", "ops-a"])
+        .await;
     assert!(out.contains("active"), "{out}");
 
     // From paused, back to the whole mailbox.
-    cli.ok(&["subscriptions", "pause", ms, "--by", "ops-a"]).await;
-    cli.ok(&["subscriptions", "relabel", ms, "--all-mail", "--by", "ops-a"]).await;
+    cli.ok(&["subscriptions", "pause", ms, "--by", "ops-a"])
+        .await;
+    cli.ok(&[
+        "subscriptions",
+        "relabel",
+        ms,
+        "--all-mail",
+        "--by",
+        "ops-a",
+    ])
+    .await;
     let s = sub(&w, &m).await;
     assert_eq!(s.status, SubscriptionStatus::Pending);
     assert!(s.label_filter.is_empty());
     let e = last_event(&w, &m).await;
     assert_eq!(e.old_status, Some(SubscriptionStatus::Paused));
     assert!(
-        e.reason.unwrap_or_default().contains("INBOX,STARRED → all mail"),
+        e.reason
+            .unwrap_or_default()
+            .contains("INBOX,STARRED → all mail"),
         "the reason names old and new"
     );
-    cli.ok(&["subscriptions", "approve", ms, "--by", "ops-b"]).await;
+    cli.ok(&["subscriptions", "approve", ms, "--by", "ops-b"])
+        .await;
 
     // From suspended (as the daemon's gate leaves it).
     let policy = w.settings.policy().unwrap();
@@ -268,40 +305,94 @@ async fn relabel_and_set_auth_go_back_to_four_eyes(backend: Backend) {
         )
         .await
         .unwrap();
-    cli.ok(&["subscriptions", "relabel", ms, "--labels", "INBOX", "--by", "ops-a"])
-        .await;
+    cli.ok(&[
+        "subscriptions",
+        "relabel",
+        ms,
+        "--labels",
+        "INBOX",
+        "--by",
+        "ops-a",
+    ])
+    .await;
     assert_eq!(sub(&w, &m).await.status, SubscriptionStatus::Pending);
-    assert_eq!(last_event(&w, &m).await.old_status, Some(SubscriptionStatus::Suspended));
+    assert_eq!(
+        last_event(&w, &m).await.old_status,
+        Some(SubscriptionStatus::Suspended)
+    );
 
     // A removed subscription.
-    cli.ok(&["subscriptions", "add", gone.as_str(), "--by", "ops-a"]).await;
-    cli.ok(&["subscriptions", "remove", gone.as_str(), "--by", "ops-a"]).await;
+    cli.ok(&["subscriptions", "add", gone.as_str(), "--by", "ops-a"])
+        .await;
+    cli.ok(&["subscriptions", "remove", gone.as_str(), "--by", "ops-a"])
+        .await;
 
     // Bad input: one line naming the cause, exit 2, nothing changed.
     let before = snapshot(&w, &m).await;
     let before_gone = snapshot(&w, &gone).await;
     for (args, cause) in [
-        (vec!["relabel", ms, "--by", "ops-d"], "--labels or --all-mail"),
         (
-            vec!["relabel", ms, "--labels", "INBOX", "--all-mail", "--by", "ops-d"],
+            vec!["relabel", ms, "--by", "ops-d"],
             "--labels or --all-mail",
         ),
-        (vec!["relabel", ms, "--labels", "IN\u{7}BOX", "--by", "ops-d"], "invalid label"),
-        (vec!["relabel", ms, "--labels", " , ", "--by", "ops-d"], "--labels or --all-mail"),
-        (vec!["relabel", ms, "--labels", "INBOX", "--by", "ops-d"], "already"),
         (
-            vec!["relabel", "nobody@example.com", "--all-mail", "--by", "ops-d"],
+            vec![
+                "relabel",
+                ms,
+                "--labels",
+                "INBOX",
+                "--all-mail",
+                "--by",
+                "ops-d",
+            ],
+            "--labels or --all-mail",
+        ),
+        (
+            vec!["relabel", ms, "--labels", "IN\u{7}BOX", "--by", "ops-d"],
+            "invalid label",
+        ),
+        (
+            vec!["relabel", ms, "--labels", " , ", "--by", "ops-d"],
+            "--labels or --all-mail",
+        ),
+        (
+            vec!["relabel", ms, "--labels", "INBOX", "--by", "ops-d"],
+            "already",
+        ),
+        (
+            vec![
+                "relabel",
+                "nobody@example.com",
+                "--all-mail",
+                "--by",
+                "ops-d",
+            ],
             "no subscription for nobody@example.com",
         ),
-        (vec!["relabel", gone.as_str(), "--all-mail", "--by", "ops-d"], "removed"),
-        (vec!["relabel", "not an address", "--all-mail", "--by", "ops-d"], "invalid email"),
-        (vec!["set-auth", ms, "delegated", "--by", "ops-d"], "already"),
-        (vec!["set-auth", ms, "oauth", "--by", "ops-d"], "no OAuth consent"),
+        (
+            vec!["relabel", gone.as_str(), "--all-mail", "--by", "ops-d"],
+            "removed",
+        ),
+        (
+            vec!["relabel", "not an address", "--all-mail", "--by", "ops-d"],
+            "invalid email",
+        ),
+        (
+            vec!["set-auth", ms, "delegated", "--by", "ops-d"],
+            "already",
+        ),
+        (
+            vec!["set-auth", ms, "oauth", "--by", "ops-d"],
+            "no OAuth consent",
+        ),
         (
             vec!["set-auth", "nobody@example.com", "oauth", "--by", "ops-d"],
             "no subscription for nobody@example.com",
         ),
-        (vec!["set-auth", gone.as_str(), "oauth", "--by", "ops-d"], "removed"),
+        (
+            vec!["set-auth", gone.as_str(), "oauth", "--by", "ops-d"],
+            "removed",
+        ),
         (
             vec!["forget-consent", ms, "--by", "ops-d"],
             "oauth.enabled is false",
@@ -331,7 +422,8 @@ async fn a_consent_never_switches_a_delegated_subscription(backend: Backend) {
     let m = w.shared_mailboxes().await[0].clone();
     let ms = m.as_str();
     cli.ok(&["subscriptions", "add", ms, "--by", "ops-a"]).await;
-    cli.ok(&["subscriptions", "approve", ms, "--by", "ops-b"]).await;
+    cli.ok(&["subscriptions", "approve", ms, "--by", "ops-b"])
+        .await;
     let d = Daemon::start(&w).await;
     eventually("the delegated mailbox converges", || async {
         !w.truth(&m).await.is_empty() && w.db(&m).await == w.truth(&m).await
@@ -346,9 +438,16 @@ async fn a_consent_never_switches_a_delegated_subscription(backend: Backend) {
         c.body
     );
     let s = sub(&w, &m).await;
-    assert_eq!(s.auth_mode, AuthMode::Delegated, "a consent never switches the mode");
+    assert_eq!(
+        s.auth_mode,
+        AuthMode::Delegated,
+        "a consent never switches the mode"
+    );
     assert_eq!(s.status, SubscriptionStatus::Active);
-    assert!(w.ctx.store.oauth_token(&m).await.unwrap().is_some(), "the consent is kept");
+    assert!(
+        w.ctx.store.oauth_token(&m).await.unwrap().is_some(),
+        "the consent is kept"
+    );
     let e = last_event(&w, &m).await;
     assert_eq!(e.action, "consent");
     assert!(e.reason.unwrap_or_default().contains("not used"));
@@ -357,19 +456,30 @@ async fn a_consent_never_switches_a_delegated_subscription(backend: Backend) {
     let link = disconnect_link(&c.body);
     let (_, page) = get_link(&link).await;
     assert!(page.contains("delegation"), "{page}");
-    assert!(!page.contains("<form"), "no button that would do nothing: {page}");
+    assert!(
+        !page.contains("<form"),
+        "no button that would do nothing: {page}"
+    );
     let (status, page) = post_link(&link).await;
     assert_ne!(status, StatusCode::OK, "{page}");
-    assert!(page.contains("delegation") && page.contains("nothing"), "{page}");
+    assert!(
+        page.contains("delegation") && page.contains("nothing"),
+        "{page}"
+    );
     assert_eq!(sub(&w, &m).await.status, SubscriptionStatus::Active);
     assert!(w.ctx.store.oauth_token(&m).await.unwrap().is_some());
     assert_eq!(revocations(&w).await, 0);
 
     // The operator switches it: pending, four-eyes, audited.
-    let out = cli.ok(&["subscriptions", "set-auth", ms, "oauth", "--by", "ops-a"]).await;
+    let out = cli
+        .ok(&["subscriptions", "set-auth", ms, "oauth", "--by", "ops-a"])
+        .await;
     assert!(out.contains("pending"), "{out}");
     let s = sub(&w, &m).await;
-    assert_eq!((s.status, s.auth_mode), (SubscriptionStatus::Pending, AuthMode::OAuth));
+    assert_eq!(
+        (s.status, s.auth_mode),
+        (SubscriptionStatus::Pending, AuthMode::OAuth)
+    );
     assert_eq!(s.requested_by.as_str(), "ops-a");
     let e = last_event(&w, &m).await;
     assert_eq!((e.action.as_str(), e.actor.as_str()), ("set-auth", "ops-a"));
@@ -377,9 +487,12 @@ async fn a_consent_never_switches_a_delegated_subscription(backend: Backend) {
         e.reason.unwrap_or_default().contains("delegated → oauth"),
         "the reason names old and new"
     );
-    let line = cli.refused(&["subscriptions", "approve", ms, "--by", "ops-a"]).await;
+    let line = cli
+        .refused(&["subscriptions", "approve", ms, "--by", "ops-a"])
+        .await;
     assert!(line.contains("four-eyes"), "{line}");
-    cli.ok(&["subscriptions", "approve", ms, "--by", "ops-b"]).await;
+    cli.ok(&["subscriptions", "approve", ms, "--by", "ops-b"])
+        .await;
 
     // Read with the owner's consent now: delegation withdrawn, mail still arrives.
     let client_id = w.ctx.google.account().unwrap().client_id().to_owned();
@@ -396,13 +509,35 @@ async fn a_consent_never_switches_a_delegated_subscription(backend: Backend) {
     .await;
 
     // Back to delegation: the approval asks the org-unit gate again.
-    cli.ok(&["subscriptions", "set-auth", ms, "delegated", "--by", "ops-c"]).await;
+    w.control(
+        reqwest::Method::PUT,
+        "delegation",
+        Some(json!({"client_id": client_id, "scopes": [
+            "https://www.googleapis.com/auth/gmail.readonly",
+            "https://www.googleapis.com/auth/admin.directory.user.readonly",
+        ]})),
+    )
+    .await;
+    cli.ok(&[
+        "subscriptions",
+        "set-auth",
+        ms,
+        "delegated",
+        "--by",
+        "ops-c",
+    ])
+    .await;
     w.patch_user(&m, json!({"org_unit": "/Staff"})).await;
     let before = snapshot(&w, &m).await;
-    let line = cli.refused(&["subscriptions", "approve", ms, "--by", "ops-b"]).await;
+    let line = cli
+        .refused(&["subscriptions", "approve", ms, "--by", "ops-b"])
+        .await;
     assert!(line.contains("cannot approve"), "{line}");
     let after = snapshot(&w, &m).await;
-    assert_eq!(after.subscription.as_ref().map(|s| s.status), Some(SubscriptionStatus::Pending));
+    assert_eq!(
+        after.subscription.as_ref().map(|s| s.status),
+        Some(SubscriptionStatus::Pending)
+    );
     assert_eq!(after.events, before.events);
     d.stop().await;
 }
@@ -434,7 +569,11 @@ async fn disconnect_links_act_only_on_their_own_consent(backend: Backend) {
     let (status, page) = post_link(&old).await;
     assert_ne!(status, StatusCode::OK, "{page}");
     assert!(page.contains("replaced"), "{page}");
-    assert_eq!(w.ctx.store.oauth_token(&m).await.unwrap(), stored, "nothing changed");
+    assert_eq!(
+        w.ctx.store.oauth_token(&m).await.unwrap(),
+        stored,
+        "nothing changed"
+    );
     assert_eq!(sub(&w, &m).await.status, SubscriptionStatus::Active);
     assert_eq!(revocations(&w).await, 0);
 
@@ -471,17 +610,31 @@ async fn a_refused_consent_revokes_nothing(backend: Backend) {
     let stored = w.ctx.store.oauth_token(&o).await.unwrap();
 
     // A link meant for someone else.
-    oauth_control(&w, reqwest::Method::PUT, Some(json!({"consent_user": o.as_str()}))).await;
+    oauth_control(
+        &w,
+        reqwest::Method::PUT,
+        Some(json!({"consent_user": o.as_str()})),
+    )
+    .await;
     let c = consent_with(&d.consent, p.as_str(), |u| u, Browser::Same).await;
     assert_eq!(c.status, StatusCode::FORBIDDEN);
     assert!(c.body.contains(&format!("signed in as {o}")), "{}", c.body);
-    oauth_control(&w, reqwest::Method::PUT, Some(json!({"consent_user": null}))).await;
+    oauth_control(
+        &w,
+        reqwest::Method::PUT,
+        Some(json!({"consent_user": null})),
+    )
+    .await;
     // The Gmail permission unticked.
     let (status, page) = consent_without_gmail(&d.consent, &o).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(page.contains("Gmail permission was not granted"), "{page}");
 
-    assert_eq!(revocations(&w).await, 0, "a refused consent calls no revocation");
+    assert_eq!(
+        revocations(&w).await,
+        0,
+        "a refused consent calls no revocation"
+    );
     assert!(active_grants(&w, &o).await >= 1);
     assert_eq!(w.ctx.store.oauth_token(&o).await.unwrap(), stored);
     assert!(w.ctx.store.get_subscription(&p).await.unwrap().is_none());
@@ -496,7 +649,8 @@ async fn a_refused_consent_revokes_nothing(backend: Backend) {
     let c = consent(&d.consent, &o).await;
     assert_eq!(c.status, StatusCode::FORBIDDEN);
     assert!(c.body.contains("Workspace"), "{}", c.body);
-    w.patch_user(&o, json!({"hosted_domain": "elsewhere.example"})).await;
+    w.patch_user(&o, json!({"hosted_domain": "elsewhere.example"}))
+        .await;
     let c = consent(&d.consent, &o).await;
     assert_eq!(c.status, StatusCode::FORBIDDEN);
     assert!(c.body.contains("elsewhere.example"), "{}", c.body);
@@ -526,7 +680,10 @@ async fn another_account_with_the_same_address_needs_an_operator(backend: Backen
     })
     .await;
     let stored = w.ctx.store.oauth_token(&o).await.unwrap().unwrap();
-    let old_subject = stored.google_subject.clone().expect("the account ID is kept");
+    let old_subject = stored
+        .google_subject
+        .clone()
+        .expect("the account ID is kept");
 
     let new_subject = "100000000000000000042";
     assert_ne!(old_subject, new_subject);
@@ -534,22 +691,55 @@ async fn another_account_with_the_same_address_needs_an_operator(backend: Backen
     let c = consent(&d.consent, &o).await;
     assert_eq!(c.status, StatusCode::FORBIDDEN);
     assert!(c.body.contains("different Google account"), "{}", c.body);
-    assert_eq!(w.ctx.store.oauth_token(&o).await.unwrap(), Some(stored.clone()));
+    assert_eq!(
+        w.ctx.store.oauth_token(&o).await.unwrap(),
+        Some(stored.clone())
+    );
     assert_eq!(revocations(&w).await, 0);
 
     // The operator allows it.
     let line = cli
-        .refused(&["subscriptions", "forget-consent", "nobody@example.com", "--by", "ops-c"])
+        .refused(&[
+            "subscriptions",
+            "forget-consent",
+            "nobody@example.com",
+            "--by",
+            "ops-c",
+        ])
         .await;
-    assert!(line.contains("no subscription for nobody@example.com"), "{line}");
-    let out = cli.ok(&["subscriptions", "forget-consent", o.as_str(), "--by", "ops-c"]).await;
+    assert!(
+        line.contains("no subscription for nobody@example.com"),
+        "{line}"
+    );
+    let out = cli
+        .ok(&[
+            "subscriptions",
+            "forget-consent",
+            o.as_str(),
+            "--by",
+            "ops-c",
+        ])
+        .await;
     assert!(out.contains(o.as_str()), "{out}");
     assert!(w.ctx.store.oauth_token(&o).await.unwrap().is_none());
     let e = last_event(&w, &o).await;
-    assert_eq!((e.action.as_str(), e.actor.as_str()), ("forget-consent", "ops-c"));
-    assert_eq!(revocations(&w).await, 1, "the stored consent is revoked at Google");
+    assert_eq!(
+        (e.action.as_str(), e.actor.as_str()),
+        ("forget-consent", "ops-c")
+    );
+    assert_eq!(
+        revocations(&w).await,
+        1,
+        "the stored consent is revoked at Google"
+    );
     let line = cli
-        .refused(&["subscriptions", "forget-consent", o.as_str(), "--by", "ops-c"])
+        .refused(&[
+            "subscriptions",
+            "forget-consent",
+            o.as_str(),
+            "--by",
+            "ops-c",
+        ])
         .await;
     assert!(line.contains("no OAuth consent stored"), "{line}");
 
@@ -557,7 +747,9 @@ async fn another_account_with_the_same_address_needs_an_operator(backend: Backen
     assert_eq!(c.status, StatusCode::OK, "{}", c.body);
     let now = w.ctx.store.oauth_token(&o).await.unwrap().unwrap();
     assert_eq!(now.google_subject.as_deref(), Some(new_subject));
-    let id = w.insert_message(&o, "the new account's consent", &["INBOX"]).await;
+    let id = w
+        .insert_message(&o, "the new account's consent", &["INBOX"])
+        .await;
     eventually("ingestion goes on with the new consent", || async {
         w.db(&o).await.iter().any(|(g, _, _)| *g == id)
     })

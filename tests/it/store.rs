@@ -65,6 +65,7 @@ conformance_tests!(
     failures_are_counted_and_reset,
     old_runs_and_quota_windows_are_pruned,
     migrations_are_applied_once,
+    governance_changes_compare_and_set,
 );
 
 // -- connection errors ------------------------------------------------------
