@@ -145,8 +145,37 @@ pub enum SubscriptionsCommand {
         purge: bool,
     },
     /// Print the consent link to send an OAuth mailbox's owner, and the
-    /// signed link with which they can disconnect later.
+    /// signed link with which they can withdraw the consent stored now.
     AuthorizeLink { email: String },
+    /// Change which labels are ingested: back to pending, for another
+    /// operator's approval (four-eyes).
+    Relabel {
+        email: String,
+        /// Keep only messages carrying one of these labels (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        labels: Option<Vec<String>>,
+        /// Ingest the whole mailbox again (no label filter).
+        #[arg(long)]
+        all_mail: bool,
+        #[arg(long, value_name = "OPERATOR")]
+        by: String,
+    },
+    /// Switch how the mailbox is authorized: back to pending, for another
+    /// operator's approval (four-eyes). `oauth` needs its owner's stored consent.
+    SetAuth {
+        email: String,
+        #[arg(value_enum)]
+        mode: AuthModeArg,
+        #[arg(long, value_name = "OPERATOR")]
+        by: String,
+    },
+    /// Revoke at Google and delete the consent stored for a mailbox, so that
+    /// a consent of another Google account with its address may replace it.
+    ForgetConsent {
+        email: String,
+        #[arg(long, value_name = "OPERATOR")]
+        by: String,
+    },
     /// List subscriptions.
     List(FormatArg),
     /// What needs an operator's eyes; --mark-reviewed records a review.
@@ -312,6 +341,33 @@ fn oauth_service(
         .ok_or_else(|| usage("oauth.enabled is false: per-mailbox consent is not configured"))
 }
 
+/// `relabel`'s flags: exactly one of `--labels` (naming at least one label)
+/// and `--all-mail`.
+fn label_change(
+    labels: Option<&[String]>,
+    all_mail: bool,
+) -> anyhow::Result<crate::subscriptions::Change> {
+    let named = labels.filter(|l| l.iter().any(|x| !x.trim().is_empty()));
+    match (named, all_mail, labels.is_some()) {
+        (Some(l), false, _) => Ok(crate::subscriptions::Change::Labels(Some(l.to_vec()))),
+        (None, true, false) => Ok(crate::subscriptions::Change::Labels(None)),
+        _ => Err(usage(
+            "relabel needs exactly one of --labels or --all-mail (with --labels naming at least one label)",
+        )),
+    }
+}
+
+/// Refusals of `disconnect` and `forget-consent` that are bad input (exit 2).
+fn disconnect_error(e: crate::oauth::DisconnectError) -> anyhow::Error {
+    use crate::oauth::DisconnectError as D;
+    match e {
+        D::NotFound(_) | D::NotOAuth(_) | D::NoConsent(_) | D::Superseded(_) => {
+            usage(e.to_string())
+        }
+        other => anyhow::Error::new(other),
+    }
+}
+
 async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow::Result<u8> {
     let policy = settings.policy()?;
     // Parse before touching the database: bad input changes nothing.
@@ -321,9 +377,21 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
         | SubscriptionsCommand::Pause { email, by }
         | SubscriptionsCommand::Resume { email, by }
         | SubscriptionsCommand::Remove { email, by, .. }
-        | SubscriptionsCommand::Disconnect { email, by, .. } => {
+        | SubscriptionsCommand::Disconnect { email, by, .. }
+        | SubscriptionsCommand::SetAuth { email, by, .. }
+        | SubscriptionsCommand::ForgetConsent { email, by } => {
             mailbox(email)?;
             operator(by)?;
+        }
+        SubscriptionsCommand::Relabel {
+            email,
+            by,
+            labels,
+            all_mail,
+        } => {
+            mailbox(email)?;
+            operator(by)?;
+            label_change(labels.as_deref(), *all_mail)?;
         }
         SubscriptionsCommand::AuthorizeLink { email } => {
             mailbox(email)?;
@@ -362,13 +430,9 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
             let by = operator(&by)?;
             let oauth = oauth_service(&settings, &store, &policy)?;
             let done = oauth
-                .disconnect(&m, &by, false, purge)
+                .disconnect(&m, &by, None, purge)
                 .await
-                .map_err(|e| match e {
-                    crate::oauth::DisconnectError::NotFound(_)
-                    | crate::oauth::DisconnectError::NotOAuth(_) => usage(e.to_string()),
-                    other => anyhow::Error::new(other),
-                })?;
+                .map_err(disconnect_error)?;
             let revoked = if done.revoked {
                 "consent revoked at Google and the token deleted"
             } else {
@@ -389,7 +453,58 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
             let m = mailbox(&email)?;
             let oauth = oauth_service(&settings, &store, &policy)?;
             output::line(format!("authorize:  {}", oauth.authorize_link(&m)));
-            output::line(format!("disconnect: {}", oauth.disconnect_link(&m)));
+            match oauth.current_disconnect_link(&m).await? {
+                Some(link) => output::line(format!("disconnect: {link}")),
+                None => output::line(
+                    "disconnect: none yet (no consent stored; the owner gets the link after consenting)",
+                ),
+            }
+        }
+        SubscriptionsCommand::Relabel {
+            email,
+            labels,
+            all_mail,
+            by,
+        } => {
+            let change = label_change(labels.as_deref(), all_mail)?;
+            let s = subs
+                .request_change(&mailbox(&email)?, operator(&by)?, change)
+                .await?;
+            let labels = if s.label_filter.is_empty() {
+                "all mail".to_owned()
+            } else {
+                format!("labels {}", s.label_filter.join(","))
+            };
+            output::line(format!(
+                "{} is {} ({labels} requested by {}; another operator must approve it)",
+                s.mailbox, s.status, s.requested_by
+            ));
+        }
+        SubscriptionsCommand::SetAuth { email, mode, by } => {
+            let s = subs
+                .request_change(
+                    &mailbox(&email)?,
+                    operator(&by)?,
+                    crate::subscriptions::Change::AuthMode(mode.into()),
+                )
+                .await?;
+            output::line(format!(
+                "{} is {} (auth mode {} requested by {}; another operator must approve it)",
+                s.mailbox, s.status, s.auth_mode, s.requested_by
+            ));
+        }
+        SubscriptionsCommand::ForgetConsent { email, by } => {
+            let m = mailbox(&email)?;
+            let by = operator(&by)?;
+            let oauth = oauth_service(&settings, &store, &policy)?;
+            let s = oauth
+                .forget_consent(&m, &by)
+                .await
+                .map_err(disconnect_error)?;
+            output::line(format!(
+                "{}: the stored consent was revoked at Google and deleted; the subscription is {} (auth mode {})",
+                s.mailbox, s.status, s.auth_mode
+            ));
         }
         SubscriptionsCommand::Approve { email, by } => {
             let m = mailbox(&email)?;

@@ -428,6 +428,9 @@ pub enum SubscriptionAction {
     Suspend,
     /// The daemon found the condition behind a suspension cleared.
     Reinstate,
+    /// A governance change (`relabel`, `set-auth`): back to pending, for
+    /// four-eyes approval, from any state but removed.
+    RequestChange,
 }
 
 impl SubscriptionAction {
@@ -439,6 +442,7 @@ impl SubscriptionAction {
             Self::Remove => "remove",
             Self::Suspend => "suspend",
             Self::Reinstate => "reinstate",
+            Self::RequestChange => "change",
         }
     }
 }
@@ -457,6 +461,7 @@ impl SubscriptionStatus {
             (S::Suspended, A::Reinstate) => Some(S::Active),
             (S::Removed, _) => None,
             (_, A::Remove) => Some(S::Removed),
+            (_, A::RequestChange) => Some(S::Pending),
             _ => None,
         }
     }
@@ -698,6 +703,10 @@ mod tests {
         assert_eq!(S::Paused.apply(A::Reinstate), None);
         assert_eq!(S::Removed.apply(A::Remove), None);
         assert_eq!(S::Pending.apply(A::Remove), Some(S::Removed));
+        for from in [S::Active, S::Paused, S::Suspended, S::Pending] {
+            assert_eq!(from.apply(A::RequestChange), Some(S::Pending));
+        }
+        assert_eq!(S::Removed.apply(A::RequestChange), None);
     }
 
     #[test]

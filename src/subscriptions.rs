@@ -15,7 +15,8 @@ use crate::domain::{
 };
 use crate::google::gmail::LabelInfo;
 use crate::store::{
-    NewSubscription, PurgeCounts, Store, StoreError, Subscription, SubscriptionUpdate,
+    NewSubscription, PurgeCounts, Store, StoreError, Subscription, SubscriptionChange,
+    SubscriptionUpdate,
 };
 
 /// Why an operator request was refused (nothing was changed).
@@ -65,6 +66,17 @@ pub enum SubscriptionError {
     BadLabel(String),
     #[error("note too long or has control characters (at most 2000 characters)")]
     BadNote,
+    #[error("{mailbox} already {what}: nothing to change")]
+    Unchanged {
+        mailbox: MailboxAddress,
+        what: String,
+    },
+    #[error(
+        "no OAuth consent stored for {0}: its owner must authorize first (send them the link from `subscriptions authorize-link {0}`)"
+    )]
+    NoConsent(MailboxAddress),
+    #[error("{0} was changed by someone else meanwhile; nothing was changed: look at it again")]
+    Concurrent(MailboxAddress),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -86,6 +98,25 @@ pub enum OrgUnitVerdict {
     Unverified(String),
     /// An OAuth mailbox: its owner's consent authorizes it, no org-unit gate applies.
     NotApplicable,
+}
+
+/// A governance change an operator requests; it goes back to `pending` and
+/// needs a second operator's approval (four-eyes) like a new subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// `subscriptions relabel`: the label names or IDs to keep (`None`: the
+    /// whole mailbox).
+    Labels(Option<Vec<String>>),
+    /// `subscriptions set-auth`.
+    AuthMode(AuthMode),
+}
+
+fn describe_labels(labels: &[String]) -> String {
+    if labels.is_empty() {
+        "all mail".to_owned()
+    } else {
+        labels.join(",")
+    }
 }
 
 pub struct Subscriptions<'a> {
@@ -317,6 +348,98 @@ impl<'a> Subscriptions<'a> {
             label_scope: None,
         };
         self.apply_update(update).await
+    }
+
+    /// `relabel` / `set-auth`: a governance change, allowed from active,
+    /// paused, suspended and pending (never removed). The subscription goes
+    /// back to `pending` with `by` as its requester, so the approval that
+    /// follows is four-eyes against whoever asked for the change; audited with
+    /// old → new. Switching to `oauth` needs a stored consent; a change to
+    /// what it already is is refused. Compare-and-set: a change written by
+    /// someone else since this one read the row refuses it.
+    pub async fn request_change(
+        &self,
+        mailbox: &MailboxAddress,
+        by: Operator,
+        change: Change,
+    ) -> Result<Subscription, SubscriptionError> {
+        let action = match change {
+            Change::Labels(_) => "relabel",
+            Change::AuthMode(_) => "set-auth",
+        };
+        let sub = match self.store.get_subscription(mailbox).await? {
+            Some(s) => s,
+            None => return Err(SubscriptionError::NotFound(mailbox.clone())),
+        };
+        sub.status.apply(SubscriptionAction::RequestChange).ok_or(
+            SubscriptionError::IllegalTransition {
+                mailbox: mailbox.clone(),
+                from: sub.status,
+                action,
+            },
+        )?;
+        let (label_filter, auth_mode, reason) = match change {
+            Change::Labels(labels) => {
+                let new = match labels {
+                    Some(l) => parse_labels(&l)?,
+                    None => Vec::new(),
+                };
+                if new == sub.label_filter {
+                    return Err(SubscriptionError::Unchanged {
+                        mailbox: mailbox.clone(),
+                        what: if new.is_empty() {
+                            "reads all mail".to_owned()
+                        } else {
+                            format!("has the labels {}", describe_labels(&new))
+                        },
+                    });
+                }
+                let reason = format!(
+                    "labels: {} → {}",
+                    describe_labels(&sub.label_filter),
+                    describe_labels(&new)
+                );
+                (new, sub.auth_mode, reason)
+            }
+            Change::AuthMode(mode) => {
+                if mode == sub.auth_mode {
+                    return Err(SubscriptionError::Unchanged {
+                        mailbox: mailbox.clone(),
+                        what: format!("uses auth mode {mode}"),
+                    });
+                }
+                if mode == AuthMode::OAuth && self.store.oauth_token(mailbox).await?.is_none() {
+                    return Err(SubscriptionError::NoConsent(mailbox.clone()));
+                }
+                let reason = format!("auth mode: {} → {mode}", sub.auth_mode);
+                (sub.label_filter.clone(), mode, reason)
+            }
+        };
+        let require_consent = auth_mode == AuthMode::OAuth && sub.auth_mode != AuthMode::OAuth;
+        let request = SubscriptionChange {
+            mailbox: mailbox.clone(),
+            expected_status: sub.status,
+            expected_label_filter: sub.label_filter.clone(),
+            expected_auth_mode: sub.auth_mode,
+            label_filter,
+            auth_mode,
+            require_consent,
+            actor: by,
+            action: action.to_owned(),
+            reason,
+        };
+        match self.store.request_subscription_change(&request).await {
+            Ok(s) => Ok(s),
+            Err(StoreError::Conflict(_)) => {
+                if require_consent && self.store.oauth_token(mailbox).await?.is_none() {
+                    Err(SubscriptionError::NoConsent(mailbox.clone()))
+                } else {
+                    Err(SubscriptionError::Concurrent(mailbox.clone()))
+                }
+            }
+            Err(StoreError::NotFound(_)) => Err(SubscriptionError::NotFound(mailbox.clone())),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Removes a subscription; with `purge`, deletes its ingested rows too.

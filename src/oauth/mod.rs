@@ -6,8 +6,16 @@
 //! `/oauth/callback`; the refresh token is sealed with the key from
 //! `oauth.token_encryption_key_file` and stored in `oauth_tokens`. The
 //! subscription (created pending if there was none) still needs an
-//! operator's approval: consent alone never starts ingestion. The sync
-//! engine then asks [`tokens::OAuthTokens`] instead of the DWD token source.
+//! operator's approval: consent alone never starts ingestion, and it never
+//! switches a subscription's mode (a consent for a delegated mailbox is kept,
+//! not used, until an operator's `subscriptions set-auth`). The sync engine
+//! then asks [`tokens::OAuthTokens`] instead of the DWD token source.
+//!
+//! A refused consent revokes nothing (revoking any token of a user ends
+//! their whole authorization of the client, a working consent included);
+//! another Google account with the same address (a different `sub`)
+//! replaces no stored consent until an operator forgets it; a disconnect
+//! link is signed over the consent it was issued for and acts on no other.
 //!
 //! - [`keys`]: sealing and signing with the at-rest key (rotation-aware).
 //! - [`accounts`]: Google's authorization, token, revocation and userinfo calls.
@@ -36,7 +44,10 @@ use crate::config::{Policy, Settings};
 use crate::domain::{AuthMode, MailboxAddress, Operator};
 use crate::events;
 use crate::google::error::{ErrorClass, GoogleError};
-use crate::store::{OAuthConsent, PurgeCounts, Store, StoreError, Subscription};
+use crate::store::{
+    ConsentRemoval, ConsentWrite, OAuthConsent, OAuthToken, PurgeCounts, Store, StoreError,
+    Subscription,
+};
 
 /// Scopes asked for besides the Gmail ones: the identity check needs them.
 pub const IDENTITY_SCOPES: &[&str] = &["openid", "email"];
@@ -103,6 +114,19 @@ pub enum ConsentError {
     WrongAccount { expected: String, got: String },
     #[error("Google did not confirm the account's email address")]
     Unverified,
+    #[error("{}", wrong_workspace(expected, got.as_deref()))]
+    WrongWorkspace {
+        /// The mailbox's domain.
+        expected: String,
+        /// The account's Workspace domain (`hd`), `None` for an account of no Workspace.
+        got: Option<String>,
+    },
+    #[error(
+        "{0} is already authorized by a different Google account with this address; \
+         nothing was changed: an operator must remove that authorization first \
+         (`subscriptions forget-consent`)"
+    )]
+    OtherAccount(MailboxAddress),
     #[error("the read-only Gmail permission was not granted; start again and allow it")]
     ScopeMissing,
     #[error("Google returned no refresh token; start again")]
@@ -126,6 +150,8 @@ impl ConsentError {
             Self::Refused(_) => "refused",
             Self::WrongAccount { .. } => "wrong_account",
             Self::Unverified => "unverified",
+            Self::WrongWorkspace { .. } => "wrong_workspace",
+            Self::OtherAccount(_) => "other_account",
             Self::ScopeMissing => "scope_missing",
             Self::NoRefreshToken => "no_refresh_token",
             Self::Google(_) => "google_error",
@@ -143,10 +169,23 @@ impl ConsentError {
             | Self::Refused(_)
             | Self::WrongAccount { .. }
             | Self::Unverified
+            | Self::WrongWorkspace { .. }
+            | Self::OtherAccount(_)
             | Self::ScopeMissing => 403,
             Self::NoRefreshToken | Self::Google(_) => 502,
             Self::Store(_) | Self::Disabled => 503,
         }
+    }
+}
+
+fn wrong_workspace(expected: &str, got: Option<&str>) -> String {
+    match got {
+        Some(got) => format!(
+            "you signed in with an account of the {got} Google Workspace, but this mailbox belongs to {expected}: sign in with your {expected} account"
+        ),
+        None => format!(
+            "you signed in with an account that belongs to no Google Workspace (a personal Google Account with this address?), but this mailbox belongs to the {expected} Workspace: sign in with your {expected} work account"
+        ),
     }
 }
 
@@ -180,11 +219,15 @@ pub enum DisconnectError {
     #[error("no subscription for {0}")]
     NotFound(MailboxAddress),
     #[error(
-        "{0} is authorized by domain-wide delegation, not OAuth consent: use `subscriptions pause`"
+        "{0} is read under domain-wide delegation, not an OAuth consent, so disconnecting changes nothing: use `subscriptions pause`, or `subscriptions forget-consent` to delete a consent kept for it"
     )]
     NotOAuth(MailboxAddress),
-    #[error("this disconnect link is not valid or has expired")]
-    BadLink,
+    #[error("no OAuth consent stored for {0}")]
+    NoConsent(MailboxAddress),
+    #[error(
+        "this link was issued for an earlier authorization of {0}, which has since been replaced or removed: it changes nothing"
+    )]
+    Superseded(MailboxAddress),
     #[error("revoking the token at Google failed ({0}); nothing was changed, try again")]
     Revoke(GoogleError),
     #[error("the stored token cannot be opened ({0}); nothing was changed")]
@@ -209,8 +252,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn disconnect_message(mailbox: &str, expires: i64) -> Vec<u8> {
-    format!("disconnect\0{mailbox}\0{expires}").into_bytes()
+/// What a disconnect link signs: the mailbox, the consent it was issued for
+/// and its expiry (`v2`: links of the first format named no consent).
+fn disconnect_message(mailbox: &str, consent_id: &str, expires: i64) -> Vec<u8> {
+    format!("disconnect/v2\0{mailbox}\0{consent_id}\0{expires}").into_bytes()
 }
 
 impl OAuthService {
@@ -374,18 +419,10 @@ impl OAuthService {
                 }
                 _ => ConsentError::Google(e),
             })?;
-        // From here on we hold a grant: anything that refuses it revokes it,
-        // so no unwanted access is left behind at Google.
-        match self.accept(&expected, &grant).await {
-            Ok(outcome) => Ok(outcome),
-            Err(e) => {
-                let token = grant.refresh_token.as_ref().unwrap_or(&grant.access_token);
-                if let Err(re) = self.client.revoke(token).await {
-                    tracing::warn!(mailbox = %expected, error = %re, "Could not revoke a refused grant.");
-                }
-                Err(e)
-            }
-        }
+        // A refused grant is discarded (dropped here), never revoked: at
+        // Google, revoking any token of a user ends their whole authorization
+        // of this client, so a consent that works today would die with it.
+        self.accept(&expected, &grant).await
     }
 
     async fn accept(
@@ -421,6 +458,19 @@ impl OAuthService {
         if !info.email_verified {
             return Err(ConsentError::Unverified);
         }
+        // The Workspace the account belongs to: a personal Google Account can
+        // carry a work address too, and has no `hd`.
+        let hd = info
+            .hd
+            .as_deref()
+            .map(|d| d.trim().to_ascii_lowercase())
+            .filter(|d| !d.is_empty());
+        if hd.as_deref() != Some(expected.domain()) {
+            return Err(ConsentError::WrongWorkspace {
+                expected: expected.domain().to_owned(),
+                got: hd,
+            });
+        }
         if !self.policy.domain_allowed(&got) {
             return Err(ConsentError::ForeignDomain(got.to_string()));
         }
@@ -434,7 +484,8 @@ impl OAuthService {
             refresh.expose_secret().as_bytes(),
         );
         let actor = owner(expected);
-        let subscription = self
+        let consent_id = self.keys.random_token(16);
+        let written = self
             .store
             .record_oauth_consent(&OAuthConsent {
                 mailbox: expected.clone(),
@@ -442,40 +493,156 @@ impl OAuthService {
                 key_id: self.keys.current_id().to_owned(),
                 scopes: grant.scopes.join(" "),
                 google_subject: Some(info.sub.clone()),
+                consent_id: consent_id.clone(),
                 actor,
             })
             .await?;
+        let subscription = match written {
+            ConsentWrite::Stored(s) => *s,
+            ConsentWrite::OtherAccount { .. } => {
+                return Err(ConsentError::OtherAccount(expected.clone()));
+            }
+        };
         self.tokens.evict(expected.as_str());
         Ok(ConsentOutcome {
             subscription,
-            disconnect_link: self.disconnect_link(expected),
+            disconnect_link: self.disconnect_link(expected, &consent_id),
         })
     }
 
-    /// A signed, expiring link the mailbox owner can use to disconnect.
-    pub fn disconnect_link(&self, mailbox: &MailboxAddress) -> String {
+    /// A signed, expiring link with which the mailbox owner can withdraw the
+    /// consent `consent_id` (and no other).
+    pub fn disconnect_link(&self, mailbox: &MailboxAddress, consent_id: &str) -> String {
         let expires = now_unix() + self.link_ttl.num_seconds();
         let sig = self
             .keys
-            .sign(&disconnect_message(mailbox.as_str(), expires));
+            .sign(&disconnect_message(mailbox.as_str(), consent_id, expires));
         let q = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("mailbox", mailbox.as_str())
+            .append_pair("consent", consent_id)
             .append_pair("token", &format!("{expires}.{sig}"))
             .finish();
         format!("{}/oauth/disconnect?{q}", self.public_base)
     }
 
-    /// Checks a disconnect link's `mailbox` and `token`.
-    pub fn verify_disconnect_link(&self, mailbox: &str, token: &str) -> Option<MailboxAddress> {
+    /// The disconnect link for the consent stored now, if there is one.
+    pub async fn current_disconnect_link(
+        &self,
+        mailbox: &MailboxAddress,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .store
+            .oauth_token(mailbox)
+            .await?
+            .map(|t| self.disconnect_link(mailbox, &t.consent_id)))
+    }
+
+    /// Checks a disconnect link's `mailbox`, `consent` and `token`: the
+    /// mailbox and the consent it was issued for.
+    pub fn verify_disconnect_link(
+        &self,
+        mailbox: &str,
+        consent_id: &str,
+        token: &str,
+    ) -> Option<(MailboxAddress, String)> {
         let mailbox = MailboxAddress::parse(mailbox).ok()?;
+        if consent_id.is_empty() {
+            return None;
+        }
         let (expires, sig) = token.split_once('.')?;
         let expires: i64 = expires.parse().ok()?;
         if expires < now_unix() {
             return None;
         }
         self.keys
-            .verify(&disconnect_message(mailbox.as_str(), expires), sig)
-            .then_some(mailbox)
+            .verify(
+                &disconnect_message(mailbox.as_str(), consent_id, expires),
+                sig,
+            )
+            .then(|| (mailbox, consent_id.to_owned()))
+    }
+
+    /// What a disconnect would act on, or why it would change nothing: the
+    /// subscription must be an OAuth one and, for an owner's link, the
+    /// stored consent the one the link was issued for. Changes nothing.
+    pub async fn check_disconnect(
+        &self,
+        mailbox: &MailboxAddress,
+        link_consent: Option<&str>,
+    ) -> Result<(Subscription, Option<OAuthToken>), DisconnectError> {
+        let sub = self
+            .store
+            .get_subscription(mailbox)
+            .await?
+            .ok_or_else(|| DisconnectError::NotFound(mailbox.clone()))?;
+        if sub.auth_mode != AuthMode::OAuth {
+            return Err(DisconnectError::NotOAuth(mailbox.clone()));
+        }
+        let stored = self.store.oauth_token(mailbox).await?;
+        if let Some(id) = link_consent
+            && stored.as_ref().is_none_or(|t| t.consent_id != id)
+        {
+            return Err(DisconnectError::Superseded(mailbox.clone()));
+        }
+        Ok((sub, stored))
+    }
+
+    /// Revokes a stored consent's refresh token at Google.
+    async fn revoke_stored(&self, t: &OAuthToken) -> Result<(), DisconnectError> {
+        let plain = self
+            .keys
+            .open(
+                Purpose::RefreshToken,
+                t.mailbox.as_str(),
+                &t.refresh_token_ciphertext,
+            )
+            .map_err(|e| DisconnectError::Sealed(e.to_string()))?;
+        let token = SecretString::from(String::from_utf8_lossy(&plain).into_owned());
+        self.client
+            .revoke(&token)
+            .await
+            .map_err(DisconnectError::Revoke)
+    }
+
+    /// `subscriptions forget-consent`: revokes the stored consent at Google
+    /// and deletes it, audited, leaving the subscription's status and mode
+    /// alone; afterwards a consent of another Google account with the same
+    /// address may be stored. If Google cannot be told, nothing changes.
+    pub async fn forget_consent(
+        &self,
+        mailbox: &MailboxAddress,
+        actor: &Operator,
+    ) -> Result<Subscription, DisconnectError> {
+        if self.store.get_subscription(mailbox).await?.is_none() {
+            return Err(DisconnectError::NotFound(mailbox.clone()));
+        }
+        let stored = self
+            .store
+            .oauth_token(mailbox)
+            .await?
+            .ok_or_else(|| DisconnectError::NoConsent(mailbox.clone()))?;
+        self.revoke_stored(&stored).await?;
+        let reason = format!(
+            "stored OAuth consent (Google account {}) revoked at Google and deleted; a new consent may replace it",
+            stored.google_subject.as_deref().unwrap_or("unknown")
+        );
+        let subscription = self
+            .store
+            .remove_oauth_consent(&ConsentRemoval {
+                mailbox: mailbox.clone(),
+                consent_id: Some(stored.consent_id.clone()),
+                actor: actor.clone(),
+                action: "forget-consent".to_owned(),
+                reason,
+                pause: false,
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound(_) => DisconnectError::NoConsent(mailbox.clone()),
+                other => DisconnectError::Store(other),
+            })?;
+        self.tokens.evict(mailbox.as_str());
+        Ok(subscription)
     }
 
     /// Revokes the mailbox's token at Google, deletes it, pauses the
@@ -485,43 +652,37 @@ impl OAuthService {
         &self,
         mailbox: &MailboxAddress,
         actor: &Operator,
-        by_owner: bool,
+        link_consent: Option<&str>,
         purge: bool,
     ) -> Result<DisconnectOutcome, DisconnectError> {
-        let sub = self
-            .store
-            .get_subscription(mailbox)
-            .await?
-            .ok_or_else(|| DisconnectError::NotFound(mailbox.clone()))?;
-        let stored = self.store.oauth_token(mailbox).await?;
-        if sub.auth_mode != AuthMode::OAuth && stored.is_none() {
-            return Err(DisconnectError::NotOAuth(mailbox.clone()));
+        let by_owner = link_consent.is_some();
+        let (_, stored) = self.check_disconnect(mailbox, link_consent).await?;
+        if let Some(t) = &stored {
+            self.revoke_stored(t).await?;
         }
-        let revoked = match &stored {
-            Some(t) => {
-                let plain = self
-                    .keys
-                    .open(
-                        Purpose::RefreshToken,
-                        mailbox.as_str(),
-                        &t.refresh_token_ciphertext,
-                    )
-                    .map_err(|e| DisconnectError::Sealed(e.to_string()))?;
-                let token = SecretString::from(String::from_utf8_lossy(&plain).into_owned());
-                self.client
-                    .revoke(&token)
-                    .await
-                    .map_err(DisconnectError::Revoke)?;
-                true
-            }
-            None => false,
-        };
+        let revoked = stored.is_some();
         let reason = if by_owner {
             "disconnected by the mailbox owner; consent revoked at Google"
         } else {
             "disconnected by an operator; consent revoked at Google"
         };
-        let subscription = self.store.disconnect_oauth(mailbox, actor, reason).await?;
+        let subscription = self
+            .store
+            .remove_oauth_consent(&ConsentRemoval {
+                mailbox: mailbox.clone(),
+                consent_id: stored.as_ref().map(|t| t.consent_id.clone()),
+                actor: actor.clone(),
+                action: "disconnect".to_owned(),
+                reason: reason.to_owned(),
+                pause: true,
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(_) | StoreError::NotFound(_) if by_owner => {
+                    DisconnectError::Superseded(mailbox.clone())
+                }
+                other => DisconnectError::Store(other),
+            })?;
         self.tokens.evict(mailbox.as_str());
         let purged = if purge {
             Some(self.store.purge_mailbox(mailbox).await?)

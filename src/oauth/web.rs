@@ -2,9 +2,11 @@
 //! health and metrics port: only these need to be reachable from browsers.
 //!
 //! `GET /oauth/authorize?mailbox=…` → Google; `GET /oauth/callback` ← Google;
-//! `GET /oauth/disconnect?mailbox=…&token=…` shows a confirmation form that
-//! `POST /oauth/disconnect` acts on (a GET never changes anything: mail
-//! scanners follow links). Pages are plain HTML, never cached, never framed,
+//! `GET /oauth/disconnect?mailbox=…&consent=…&token=…` shows a confirmation
+//! form that `POST /oauth/disconnect` acts on (a GET never changes anything:
+//! mail scanners follow links). A disconnect link acts only on an OAuth
+//! subscription and only on the consent it was issued for; otherwise its
+//! page says why it changes nothing. Pages are plain HTML, never cached, never framed,
 //! and send no referrer (the callback URL carries the code).
 
 use std::collections::HashMap;
@@ -17,8 +19,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-use super::{ConsentError, OAuthService, owner};
-use crate::domain::SubscriptionStatus;
+use super::{ConsentError, DisconnectError, OAuthService, owner};
+use crate::domain::{AuthMode, MailboxAddress, SubscriptionStatus};
 use crate::events;
 
 const COOKIE: &str = "gmail_ingest_oauth";
@@ -158,6 +160,22 @@ async fn callback(
                 detail: "",
             }
             .emit();
+            let link = escape(&done.disconnect_link);
+            if done.subscription.auth_mode == AuthMode::Delegated {
+                return page(
+                    StatusCode::OK,
+                    "Consent kept, not used",
+                    &format!(
+                        "<p><b>{m}</b> is read under your organisation's domain-wide delegation, \
+                         as its operators approved. Your consent has been kept but is not used: \
+                         nothing changes in how this mailbox is read unless an operator switches \
+                         it to your consent.</p>\
+                         <p>Should they do so, this link withdraws it: <a href=\"{link}\"><code>{link}</code></a>. \
+                         You can also remove the app in your Google Account under Security → Third-party apps.</p>",
+                        m = escape(m.as_str()),
+                    ),
+                );
+            }
             let next = match done.subscription.status {
                 SubscriptionStatus::Active => "Ingestion continues with this authorization.",
                 SubscriptionStatus::Paused => {
@@ -171,10 +189,10 @@ async fn callback(
                 &format!(
                     "<p><b>{}</b> has given gmail-ingest read-only access to its mail.</p><p>{}</p>\
                      <p>To withdraw this access later, keep this link: <a href=\"{link}\"><code>{link}</code></a>. \
+                     It works for this authorization only: if you authorize again, use the new link. \
                      You can also remove the app in your Google Account under Security → Third-party apps.</p>",
                     escape(m.as_str()),
                     escape(next),
-                    link = escape(&done.disconnect_link),
                 ),
             )
         }
@@ -190,28 +208,77 @@ async fn callback(
     }
 }
 
+fn link_not_valid() -> Response {
+    page(
+        StatusCode::BAD_REQUEST,
+        "Link not valid",
+        "<p>This disconnect link is not valid or has expired. Ask an operator for a new one.</p>",
+    )
+}
+
+/// The page for a disconnect that changes nothing, and why.
+fn not_disconnected(m: &MailboxAddress, e: &DisconnectError) -> Response {
+    let m = escape(m.as_str());
+    match e {
+        DisconnectError::NotOAuth(_) => page(
+            StatusCode::CONFLICT,
+            "Nothing to disconnect",
+            &format!(
+                "<p><b>{m}</b> is read under your organisation's domain-wide delegation, not under your \
+                 consent, so this link changes nothing. Your consent is kept but not used; you can \
+                 remove it in your Google Account under Security → Third-party apps. To stop the \
+                 mailbox being read, ask its operators.</p>"
+            ),
+        ),
+        DisconnectError::Superseded(_) => page(
+            StatusCode::CONFLICT,
+            "Link replaced",
+            &format!(
+                "<p>This link was issued for an earlier authorization of <b>{m}</b>, which has since been \
+                 replaced or removed, so it changes nothing. Use the link shown after your latest \
+                 authorization, or ask an operator for a current one.</p>"
+            ),
+        ),
+        DisconnectError::Revoke(_) | DisconnectError::Store(_) => page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not disconnected",
+            "<p>Google or the database could not be reached; nothing was changed. Try again in a few minutes.</p>",
+        ),
+        e => page(
+            StatusCode::BAD_REQUEST,
+            "Not disconnected",
+            &format!("<p>{}</p>", escape(&e.to_string())),
+        ),
+    }
+}
+
+fn link_fields(q: &HashMap<String, String>) -> (&str, &str, &str) {
+    let get = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
+    (get("mailbox"), get("consent"), get("token"))
+}
+
 async fn disconnect_form(
     State(svc): State<Arc<OAuthService>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let mailbox = q.get("mailbox").map(String::as_str).unwrap_or("");
-    let token = q.get("token").map(String::as_str).unwrap_or("");
-    let Some(m) = svc.verify_disconnect_link(mailbox, token) else {
-        return page(
-            StatusCode::BAD_REQUEST,
-            "Link not valid",
-            "<p>This disconnect link is not valid or has expired. Ask an operator for a new one.</p>",
-        );
+    let (mailbox, consent, token) = link_fields(&q);
+    let Some((m, consent)) = svc.verify_disconnect_link(mailbox, consent, token) else {
+        return link_not_valid();
     };
+    if let Err(e) = svc.check_disconnect(&m, Some(&consent)).await {
+        return not_disconnected(&m, &e);
+    }
     page(
         StatusCode::OK,
         "Disconnect",
         &format!(
             "<p>Stop gmail-ingest from reading <b>{m}</b>? The authorization is revoked at Google and the stored token deleted.</p>\
              <form method=\"post\" action=\"/oauth/disconnect\">\
-             <input type=\"hidden\" name=\"mailbox\" value=\"{m}\"><input type=\"hidden\" name=\"token\" value=\"{t}\">\
+             <input type=\"hidden\" name=\"mailbox\" value=\"{m}\"><input type=\"hidden\" name=\"consent\" value=\"{c}\">\
+             <input type=\"hidden\" name=\"token\" value=\"{t}\">\
              <button type=\"submit\">Disconnect</button></form>",
             m = escape(m.as_str()),
+            c = escape(&consent),
             t = escape(token),
         ),
     )
@@ -221,16 +288,11 @@ async fn disconnect(
     State(svc): State<Arc<OAuthService>>,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
-    let mailbox = f.get("mailbox").map(String::as_str).unwrap_or("");
-    let token = f.get("token").map(String::as_str).unwrap_or("");
-    let Some(m) = svc.verify_disconnect_link(mailbox, token) else {
-        return page(
-            StatusCode::BAD_REQUEST,
-            "Link not valid",
-            "<p>This disconnect link is not valid or has expired. Ask an operator for a new one.</p>",
-        );
+    let (mailbox, consent, token) = link_fields(&f);
+    let Some((m, consent)) = svc.verify_disconnect_link(mailbox, consent, token) else {
+        return link_not_valid();
     };
-    match svc.disconnect(&m, &owner(&m), true, false).await {
+    match svc.disconnect(&m, &owner(&m), Some(&consent), false).await {
         Ok(_) => page(
             StatusCode::OK,
             "Disconnected",
@@ -239,16 +301,7 @@ async fn disconnect(
                 escape(m.as_str())
             ),
         ),
-        Err(super::DisconnectError::Revoke(_)) | Err(super::DisconnectError::Store(_)) => page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Not disconnected",
-            "<p>Google or the database could not be reached; nothing was changed. Try again in a few minutes.</p>",
-        ),
-        Err(e) => page(
-            StatusCode::BAD_REQUEST,
-            "Not disconnected",
-            &format!("<p>{}</p>", escape(&e.to_string())),
-        ),
+        Err(e) => not_disconnected(&m, &e),
     }
 }
 

@@ -1865,6 +1865,155 @@ pub async fn decisions_fence_every_sync_write(store: &Store) {
         .update_subscription(&transition(
             &m,
             SubscriptionStatus::Active,
+/// A governance change (`relabel`, `set-auth`) is a compare-and-set on
+/// status, labels and mode: back to pending with the actor as requester and
+/// the approval cleared, audited; a change computed from a stale read, a
+/// switch to oauth without a stored consent, a removed or unknown
+/// subscription change nothing.
+pub async fn governance_changes_compare_and_set(store: &Store) {
+    use super::{ConsentRemoval, ConsentWrite, OAuthConsent, SubscriptionChange};
+    let m = mailbox("change@example.com");
+    active_subscription(store, &m).await;
+    let before = store.get_subscription(&m).await.unwrap().unwrap();
+    let relabel = SubscriptionChange {
+        mailbox: m.clone(),
+        expected_status: SubscriptionStatus::Active,
+        expected_label_filter: before.label_filter.clone(),
+        expected_auth_mode: AuthMode::Delegated,
+        label_filter: vec!["STARRED".into()],
+        auth_mode: AuthMode::Delegated,
+        require_consent: false,
+        actor: operator("carol"),
+        action: "relabel".into(),
+        reason: "labels: all mail → STARRED".into(),
+    };
+    let s = store.request_subscription_change(&relabel).await.unwrap();
+    assert_eq!(s.status, SubscriptionStatus::Pending);
+    assert_eq!(s.label_filter, vec!["STARRED"]);
+    assert_eq!(s.requested_by.as_str(), "carol");
+    assert_eq!((s.approved_by, s.approved_at), (None, None));
+    let events = store.subscription_events(&m).await.unwrap();
+    let e = events.last().unwrap();
+    assert_eq!((e.action.as_str(), e.actor.as_str()), ("relabel", "carol"));
+    assert_eq!(e.old_status, Some(SubscriptionStatus::Active));
+    let n_events = events.len();
+
+    // The same change again was computed from a read that is stale now.
+    let after = store.get_subscription(&m).await.unwrap().unwrap();
+    assert!(matches!(
+        store.request_subscription_change(&relabel).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // Labels moved on: a change expecting the old labels is refused too.
+    let stale_labels = SubscriptionChange {
+        expected_status: SubscriptionStatus::Pending,
+        ..relabel.clone()
+    };
+    assert!(matches!(
+        store.request_subscription_change(&stale_labels).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // To oauth without a stored consent.
+    let to_oauth = SubscriptionChange {
+        expected_status: SubscriptionStatus::Pending,
+        expected_label_filter: vec!["STARRED".into()],
+        label_filter: vec!["STARRED".into()],
+        auth_mode: AuthMode::OAuth,
+        require_consent: true,
+        action: "set-auth".into(),
+        ..relabel.clone()
+    };
+    assert!(matches!(
+        store.request_subscription_change(&to_oauth).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let unknown = SubscriptionChange {
+        mailbox: mailbox("ghost@example.com"),
+        ..relabel.clone()
+    };
+    assert!(matches!(
+        store.request_subscription_change(&unknown).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.get_subscription(&m).await.unwrap().unwrap(), after);
+    assert_eq!(store.subscription_events(&m).await.unwrap().len(), n_events);
+
+    // A consent for a delegated subscription keeps its mode; then the switch works.
+    let consent = |subject: &str, id: &str| OAuthConsent {
+        mailbox: m.clone(),
+        refresh_token_ciphertext: format!("k.sealed-{id}"),
+        key_id: "k".into(),
+        scopes: "https://www.googleapis.com/auth/gmail.readonly openid email".into(),
+        google_subject: Some(subject.into()),
+        consent_id: id.into(),
+        actor: operator("owner change@example.com"),
+    };
+    let ConsentWrite::Stored(s) = store
+        .record_oauth_consent(&consent("111", "c1"))
+        .await
+        .unwrap()
+    else {
+        panic!("the first consent is stored");
+    };
+    assert_eq!(
+        (s.status, s.auth_mode),
+        (SubscriptionStatus::Pending, AuthMode::Delegated)
+    );
+    assert_eq!(
+        store
+            .record_oauth_consent(&consent("222", "c2"))
+            .await
+            .unwrap(),
+        ConsentWrite::OtherAccount {
+            stored_subject: "111".into()
+        },
+        "another Google account replaces no stored consent"
+    );
+    assert_eq!(
+        store.oauth_token(&m).await.unwrap().unwrap().consent_id,
+        "c1"
+    );
+    let s = store.request_subscription_change(&to_oauth).await.unwrap();
+    assert_eq!(
+        (s.status, s.auth_mode),
+        (SubscriptionStatus::Pending, AuthMode::OAuth)
+    );
+
+    // Removing a consent acts only on the one named.
+    let removal = ConsentRemoval {
+        mailbox: m.clone(),
+        consent_id: Some("c0".into()),
+        actor: operator("dave"),
+        action: "forget-consent".into(),
+        reason: "test".into(),
+        pause: false,
+    };
+    assert!(matches!(
+        store.remove_oauth_consent(&removal).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let s = store
+        .remove_oauth_consent(&ConsentRemoval {
+            consent_id: Some("c1".into()),
+            ..removal.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(s.status, SubscriptionStatus::Pending);
+    assert!(store.oauth_token(&m).await.unwrap().is_none());
+    assert!(matches!(
+        store
+            .record_oauth_consent(&consent("222", "c2"))
+            .await
+            .unwrap(),
+        ConsentWrite::Stored(_)
+    ));
+
+    // Removed: no change.
+    store
+        .update_subscription(&transition(
+            &m,
+            SubscriptionStatus::Pending,
             SubscriptionAction::Remove,
         ))
         .await
@@ -1923,4 +2072,13 @@ pub async fn decisions_fence_every_sync_write(store: &Store) {
         .await
         .expect("the pinned mode matches");
     assert_eq!(store.count_messages(&o).await.unwrap(), 1);
+    let removed = SubscriptionChange {
+        expected_status: SubscriptionStatus::Removed,
+        expected_auth_mode: AuthMode::OAuth,
+        ..relabel
+    };
+    assert!(matches!(
+        store.request_subscription_change(&removed).await,
+        Err(StoreError::Conflict(_))
+    ));
 }

@@ -72,10 +72,10 @@ mod sqlite;
 mod text;
 
 pub use model::{
-    Checkpoint, ConnectOptions, FailureRecord, LabelChange, LabelRow, Lease, LiveMessage,
-    MailboxStatus, MessageChange, MessageUpsert, NewSubscription, OAuthConsent, OAuthToken, Pruned,
-    PurgeCounts, SearchHit, Subscription, SubscriptionEvent, SubscriptionUpdate, SyncBatch,
-    SyncRunRow, SyncState, UNFETCHED_PREFIX,
+    Checkpoint, ConnectOptions, ConsentRemoval, ConsentWrite, FailureRecord, LabelChange, LabelRow,
+    Lease, LiveMessage, MailboxStatus, MessageChange, MessageUpsert, NewSubscription, OAuthConsent,
+    OAuthToken, Pruned, PurgeCounts, SearchHit, Subscription, SubscriptionChange,
+    SubscriptionEvent, SubscriptionUpdate, SyncBatch, SyncRunRow, SyncState, UNFETCHED_PREFIX,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -227,6 +227,17 @@ impl Store {
         dispatch!(self, s => s.update_subscription(u).await)
     }
 
+    /// A governance change (`relabel`, `set-auth`): new label filter and auth
+    /// mode, status `pending`, the actor as requester (so four-eyes compares
+    /// with who asked for the change), the previous approval cleared, and the
+    /// event, in one compare-and-set transaction (see [`SubscriptionChange`]).
+    pub async fn request_subscription_change(
+        &self,
+        c: &SubscriptionChange,
+    ) -> Result<Subscription, StoreError> {
+        dispatch!(self, s => s.request_subscription_change(c).await)
+    }
+
     /// Records the org unit found by a Directory look-up (no event).
     pub async fn record_org_unit(
         &self,
@@ -249,9 +260,13 @@ impl Store {
     /// Stores a mailbox owner's consent (the sealed refresh token) and, in the
     /// same transaction: creates a pending `oauth` subscription when there is
     /// none (or it was removed) — consent never activates one, an operator
-    /// approves it; otherwise switches `auth_mode` to `oauth`; re-arms a mailbox
-    /// waiting in `auth_failed`; and records a `consent` event.
-    pub async fn record_oauth_consent(&self, c: &OAuthConsent) -> Result<Subscription, StoreError> {
+    /// approves it; otherwise leaves the subscription's status and `auth_mode`
+    /// alone (a consent for a delegated mailbox is kept, not used); re-arms an
+    /// OAuth mailbox waiting in `auth_failed`; and records a `consent` event.
+    /// A stored consent of another Google account (a different
+    /// `google_subject`) is never replaced: [`ConsentWrite::OtherAccount`],
+    /// nothing written.
+    pub async fn record_oauth_consent(&self, c: &OAuthConsent) -> Result<ConsentWrite, StoreError> {
         dispatch!(self, s => s.record_oauth_consent(c).await)
     }
 
@@ -275,16 +290,17 @@ impl Store {
         dispatch!(self, s => s.replace_oauth_ciphertext(m, old_ciphertext, new_ciphertext, key_id).await)
     }
 
-    /// Deletes the mailbox's stored consent and, in the same transaction,
-    /// pauses an active or suspended subscription (a pending one stays
-    /// pending) and records a `disconnect` event.
-    pub async fn disconnect_oauth(
+    /// Deletes the mailbox's stored consent (only the one named, when
+    /// `consent_id` is given) and, in the same transaction, pauses an active
+    /// or suspended subscription when `pause` (a pending one stays pending)
+    /// and records the event. [`StoreError::NotFound`] without a subscription
+    /// or a stored consent; [`StoreError::Conflict`] when another consent was
+    /// stored since.
+    pub async fn remove_oauth_consent(
         &self,
-        m: &MailboxAddress,
-        actor: &Operator,
-        reason: &str,
+        r: &ConsentRemoval,
     ) -> Result<Subscription, StoreError> {
-        dispatch!(self, s => s.disconnect_oauth(m, actor, reason).await)
+        dispatch!(self, s => s.remove_oauth_consent(r).await)
     }
 
     /// Deletes everything ingested for the mailbox (messages and their

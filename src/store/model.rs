@@ -84,7 +84,59 @@ pub struct OAuthConsent {
     pub scopes: String,
     /// Google's stable account ID (`sub`) of the consenting account.
     pub google_subject: Option<String>,
+    /// A fresh random id for this consent: the owner's disconnect link is
+    /// signed over it, so it acts on this consent and no later one.
+    pub consent_id: String,
     pub actor: Operator,
+}
+
+/// What [`Store::record_oauth_consent`](super::Store::record_oauth_consent) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsentWrite {
+    /// The consent is stored; the subscription as it is now.
+    Stored(Box<Subscription>),
+    /// A consent of another Google account (`google_subject` differs) is
+    /// stored for this mailbox: nothing was written. An operator must
+    /// forget the stored consent first.
+    OtherAccount { stored_subject: String },
+}
+
+/// A governance change (`subscriptions relabel`, `subscriptions set-auth`):
+/// the new label filter and auth mode, back to `pending` for approval, with
+/// the actor as the new requester. Compare-and-set on the three `expected_`
+/// values: if any moved on since the caller read them, nothing is written
+/// ([`StoreError::Conflict`](super::StoreError::Conflict)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionChange {
+    pub mailbox: MailboxAddress,
+    pub expected_status: SubscriptionStatus,
+    pub expected_label_filter: Vec<String>,
+    pub expected_auth_mode: AuthMode,
+    pub label_filter: Vec<String>,
+    pub auth_mode: AuthMode,
+    /// Refuse (as a conflict) unless an OAuth consent is stored for the
+    /// mailbox when the change is written.
+    pub require_consent: bool,
+    pub actor: Operator,
+    /// Recorded verbatim in `subscription_events.action` (`relabel`, `set-auth`).
+    pub action: String,
+    /// Old → new, recorded as the event's reason and the `status_reason`.
+    pub reason: String,
+}
+
+/// Deleting a stored consent (`disconnect`, `forget-consent`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentRemoval {
+    pub mailbox: MailboxAddress,
+    /// Only this consent (`oauth_tokens.consent_id`) is deleted; if another
+    /// was stored meanwhile, nothing is ([`StoreError::Conflict`](super::StoreError::Conflict)).
+    pub consent_id: Option<String>,
+    pub actor: Operator,
+    /// Recorded verbatim in `subscription_events.action`.
+    pub action: String,
+    pub reason: String,
+    /// Pause an active or suspended subscription too (a pending one stays pending).
+    pub pause: bool,
 }
 
 impl std::fmt::Debug for OAuthConsent {
@@ -105,6 +157,8 @@ pub struct OAuthToken {
     pub key_id: String,
     pub scopes: String,
     pub google_subject: Option<String>,
+    /// The id the owner's disconnect link for this consent is signed over.
+    pub consent_id: String,
     pub consented_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -102,6 +102,7 @@ row_struct! {
         key_id: String,
         scopes: String,
         google_subject: Option<String>,
+        consent_id: String,
         consented_at: DateTime<Utc>,
         updated_at: DateTime<Utc>,
     }
@@ -116,6 +117,7 @@ impl TryFrom<OAuthTokenRow> for OAuthToken {
             key_id: r.key_id,
             scopes: r.scopes,
             google_subject: r.google_subject,
+            consent_id: r.consent_id,
             consented_at: r.consented_at,
             updated_at: r.updated_at,
         })

@@ -952,3 +952,93 @@ async fn the_client_is_registered_at_start_and_its_secret_file_is_private() {
         "same seed, same client"
     );
 }
+
+/// `PATCH /users/{email}` gives an address another Google account (`id`):
+/// userinfo, ID tokens and tokeninfo report the new `sub` and the old
+/// account's grants end; `hosted_domain` is the `hd` they report (`null`: an
+/// account of no Workspace). Bad values change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_account_id_and_hosted_domain_show_in_the_identity_claims() {
+    let flow = flow().await;
+    let scope = format!("openid {EMAIL} {GMAIL_READONLY}");
+    let old = flow.consent(SUPPORT, &scope).await;
+    let (_, info) = flow.userinfo(access(&old)).await;
+    let old_sub = info["sub"].as_str().unwrap().to_owned();
+
+    for bad in [
+        json!({"id": "12ab"}),
+        json!({"id": ""}),
+        json!({"hosted_domain": "not a domain"}),
+        json!({"hosted_domain": 7}),
+    ] {
+        let (status, _) = flow
+            .env
+            .control(
+                Method::PATCH,
+                &format!("users/{SUPPORT}"),
+                Some(bad.clone()),
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}");
+    }
+    let billing_id = flow.env.control_ok(Method::GET, "state", None).await["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == BILLING)
+        .unwrap()["id"]
+        .clone();
+    let (status, _) = flow
+        .env
+        .control(
+            Method::PATCH,
+            &format!("users/{SUPPORT}"),
+            Some(json!({"id": billing_id})),
+        )
+        .await;
+    assert_eq!(status, 409, "an account ID is one account's");
+    assert_eq!(flow.userinfo(access(&old)).await.1["sub"], old_sub.as_str());
+
+    let user = flow
+        .env
+        .control_ok(
+            Method::PATCH,
+            &format!("users/{SUPPORT}"),
+            Some(json!({"id": "100000000000000000042", "hosted_domain": null})),
+        )
+        .await;
+    assert_eq!(user["id"], "100000000000000000042");
+    assert_eq!(user["hosted_domain"], Value::Null);
+    let (status, body) = flow.refresh(refresh_token(&old)).await;
+    assert_eq!(
+        (status, error(&body).0),
+        (400, "invalid_grant"),
+        "the old account's grant ended with it"
+    );
+
+    let new = flow.consent(SUPPORT, &scope).await;
+    let (status, info) = flow.userinfo(access(&new)).await;
+    assert_eq!(status, 200);
+    assert_eq!(info["sub"], "100000000000000000042");
+    assert!(info.get("hd").is_none(), "{info}");
+    let claims = verified_claims(&flow, new["id_token"].as_str().unwrap()).await;
+    assert_eq!(claims["sub"], "100000000000000000042");
+    assert!(claims.get("hd").is_none(), "{claims}");
+    assert_eq!(
+        flow.tokeninfo(access(&new)).await.1["sub"],
+        "100000000000000000042"
+    );
+
+    flow.env
+        .control_ok(
+            Method::PATCH,
+            &format!("users/{SUPPORT}"),
+            Some(json!({"hosted_domain": "Other.Example"})),
+        )
+        .await;
+    let tokens = flow.consent(SUPPORT, &scope).await;
+    assert_eq!(
+        flow.userinfo(access(&tokens)).await.1["hd"],
+        "other.example"
+    );
+}

@@ -4,6 +4,7 @@ mod adversarial;
 mod chaos;
 mod chaos_helpers;
 mod cli;
+mod consent;
 mod crash;
 mod daemon;
 mod decisions;

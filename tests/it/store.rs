@@ -67,6 +67,7 @@ conformance_tests!(
     old_runs_and_quota_windows_are_pruned,
     migrations_are_applied_once,
     decisions_fence_every_sync_write,
+    governance_changes_compare_and_set,
 );
 
 // -- connection errors ------------------------------------------------------

@@ -278,6 +278,7 @@ fn authorization(shared: &Shared, q: &[(String, String)]) -> Response {
         return refuse("access_denied", "unknown_account");
     };
     let email = user.email.to_ascii_lowercase();
+    let hosted_domain = user.hosted_domain.clone();
     if world.oauth.blocked(&email) {
         return refuse("access_denied", "admin_policy_enforced");
     }
@@ -315,7 +316,7 @@ fn authorization(shared: &Shared, q: &[(String, String)]) -> Response {
         },
     );
     drop(world);
-    let domain = email.rsplit_once('@').map(|(_, d)| d.to_owned());
+    let domain = hosted_domain;
     redirect_to(
         &redirect,
         &[
@@ -537,6 +538,7 @@ fn redeem_code(
         return Err(invalid_grant("Bad Request"));
     };
     let user_id = user.id.clone();
+    let hosted_domain = user.hosted_domain.clone();
     let session = Session {
         user: entry.user.clone(),
         client_id: entry.client_id.clone(),
@@ -570,7 +572,7 @@ fn redeem_code(
         body["refresh_token"] = json!(refresh_token);
     }
     drop(world);
-    let id_token = id_token_claims(&session, &user_id, &access_token);
+    let id_token = id_token_claims(&session, &user_id, hosted_domain.as_deref(), &access_token);
     Ok(Issued { body, id_token })
 }
 
@@ -612,6 +614,7 @@ fn refresh(
         return Err(invalid_grant(EXPIRED_OR_REVOKED));
     };
     let user_id = user.id.clone();
+    let hosted_domain = user.hosted_domain.clone();
     // An optional `scope` may narrow the new token to part of the grant, never widen it.
     let scopes = match param(form, "scope").map(str::split_whitespace) {
         None => session.scopes.clone(),
@@ -654,7 +657,7 @@ fn refresh(
     drop(world);
     let body = token_body(&access_token, &scopes);
     let session = Session { scopes, ..session };
-    let id_token = id_token_claims(&session, &user_id, &access_token);
+    let id_token = id_token_claims(&session, &user_id, hosted_domain.as_deref(), &access_token);
     Ok(Issued { body, id_token })
 }
 
@@ -671,7 +674,12 @@ fn token_body(access_token: &str, scopes: &[String]) -> Value {
 // ID tokens.
 
 /// The claims of an ID token when the session holds `openid`, else `None`.
-fn id_token_claims(session: &Session, user_id: &str, access_token: &str) -> Option<Value> {
+fn id_token_claims(
+    session: &Session,
+    user_id: &str,
+    hosted_domain: Option<&str>,
+    access_token: &str,
+) -> Option<Value> {
     if !session.scopes.iter().any(|s| s == OPENID) {
         return None;
     }
@@ -688,7 +696,7 @@ fn id_token_claims(session: &Session, user_id: &str, access_token: &str) -> Opti
         "iat": now,
         "exp": now + TOKEN_LIFETIME_S,
     });
-    if let Some((_, domain)) = session.user.rsplit_once('@') {
+    if let Some(domain) = hosted_domain {
         claims["hd"] = json!(domain);
     }
     if session.scopes.iter().any(|s| s == USERINFO_EMAIL) {
@@ -839,7 +847,7 @@ fn user_profile(shared: &Shared, token: &str) -> Response {
             body["email"] = json!(user.email);
             body["email_verified"] = json!(true);
         }
-        if let Some((_, domain)) = user.email.rsplit_once('@') {
+        if let Some(domain) = &user.hosted_domain {
             body["hd"] = json!(domain);
         }
         Some(body)

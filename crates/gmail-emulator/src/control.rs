@@ -92,6 +92,7 @@ fn user_json(user: &User) -> Value {
         "mailbox_enabled": user.mailbox_enabled,
         "is_admin": user.is_admin,
         "token_error": user.token_error,
+        "hosted_domain": user.hosted_domain,
         "message_count": user.mailbox.live_count(),
         "history_id": user.mailbox.history_id.to_string(),
     })
@@ -190,6 +191,17 @@ async fn patch_user(
         Err(refusal) => return *refusal,
     };
     let mut world = shared.lock();
+    if let Some(id) = changes.get("id").and_then(Value::as_str)
+        && world
+            .users
+            .values()
+            .any(|u| u.id == id && !u.email.eq_ignore_ascii_case(&email))
+    {
+        return control_error(
+            StatusCode::CONFLICT,
+            format!("account id {id} belongs to another user"),
+        );
+    }
     let Some(user) = world.user_mut(&email) else {
         return unknown_user(&email);
     };
@@ -198,6 +210,15 @@ async fn patch_user(
         let valid = match key.as_str() {
             "org_unit" => value.as_str().is_some_and(|ou| ou.starts_with('/')),
             "suspended" | "mailbox_enabled" | "archived" | "is_admin" => value.is_boolean(),
+            "id" => value.as_str().is_some_and(|id| {
+                (1..=30).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit())
+            }),
+            "hosted_domain" => {
+                value.is_null()
+                    || value
+                        .as_str()
+                        .is_some_and(|d| d.contains('.') && !d.contains('@'))
+            }
             "token_error" => {
                 value.is_null()
                     || matches!(
@@ -211,8 +232,17 @@ async fn patch_user(
             return bad_request(format!("invalid value for {key}: {value}"));
         }
     }
+    let mut new_account = false;
     for (key, value) in changes {
         match key.as_str() {
+            "id" => {
+                let id = value.as_str().unwrap_or_default().to_owned();
+                new_account |= id != user.id;
+                user.id = id;
+            }
+            "hosted_domain" => {
+                user.hosted_domain = value.as_str().map(str::to_ascii_lowercase);
+            }
             "org_unit" => user.org_unit = value.as_str().unwrap_or("/").to_owned(),
             "suspended" => user.suspended = value.as_bool().unwrap_or_default(),
             "mailbox_enabled" => user.mailbox_enabled = value.as_bool().unwrap_or_default(),
@@ -222,6 +252,11 @@ async fn patch_user(
         }
     }
     let body = user_json(user);
+    // Another account now holds the address: the old account's consents end with it.
+    if new_account {
+        let email = email.to_ascii_lowercase();
+        world.oauth.revoke_user(&email);
+    }
     drop(world);
     ok(&body)
 }

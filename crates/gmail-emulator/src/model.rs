@@ -769,6 +769,9 @@ pub(crate) struct User {
     pub(crate) is_admin: bool,
     /// A forced token-endpoint refusal for this user (`admin_policy_enforced` | `access_denied`).
     pub(crate) token_error: Option<String>,
+    /// The Workspace domain userinfo and ID tokens report (`hd`): the email's
+    /// domain, or `None` for an account of no Workspace (a personal Google Account).
+    pub(crate) hosted_domain: Option<String>,
     pub(crate) mailbox: Mailbox,
     /// Quota units charged in the last 60 s.
     pub(crate) window: Window,
@@ -788,6 +791,7 @@ impl User {
             mailbox_enabled: true,
             is_admin: false,
             token_error: None,
+            hosted_domain: email.rsplit_once('@').map(|(_, d)| d.to_owned()),
             mailbox: Mailbox::generate(seed, index, messages),
             window: Window::default(),
             in_flight: 0,

@@ -27,7 +27,9 @@ macro_rules! subscription_statements {
         const _: () = {
             use $crate::domain::{MailboxAddress, Operator};
             use $crate::store::StoreError;
-            use $crate::store::model::{NewSubscription, Subscription, SubscriptionEvent, SubscriptionUpdate};
+            use $crate::store::model::{
+                NewSubscription, Subscription, SubscriptionChange, SubscriptionEvent, SubscriptionUpdate,
+            };
             use $crate::store::rows::{EventRow, SubscriptionRow, convert};
             use $crate::store::sql::{NewEvent, now, subscription_columns};
             use $crate::store::text::{clean, clean_opt, json_strings};
@@ -211,6 +213,74 @@ macro_rules! subscription_statements {
                         old_status: Some(u.expected.as_str()),
                         new_status: u.new_status.as_str(),
                         reason: u.reason.as_deref(),
+                    })
+                    .await?;
+                    tx.commit().await?;
+                    row.try_into()
+                }
+
+                pub(crate) async fn request_subscription_change(
+                    &self,
+                    c: &SubscriptionChange,
+                ) -> Result<Subscription, StoreError> {
+                    const PLAIN: &str = concat!(
+                        "UPDATE subscriptions SET status = 'pending', label_filter = $5, label_scope = NULL, auth_mode = $6, \
+                         requested_by = $7, requested_at = $8, approved_by = NULL, approved_at = NULL, \
+                         status_reason = $9, updated_at = $8 \
+                         WHERE mailbox = $1 AND status = $2 AND label_filter = $3 AND auth_mode = $4 \
+                         AND status <> 'removed' RETURNING ",
+                        subscription_columns!()
+                    );
+                    const WITH_CONSENT: &str = concat!(
+                        "UPDATE subscriptions SET status = 'pending', label_filter = $5, label_scope = NULL, auth_mode = $6, \
+                         requested_by = $7, requested_at = $8, approved_by = NULL, approved_at = NULL, \
+                         status_reason = $9, updated_at = $8 \
+                         WHERE mailbox = $1 AND status = $2 AND label_filter = $3 AND auth_mode = $4 \
+                         AND status <> 'removed' \
+                         AND EXISTS (SELECT 1 FROM oauth_tokens t WHERE t.mailbox = $1) RETURNING ",
+                        subscription_columns!()
+                    );
+                    let now = now();
+                    let mailbox = c.mailbox.as_str();
+                    let (_turn, mut tx) = self.begin_write().await?;
+                    let row = sqlx::query_as::<$db, SubscriptionRow>(if c.require_consent {
+                        WITH_CONSENT
+                    } else {
+                        PLAIN
+                    })
+                    .bind(mailbox)
+                    .bind(c.expected_status.as_str())
+                    .bind(json_strings(&c.expected_label_filter))
+                    .bind(c.expected_auth_mode.as_str())
+                    .bind(json_strings(&c.label_filter))
+                    .bind(c.auth_mode.as_str())
+                    .bind(c.actor.as_str())
+                    .bind(now)
+                    .bind(clean(&c.reason))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(row) = row else {
+                        let exists: Option<(String,)> = sqlx::query_as::<$db, (String,)>(
+                            "SELECT status FROM subscriptions WHERE mailbox = $1",
+                        )
+                        .bind(mailbox)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        return Err(match exists {
+                            None => StoreError::NotFound(format!("no subscription for {mailbox}")),
+                            Some(_) => StoreError::Conflict(format!(
+                                "subscription for {mailbox} changed meanwhile (or its consent is gone)"
+                            )),
+                        });
+                    };
+                    Self::insert_event(&mut tx, NewEvent {
+                        mailbox,
+                        at: now,
+                        actor: c.actor.as_str(),
+                        action: &c.action,
+                        old_status: Some(c.expected_status.as_str()),
+                        new_status: "pending",
+                        reason: Some(&c.reason),
                     })
                     .await?;
                     tx.commit().await?;
