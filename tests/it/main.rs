@@ -13,6 +13,7 @@ mod emulator_helpers;
 mod emulator_oauth;
 mod emulator_python;
 mod emulator_read;
+mod groups;
 mod helpers;
 mod layers;
 mod normalize;
