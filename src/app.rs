@@ -720,6 +720,35 @@ pub async fn check(settings: &Settings, only: Option<&MailboxAddress>) -> anyhow
                 ),
             ),
         }
+        // The group scope is optional: needed once a group is subscribed.
+        let group_scope = crate::google::DIRECTORY_GROUP_SCOPE;
+        let groups_subscribed = match &store {
+            Some(st) => st
+                .list_group_subscriptions()
+                .await
+                .map(|gs| gs.iter().filter(|g| g.status == "active").count())
+                .unwrap_or(0),
+            None => 0,
+        };
+        let token = match google.tokens() {
+            Ok(t) => t.token(&admin, &[group_scope.to_owned()]).await,
+            Err(e) => Err(e),
+        };
+        match token {
+            Ok(_) => report(true, format!("Directory group scope for admin {admin}")),
+            Err(e) if groups_subscribed == 0 => report(
+                true,
+                format!(
+                    "Directory group scope for admin {admin} not granted ({e}): optional; group subscriptions are refused and review cannot compare group memberships until client ID {client_id} is authorized for {group_scope}"
+                ),
+            ),
+            Err(e) => report(
+                false,
+                format!(
+                    "Directory group scope for admin {admin}: {e}, with {groups_subscribed} group subscription(s). Fix: authorize client ID {client_id} for scope {group_scope}"
+                ),
+            ),
+        }
     }
 
     let Some(store) = store else { return Ok(1) };
@@ -909,4 +938,146 @@ async fn check_oauth_mailbox(
     let stats = Arc::new(crate::google::gmail::CallStats::default());
     let g = google.gmail_oauth(m, oauth.tokens().clone(), stats);
     check_profile(&g, m, report).await;
+}
+
+/// One member's outcome in `subscriptions approve --group`.
+#[derive(Debug, Serialize)]
+pub struct GroupApproval {
+    pub mailbox: MailboxAddress,
+    /// `approved` or `refused`.
+    pub result: &'static str,
+    /// The status after the attempt.
+    pub status: Option<SubscriptionStatus>,
+    /// Why it was refused.
+    pub reason: Option<String>,
+}
+
+/// `subscriptions approve --group GROUP`: approves each pending member
+/// subscription requested through the group, one by one through
+/// [`approve_one`] (so each is gated and audited like a single approval);
+/// a refusal does not stop the others. A mailbox that left the group since
+/// it was requested is refused.
+pub async fn approve_group(
+    settings: &Settings,
+    policy: &Policy,
+    store: &Store,
+    group: &str,
+    by: crate::domain::Operator,
+) -> anyhow::Result<Vec<GroupApproval>> {
+    let pending = crate::groups::pending_members(store, group)
+        .await
+        .map_err(group_error)?;
+    let mut out = Vec::new();
+    for (m, still_member) in pending {
+        if !still_member {
+            out.push(GroupApproval {
+                status: Some(SubscriptionStatus::Pending),
+                mailbox: m,
+                result: "refused",
+                reason: Some(format!("no longer a member of {group}")),
+            });
+            continue;
+        }
+        match approve_one(settings, store, policy, &m, by.clone()).await {
+            Ok(done) => out.push(GroupApproval {
+                mailbox: m,
+                result: "approved",
+                status: Some(done.subscription.status),
+                reason: done.warning,
+            }),
+            Err(e) => {
+                let user_error = e.chain().any(|c| {
+                    c.downcast_ref::<crate::subscriptions::SubscriptionError>()
+                        .is_some_and(|s| s.is_user_error())
+                });
+                if !user_error {
+                    return Err(e.context(format!("approving {m}")));
+                }
+                let status = store.get_subscription(&m).await?.map(|s| s.status);
+                out.push(GroupApproval {
+                    mailbox: m,
+                    result: "refused",
+                    status,
+                    reason: Some(format!("{e:#}")),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A group refusal as the CLI reports it: bad input is a [`UsageError`].
+pub fn group_error(e: crate::groups::GroupError) -> anyhow::Error {
+    if e.is_user_error() {
+        UsageError(e.to_string()).into()
+    } else {
+        anyhow::Error::new(e)
+    }
+}
+
+/// The Google clients for a command that may ask the Directory: `None`
+/// when no service-account key or admin is configured (then the Directory
+/// is not asked), with the reason.
+pub fn directory_client(settings: &Settings) -> Result<Arc<Google>, String> {
+    if settings
+        .google
+        .service_account_key_file
+        .as_os_str()
+        .is_empty()
+    {
+        return Err("no service-account key configured".to_owned());
+    }
+    if settings.google.admin_subject.trim().is_empty() {
+        return Err("google.admin_subject is empty".to_owned());
+    }
+    Google::from_settings(settings).map_err(|e| format!("{e:#}"))
+}
+
+/// Asks the Directory, live, about every subscription not removed: the
+/// user (org unit, suspended, archived) and, where the group scope is
+/// granted, its direct group memberships. A failed look-up is recorded for
+/// that mailbox; the others go on.
+pub async fn directory_view(
+    google: &Arc<Google>,
+    store: &Store,
+) -> anyhow::Result<crate::subscriptions::DirectoryView> {
+    use crate::google::directory::GroupsError;
+    use crate::subscriptions::{DirectoryView, LiveFacts};
+    let subs = store.list_subscriptions().await?;
+    let mut view = DirectoryView::default();
+    let mut groups_ok = true;
+    for sub in subs
+        .iter()
+        .filter(|s| s.status != SubscriptionStatus::Removed)
+    {
+        let m = &sub.mailbox;
+        let user = match google.directory_user(m).await {
+            Ok(u) => u,
+            Err(e) => {
+                view.mailboxes.insert(m.clone(), Err(e.to_string()));
+                continue;
+            }
+        };
+        let mut facts = LiveFacts {
+            org_unit: user.as_ref().map(|u| u.org_unit.to_string()),
+            suspended: user.as_ref().is_some_and(|u| u.suspended),
+            archived: user.as_ref().is_some_and(|u| u.archived),
+            groups: None,
+        };
+        if user.is_some() && groups_ok {
+            match google.directory_groups_of(m.as_str()).await {
+                Ok(gs) => facts.groups = Some(gs.into_iter().map(|g| g.email).collect()),
+                Err(GroupsError::ScopeNotGranted) => {
+                    groups_ok = false;
+                    view.groups_unknown = Some("scope not granted".to_owned());
+                }
+                Err(GroupsError::NotFound(_)) => facts.groups = Some(Vec::new()),
+                Err(GroupsError::Google(e)) => {
+                    tracing::warn!(mailbox = %m, error = %e, "Could not list the mailbox's groups.");
+                }
+            }
+        }
+        view.mailboxes.insert(m.clone(), Ok(facts));
+    }
+    Ok(view)
 }

@@ -109,9 +109,37 @@ pub enum SubscriptionsCommand {
         #[arg(long, value_enum, default_value_t = AuthModeArg::Delegated)]
         auth_mode: AuthModeArg,
     },
-    /// Approve a pending subscription (active).
+    /// Approve a pending subscription (active); --group approves every
+    /// pending member a group subscription requested, each on its own.
     Approve {
-        email: String,
+        #[arg(required_unless_present = "group", conflicts_with = "group")]
+        email: Option<String>,
+        /// Approve the pending members of this group subscription.
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+        #[arg(long, value_name = "OPERATOR")]
+        by: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Subscribe a Google Group: each active member not yet subscribed
+    /// becomes a pending subscription (nested groups expanded); the daemon
+    /// re-expands it every policy.group_recheck_interval.
+    AddGroup {
+        group: String,
+        /// Labels for each member's subscription (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long, value_name = "OPERATOR")]
+        by: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// End a group subscription; its members' subscriptions stay as they are.
+    RemoveGroup {
+        group: String,
         #[arg(long, value_name = "OPERATOR")]
         by: String,
     },
@@ -372,8 +400,25 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
     let policy = settings.policy()?;
     // Parse before touching the database: bad input changes nothing.
     match &cmd {
+        SubscriptionsCommand::Approve {
+            email: Some(email),
+            by,
+            ..
+        } => {
+            mailbox(email)?;
+            operator(by)?;
+        }
+        SubscriptionsCommand::Approve {
+            group: Some(group),
+            by,
+            ..
+        }
+        | SubscriptionsCommand::AddGroup { group, by, .. }
+        | SubscriptionsCommand::RemoveGroup { group, by } => {
+            crate::groups::parse_group(group).map_err(app::group_error)?;
+            operator(by)?;
+        }
         SubscriptionsCommand::Add { email, by, .. }
-        | SubscriptionsCommand::Approve { email, by }
         | SubscriptionsCommand::Pause { email, by }
         | SubscriptionsCommand::Resume { email, by }
         | SubscriptionsCommand::Remove { email, by, .. }
@@ -506,9 +551,18 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
                 s.mailbox, s.status, s.auth_mode
             ));
         }
-        SubscriptionsCommand::Approve { email, by } => {
-            let m = mailbox(&email)?;
-            let done = app::approve_one(&settings, &store, &policy, &m, operator(&by)?).await?;
+        SubscriptionsCommand::Approve {
+            email,
+            group,
+            by,
+            format,
+        } => {
+            let by = operator(&by)?;
+            if let Some(group) = group {
+                return approve_group(&settings, &policy, &store, &group, by, format).await;
+            }
+            let m = mailbox(email.as_deref().unwrap_or_default())?;
+            let done = app::approve_one(&settings, &store, &policy, &m, by.clone()).await?;
             if let Some(w) = &done.warning {
                 output::notice(format!("warning: {w}"));
             }
@@ -520,6 +574,40 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
             output::line(format!(
                 "{} is {} (approved by {by}{scope})",
                 s.mailbox, s.status
+            ));
+        }
+        SubscriptionsCommand::AddGroup {
+            group,
+            labels,
+            note,
+            by,
+            format,
+        } => {
+            let google = app::directory_client(&settings).map_err(|why| {
+                usage(format!(
+                    "cannot expand group {group}: the Directory cannot be asked ({why})"
+                ))
+            })?;
+            let report = crate::groups::add_group(
+                &store,
+                &google,
+                &policy,
+                &group,
+                operator(&by)?,
+                &labels,
+                note,
+            )
+            .await
+            .map_err(app::group_error)?;
+            print_group_report(&report, format);
+        }
+        SubscriptionsCommand::RemoveGroup { group, by } => {
+            let g = crate::groups::remove_group(&store, &group, operator(&by)?)
+                .await
+                .map_err(app::group_error)?;
+            output::line(format!(
+                "group subscription {} is removed; its members' subscriptions stay as they are (pause or remove them one by one)",
+                g.group_email
             ));
         }
         SubscriptionsCommand::Pause { email, by } => {
@@ -615,15 +703,41 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
             mark_reviewed,
             by,
         } => {
+            let directory = match app::directory_client(&settings) {
+                Ok(google) => Ok(app::directory_view(&google, &store).await?),
+                Err(why) => Err(why),
+            };
+            let view = directory.as_ref().ok();
             if mark_reviewed {
                 let by = operator(by.as_deref().unwrap_or_default())?;
-                let n = subs.mark_reviewed(by.clone()).await?;
+                let (n, snapshots) = subs.mark_reviewed(by.clone(), view).await?;
                 output::line(format!("recorded a review of {n} subscription(s) by {by}"));
+                match (&directory, view.and_then(|v| v.groups_unknown.as_deref())) {
+                    (Err(why), _) => output::line(format!(
+                        "group memberships not recorded: the Directory was not asked ({why})"
+                    )),
+                    (Ok(_), Some(why)) => output::line(format!(
+                        "group memberships unknown: {why}; the previous snapshot is kept"
+                    )),
+                    (Ok(_), None) => output::line(format!(
+                        "recorded the group memberships of {snapshots} mailbox(es) as reviewed"
+                    )),
+                }
                 return Ok(0);
             }
             let items = subs
-                .review(Utc::now(), settings.sync.history_window_alert)
+                .review_with(Utc::now(), settings.sync.history_window_alert, view)
                 .await?;
+            if format == Format::Table {
+                match &directory {
+                    Err(why) => output::line(format!("the Directory was not asked ({why})")),
+                    Ok(v) => {
+                        if let Some(why) = &v.groups_unknown {
+                            output::line(format!("group memberships unknown: {why}"));
+                        }
+                    }
+                }
+            }
             match format {
                 Format::Json => output::json(&items),
                 Format::Table if items.is_empty() => output::line("nothing needs review"),
@@ -645,6 +759,131 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
         }
     }
     Ok(0)
+}
+
+async fn approve_group(
+    settings: &Settings,
+    policy: &crate::config::Policy,
+    store: &Store,
+    group: &str,
+    by: Operator,
+    format: Format,
+) -> anyhow::Result<u8> {
+    let results = app::approve_group(settings, policy, store, group, by).await?;
+    let refused: Vec<String> = results
+        .iter()
+        .filter(|r| r.result == "refused")
+        .map(|r| r.mailbox.to_string())
+        .collect();
+    match format {
+        Format::Json => output::json(&results),
+        Format::Table if results.is_empty() => {
+            output::line(format!(
+                "no pending subscription was requested through {group}"
+            ));
+        }
+        Format::Table => output::table(
+            &["MAILBOX", "RESULT", "STATUS", "REASON"],
+            &results
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.mailbox.to_string(),
+                        r.result.to_owned(),
+                        r.status.map_or("-".to_owned(), |s| s.to_string()),
+                        r.reason.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
+    }
+    if !refused.is_empty() {
+        output::error(format!(
+            "{} of {} refused: {}",
+            refused.len(),
+            results.len(),
+            refused.join(", ")
+        ));
+        return Ok(2);
+    }
+    Ok(0)
+}
+
+#[derive(Serialize)]
+struct GroupReportView<'a> {
+    group: &'a str,
+    requested: &'a [MailboxAddress],
+    already_subscribed: Vec<serde_json::Value>,
+    nested_groups: &'a [String],
+    skipped: Vec<serde_json::Value>,
+}
+
+fn print_group_report(r: &crate::groups::GroupReport, format: Format) {
+    match format {
+        Format::Json => output::json(&GroupReportView {
+            group: &r.group,
+            requested: &r.requested,
+            already_subscribed: r
+                .already
+                .iter()
+                .map(|(m, s)| serde_json::json!({"mailbox": m, "status": s}))
+                .collect(),
+            nested_groups: &r.expansion.nested,
+            skipped: r
+                .expansion
+                .skipped
+                .iter()
+                .map(|(e, why)| serde_json::json!({"email": e, "reason": why}))
+                .collect(),
+        }),
+        Format::Table => {
+            output::line(format!(
+                "group {} subscribed: {} member(s) pending approval, {} already subscribed, {} skipped{}",
+                r.group,
+                r.requested.len(),
+                r.already.len(),
+                r.expansion.skipped.len(),
+                if r.expansion.nested.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (nested groups: {})", r.expansion.nested.join(", "))
+                }
+            ));
+            let mut rows: Vec<Vec<String>> = r
+                .requested
+                .iter()
+                .map(|m| {
+                    vec![
+                        m.to_string(),
+                        "pending".to_owned(),
+                        "requested now".to_owned(),
+                    ]
+                })
+                .collect();
+            rows.extend(r.already.iter().map(|(m, s)| {
+                vec![
+                    m.to_string(),
+                    s.to_string(),
+                    "already subscribed: left as it is".to_owned(),
+                ]
+            }));
+            rows.extend(
+                r.expansion
+                    .skipped
+                    .iter()
+                    .map(|(e, why)| vec![e.clone(), "-".to_owned(), format!("skipped: {why}")]),
+            );
+            if !rows.is_empty() {
+                output::table(&["MEMBER", "STATUS", "NOTE"], &rows);
+            }
+            if !r.requested.is_empty() {
+                output::line(format!(
+                    "approve them with: gmail-ingest subscriptions approve --group {} --by OPERATOR",
+                    r.group
+                ));
+            }
+        }
+    }
 }
 
 #[derive(Serialize)]

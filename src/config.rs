@@ -149,6 +149,27 @@ pub struct PolicySettings {
     pub approved_org_units: Vec<String>,
     pub review_interval_days: u32,
     pub four_eyes: bool,
+    /// How often the daemon re-expands group subscriptions (new members
+    /// become pending; members that left are flagged or paused).
+    #[serde(with = "humantime_serde", default = "default_group_recheck_interval")]
+    pub group_recheck_interval: Duration,
+    /// What happens to a subscription requested through a group when its
+    /// mailbox leaves that group.
+    #[serde(default)]
+    pub on_group_leave: OnGroupLeave,
+}
+
+fn default_group_recheck_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// `policy.on_group_leave`: flag the subscription in review, or also pause it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnGroupLeave {
+    #[default]
+    Flag,
+    Pause,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -354,6 +375,9 @@ impl Settings {
         }
         if self.google.max_attempts == 0 {
             bail!("configuration: google.max_attempts must be at least 1");
+        }
+        if self.policy.group_recheck_interval < Duration::from_secs(1) {
+            bail!("configuration: policy.group_recheck_interval must be at least 1s");
         }
         if self.sync.lease_duration < Duration::from_secs(2) {
             bail!("configuration: sync.lease_duration must be at least 2s");

@@ -73,6 +73,14 @@ pub const METRICS: &[(&str, &str)] = &[
         "gmail_ingest_oauth_disconnects_total",
         "OAuth mailboxes disconnected, by who asked (owner or operator).",
     ),
+    (
+        "gmail_ingest_group_members_joined_total",
+        "Group members found by a re-expansion and requested as pending subscriptions.",
+    ),
+    (
+        "gmail_ingest_group_members_left_total",
+        "Members that left a subscribed group, by action (flagged or paused).",
+    ),
     ("gmail_ingest_lease_claims_total", "Mailbox leases claimed."),
     (
         "gmail_ingest_lease_losses_total",
@@ -383,6 +391,42 @@ pub struct OrgUnitReinstated<'a> {
 impl OrgUnitReinstated<'_> {
     pub fn emit(&self) {
         tracing::info!(mailbox = %self.mailbox, "Subscription reinstated: the mailbox is back in an approved org unit.");
+    }
+}
+
+pub struct GroupMemberJoined<'a> {
+    pub group: &'a str,
+    pub mailbox: &'a MailboxAddress,
+}
+
+impl GroupMemberJoined<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            group = self.group,
+            mailbox = %self.mailbox,
+            "A new member of a subscribed group is pending approval."
+        );
+        counter!("gmail_ingest_group_members_joined_total").increment(1);
+    }
+}
+
+pub struct GroupMemberLeft<'a> {
+    pub group: &'a str,
+    pub mailbox: &'a MailboxAddress,
+    /// Its subscription was paused (`policy.on_group_leave = "pause"`).
+    pub paused: bool,
+}
+
+impl GroupMemberLeft<'_> {
+    pub fn emit(&self) {
+        let action = if self.paused { "paused" } else { "flagged" };
+        tracing::warn!(
+            group = self.group,
+            mailbox = %self.mailbox,
+            action,
+            "A mailbox left a subscribed group; see subscriptions review."
+        );
+        counter!("gmail_ingest_group_members_left_total", "action" => action).increment(1);
     }
 }
 

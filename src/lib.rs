@@ -17,6 +17,7 @@
 //! - [`events`], then [`telemetry`]: the metric vocabulary, logging.
 //! - [`google`]: auth, Gmail and Directory clients, retry, quota.
 //! - [`oauth`] and [`subscriptions`]: consents; the operators' rules.
+//! - [`groups`]: group subscriptions and their expansion through the Directory.
 //! - [`sync`]: the shared context, the approved-OU gate, then the engine.
 //! - [`http`], [`daemon`], [`app`]: the long-running service.
 //! - `demo` (feature `emulator`): the offline demo over the `gmail-emulator`
@@ -35,6 +36,7 @@ pub mod demo;
 pub mod domain;
 pub mod events;
 pub mod google;
+pub mod groups;
 pub mod http;
 pub mod oauth;
 pub mod output;

@@ -166,6 +166,21 @@ fn parse_labels(labels: &[String]) -> Result<Vec<String>, SubscriptionError> {
         .collect()
 }
 
+/// Checks a request's labels and note (the rules `add` applies), returning
+/// the label filter to store.
+pub fn validate_request(
+    labels: &[String],
+    note: Option<&str>,
+) -> Result<Vec<String>, SubscriptionError> {
+    let label_filter = parse_labels(labels)?;
+    if let Some(n) = note
+        && (n.chars().count() > 2000 || n.chars().any(|c| c.is_control() && c != '\n' && c != '\t'))
+    {
+        return Err(SubscriptionError::BadNote);
+    }
+    Ok(label_filter)
+}
+
 impl<'a> Subscriptions<'a> {
     pub fn new(store: &'a Store, policy: &'a Policy) -> Self {
         Subscriptions { store, policy }
@@ -202,14 +217,44 @@ impl<'a> Subscriptions<'a> {
         note: Option<String>,
         auth_mode: AuthMode,
     ) -> Result<Subscription, SubscriptionError> {
+        self.add_request(mailbox, by, labels, note, auth_mode, None)
+            .await
+    }
+
+    /// [`Subscriptions::add`] for a member of a group subscription: a
+    /// pending, delegated subscription with `via_group` recorded and `reason`
+    /// in its `add` event. Four-eyes applies to it like to any other.
+    pub async fn add_via_group(
+        &self,
+        mailbox: MailboxAddress,
+        by: Operator,
+        labels: &[String],
+        note: Option<String>,
+        group: &str,
+        reason: &str,
+    ) -> Result<Subscription, SubscriptionError> {
+        self.add_request(
+            mailbox,
+            by,
+            labels,
+            note,
+            AuthMode::Delegated,
+            Some((group, reason)),
+        )
+        .await
+    }
+
+    async fn add_request(
+        &self,
+        mailbox: MailboxAddress,
+        by: Operator,
+        labels: &[String],
+        note: Option<String>,
+        auth_mode: AuthMode,
+        via: Option<(&str, &str)>,
+    ) -> Result<Subscription, SubscriptionError> {
         self.check_domain(&mailbox)?;
-        let label_filter = parse_labels(labels)?;
-        if let Some(n) = &note
-            && (n.chars().count() > 2000
-                || n.chars().any(|c| c.is_control() && c != '\n' && c != '\t'))
-        {
-            return Err(SubscriptionError::BadNote);
-        }
+        let label_filter = validate_request(labels, note.as_deref())?;
         let new = NewSubscription {
             mailbox: mailbox.clone(),
             requested_by: by,
@@ -217,11 +262,42 @@ impl<'a> Subscriptions<'a> {
             note,
             auth_mode,
         };
-        match self.store.insert_subscription(&new).await {
+        let inserted = match via {
+            None => self.store.insert_subscription(&new).await,
+            Some((group, reason)) => {
+                self.store
+                    .insert_subscription_via_group(&new, group, reason)
+                    .await
+            }
+        };
+        match inserted {
             Ok(s) => Ok(s),
             Err(StoreError::Conflict(_)) => Err(SubscriptionError::AlreadySubscribed(mailbox)),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Records an audit event on a subscription without changing its status
+    /// (e.g. `group_left`): a compare-and-set on `sub.status`.
+    pub async fn note_event(
+        &self,
+        sub: &Subscription,
+        actor: Operator,
+        action: &str,
+        reason: String,
+    ) -> Result<Subscription, SubscriptionError> {
+        self.apply_update(SubscriptionUpdate {
+            mailbox: sub.mailbox.clone(),
+            expected: sub.status,
+            new_status: sub.status,
+            actor,
+            action: action.to_owned(),
+            reason: Some(reason),
+            approved_by: None,
+            reviewed_by: None,
+            org_unit_seen: None,
+        })
+        .await
     }
 
     /// The subscription `by` may approve, under the domain, state-machine
@@ -481,13 +557,29 @@ impl<'a> Subscriptions<'a> {
         }
     }
 
-    /// What needs an operator's eyes.
+    /// What needs an operator's eyes, from the database alone (the
+    /// Directory not asked).
     pub async fn review(
         &self,
         now: DateTime<Utc>,
         stale_after: std::time::Duration,
     ) -> Result<Vec<ReviewItem>, SubscriptionError> {
+        self.review_with(now, stale_after, None).await
+    }
+
+    /// What needs an operator's eyes; with `directory` (what the Directory
+    /// said of each subscription just now), also org-unit drift, suspended
+    /// or archived users and group-membership changes since the last
+    /// `--mark-reviewed`, whether or not a sync saw them.
+    pub async fn review_with(
+        &self,
+        now: DateTime<Utc>,
+        stale_after: std::time::Duration,
+        directory: Option<&DirectoryView>,
+    ) -> Result<Vec<ReviewItem>, SubscriptionError> {
         let subs = self.store.list_subscriptions().await?;
+        let snapshots = self.store.list_review_snapshots().await?;
+        let memberships = self.store.list_group_members().await?;
         let states = self.store.list_sync_states().await?;
         let consented: std::collections::HashSet<MailboxAddress> = self
             .store
@@ -509,6 +601,7 @@ impl<'a> Subscriptions<'a> {
                     last_review(sub).format("%Y-%m-%d")
                 ));
             }
+            let live = directory.and_then(|d| d.mailboxes.get(&sub.mailbox));
             if sub.status == SubscriptionStatus::Suspended {
                 issues.push(format!(
                     "suspended: {}",
@@ -516,11 +609,59 @@ impl<'a> Subscriptions<'a> {
                         .as_deref()
                         .unwrap_or("outside the approved org units")
                 ));
+            } else if let Some(Ok(facts)) = live {
+                if sub.auth_mode == AuthMode::Delegated {
+                    match &facts.org_unit {
+                        None => issues.push("not found in the Directory".to_owned()),
+                        Some(ou) => {
+                            if let Ok(path) = crate::domain::OrgUnitPath::parse(ou)
+                                && !self.policy.org_unit_approved(&path)
+                            {
+                                issues.push(format!(
+                                    "outside the approved org units: in {ou} (Directory)"
+                                ));
+                            }
+                        }
+                    }
+                }
             } else if let Some(ou) = &sub.org_unit_seen
                 && let Ok(path) = crate::domain::OrgUnitPath::parse(ou)
                 && !self.policy.org_unit_approved(&path)
             {
                 issues.push(format!("seen outside the approved org units ({ou})"));
+            }
+            if let Some(Ok(facts)) = live {
+                if facts.suspended {
+                    issues.push("user suspended in the Directory".to_owned());
+                }
+                if facts.archived {
+                    issues.push("user archived in the Directory".to_owned());
+                }
+                if let (Some(groups), Some(snap)) = (
+                    &facts.groups,
+                    snapshots.iter().find(|s| s.mailbox == sub.mailbox),
+                ) {
+                    for g in groups.iter().filter(|g| !snap.groups.contains(g)) {
+                        issues.push(format!("joined group {g} since the last review"));
+                    }
+                    for g in snap.groups.iter().filter(|g| !groups.contains(g)) {
+                        issues.push(format!("left group {g} since the last review"));
+                    }
+                }
+            }
+            if let Some(Err(why)) = live {
+                issues.push(format!("Directory look-up failed: {why}"));
+            }
+            if let Some(group) = &sub.via_group
+                && let Some(left) = memberships
+                    .iter()
+                    .find(|m| &m.group_email == group && m.mailbox == sub.mailbox)
+                    .and_then(|m| m.left_at)
+            {
+                issues.push(format!(
+                    "left group {group}, through which it was subscribed ({})",
+                    left.format("%Y-%m-%d %H:%M")
+                ));
             }
             if sub.status == SubscriptionStatus::Pending {
                 issues.push("awaiting approval".to_owned());
@@ -550,25 +691,52 @@ impl<'a> Subscriptions<'a> {
                 }
             }
             if !issues.is_empty() {
+                let facts = live.and_then(|r| r.as_ref().ok());
                 items.push(ReviewItem {
                     mailbox: sub.mailbox.clone(),
                     status: sub.status,
                     issues,
                     last_reviewed_at: sub.last_reviewed_at,
+                    via_group: sub.via_group.clone(),
+                    directory: ReviewDirectory {
+                        asked: directory.is_some(),
+                        org_unit: facts.and_then(|f| f.org_unit.clone()),
+                        suspended: facts.map(|f| f.suspended),
+                        archived: facts.map(|f| f.archived),
+                        groups: facts.and_then(|f| f.groups.clone()),
+                        groups_unknown: directory.and_then(|d| d.groups_unknown.clone()),
+                    },
                 });
             }
         }
         Ok(items)
     }
 
-    /// Records a review of every current subscription by `by`.
-    pub async fn mark_reviewed(&self, by: Operator) -> Result<usize, SubscriptionError> {
+    /// Records a review of every current subscription by `by`; with
+    /// `directory`, also the snapshot the operator reviewed (each mailbox's
+    /// group memberships and org unit, where the Directory gave them; a
+    /// mailbox whose memberships are unknown keeps its previous snapshot).
+    /// Returns (subscriptions reviewed, snapshots recorded).
+    pub async fn mark_reviewed(
+        &self,
+        by: Operator,
+        directory: Option<&DirectoryView>,
+    ) -> Result<(usize, usize), SubscriptionError> {
         let subs = self.store.list_subscriptions().await?;
         let mut n = 0;
+        let mut snapshots = 0;
         for sub in subs
             .iter()
             .filter(|s| s.status != SubscriptionStatus::Removed)
         {
+            if let Some(Ok(facts)) = directory.and_then(|d| d.mailboxes.get(&sub.mailbox))
+                && let Some(groups) = &facts.groups
+            {
+                self.store
+                    .record_review_snapshot(&sub.mailbox, groups, facts.org_unit.as_deref(), &by)
+                    .await?;
+                snapshots += 1;
+            }
             let update = SubscriptionUpdate {
                 mailbox: sub.mailbox.clone(),
                 expected: sub.status,
@@ -584,7 +752,7 @@ impl<'a> Subscriptions<'a> {
             self.apply_update(update).await?;
             n += 1;
         }
-        Ok(n)
+        Ok((n, snapshots))
     }
 }
 
@@ -611,6 +779,45 @@ pub struct ReviewItem {
     pub status: SubscriptionStatus,
     pub issues: Vec<String>,
     pub last_reviewed_at: Option<DateTime<Utc>>,
+    /// The group subscription that requested it, if any.
+    pub via_group: Option<String>,
+    /// What the Directory said of it during this review.
+    pub directory: ReviewDirectory,
+}
+
+/// The Directory's part of a review line.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReviewDirectory {
+    /// False when no key is configured (or the review did not ask).
+    pub asked: bool,
+    pub org_unit: Option<String>,
+    pub suspended: Option<bool>,
+    pub archived: Option<bool>,
+    /// The groups it is a direct member of, when known.
+    pub groups: Option<Vec<String>>,
+    /// Why group memberships are unknown (e.g. "scope not granted").
+    pub groups_unknown: Option<String>,
+}
+
+/// What the Directory said of each subscription during one review, gathered
+/// by the caller (this module does not call Google).
+#[derive(Debug, Clone, Default)]
+pub struct DirectoryView {
+    /// Per mailbox: its facts, or why the look-up failed.
+    pub mailboxes: std::collections::HashMap<MailboxAddress, Result<LiveFacts, String>>,
+    /// Set when no group membership could be read, e.g. "scope not granted".
+    pub groups_unknown: Option<String>,
+}
+
+/// One user as the Directory shows it now.
+#[derive(Debug, Clone, Default)]
+pub struct LiveFacts {
+    /// `None`: the Directory does not know the user.
+    pub org_unit: Option<String>,
+    pub suspended: bool,
+    pub archived: bool,
+    /// Direct group memberships (lower-case emails, sorted); `None` when unknown.
+    pub groups: Option<Vec<String>>,
 }
 
 #[cfg(test)]

@@ -80,6 +80,7 @@ pub async fn run(
     let _ = tx.try_send(Tick::Poll);
     let _ = tx.try_send(Tick::Fleet);
     let _ = tx.try_send(Tick::Housekeeping);
+    let _ = tx.try_send(Tick::GroupRecheck);
 
     let pool = Pool {
         ctx: ctx.clone(),
@@ -191,6 +192,23 @@ async fn handle_tick(tick: Tick, pool: &Pool, health: &Health, tracker: &TaskTra
                     r = gate::check_all(&ctx) => {
                         if let Err(e) = r {
                             tracing::warn!(error = %format!("{e:#}"), "Org-unit re-check failed; retrying at the next tick.");
+                        }
+                    }
+                }
+            });
+        }
+        Tick::GroupRecheck => {
+            if !health.integration_enabled {
+                return;
+            }
+            let ctx = pool.ctx.clone();
+            let token = pool.shutdown.clone();
+            tracker.spawn(async move {
+                tokio::select! {
+                    () = token.cancelled() => {}
+                    r = crate::groups::reexpand_all(&ctx.store, &ctx.google, &ctx.settings, &ctx.policy) => {
+                        if let Err(e) = r {
+                            tracing::warn!(error = %format!("{e:#}"), "Group re-expansion failed; retrying at the next interval.");
                         }
                     }
                 }

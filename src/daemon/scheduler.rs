@@ -21,6 +21,8 @@ pub enum Tick {
     FullResync,
     /// Re-check every subscription's org unit.
     OrgUnitRecheck,
+    /// Re-expand every group subscription (`policy.group_recheck_interval`).
+    GroupRecheck,
     /// Refresh fleet gauges: phases, lag, overdue reviews, history-window risk.
     Fleet,
     /// Log overdue reviews (WARN) and history-window risk (ERROR).
@@ -61,6 +63,13 @@ pub async fn start(settings: &Settings, tx: mpsc::Sender<Tick>) -> anyhow::Resul
             settings.sync.org_unit_recheck_interval,
             &tx,
             Tick::OrgUnitRecheck,
+        )?)
+        .await?;
+    sched
+        .add(repeated(
+            settings.policy.group_recheck_interval,
+            &tx,
+            Tick::GroupRecheck,
         )?)
         .await?;
     sched

@@ -28,6 +28,10 @@ use crate::domain::{MailboxAddress, MessageFormat};
 pub const GMAIL_URL: &str = "https://gmail.googleapis.com/";
 pub const DIRECTORY_URL: &str = "https://admin.googleapis.com/";
 pub const DIRECTORY_SCOPE: &str = "https://www.googleapis.com/auth/admin.directory.user.readonly";
+/// Google Groups: `groups.list` and `members.list`. Optional: without it
+/// group subscriptions are refused and review says memberships are unknown.
+pub const DIRECTORY_GROUP_SCOPE: &str =
+    "https://www.googleapis.com/auth/admin.directory.group.readonly";
 
 /// Shared Google clients of one replica.
 pub struct Google {

@@ -72,10 +72,11 @@ mod sqlite;
 mod text;
 
 pub use model::{
-    Checkpoint, ConnectOptions, ConsentRemoval, ConsentWrite, FailureRecord, LabelChange, LabelRow,
-    Lease, LiveMessage, MailboxStatus, MessageChange, MessageUpsert, NewSubscription, OAuthConsent,
-    OAuthToken, Pruned, PurgeCounts, SearchHit, Subscription, SubscriptionChange,
-    SubscriptionEvent, SubscriptionUpdate, SyncBatch, SyncRunRow, SyncState, UNFETCHED_PREFIX,
+    Checkpoint, ConnectOptions, ConsentRemoval, ConsentWrite, FailureRecord, GroupMemberRow,
+    GroupSubscription, LabelChange, LabelRow, Lease, LiveMessage, MailboxStatus, MembershipChanges,
+    MessageChange, MessageUpsert, NewSubscription, OAuthConsent, OAuthToken, Pruned, PurgeCounts,
+    ReviewSnapshot, SearchHit, Subscription, SubscriptionChange, SubscriptionEvent,
+    SubscriptionUpdate, SyncBatch, SyncRunRow, SyncState, UNFETCHED_PREFIX,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -199,7 +200,18 @@ impl Store {
         &self,
         s: &NewSubscription,
     ) -> Result<Subscription, StoreError> {
-        dispatch!(self, st => st.insert_subscription(s).await)
+        dispatch!(self, st => st.insert_subscription(s, None).await)
+    }
+
+    /// [`Store::insert_subscription`] for a member of a group subscription:
+    /// records `via_group` with it, and `reason` in the `add` event.
+    pub async fn insert_subscription_via_group(
+        &self,
+        s: &NewSubscription,
+        group: &str,
+        reason: &str,
+    ) -> Result<Subscription, StoreError> {
+        dispatch!(self, st => st.insert_subscription(s, Some((group, reason))).await)
     }
 
     pub async fn get_subscription(
@@ -253,6 +265,74 @@ impl Store {
         m: &MailboxAddress,
     ) -> Result<Vec<SubscriptionEvent>, StoreError> {
         dispatch!(self, s => s.subscription_events(m).await)
+    }
+
+    // -- groups -------------------------------------------------------------
+
+    /// Records a group subscription (`active`); a removed one is re-activated
+    /// with the new request; an active one is a [`StoreError::Conflict`].
+    pub async fn insert_group_subscription(
+        &self,
+        group: &str,
+        by: &Operator,
+        label_filter: &[String],
+        note: Option<&str>,
+    ) -> Result<GroupSubscription, StoreError> {
+        dispatch!(self, s => s.insert_group_subscription(group, by, label_filter, note).await)
+    }
+
+    pub async fn get_group_subscription(
+        &self,
+        group: &str,
+    ) -> Result<Option<GroupSubscription>, StoreError> {
+        dispatch!(self, s => s.get_group_subscription(group).await)
+    }
+
+    /// Every group subscription (removed ones included), ordered by group.
+    pub async fn list_group_subscriptions(&self) -> Result<Vec<GroupSubscription>, StoreError> {
+        dispatch!(self, s => s.list_group_subscriptions().await)
+    }
+
+    /// Ends an active group subscription; [`StoreError::NotFound`] when there
+    /// is none. Member subscriptions are not touched.
+    pub async fn remove_group_subscription(
+        &self,
+        group: &str,
+        by: &Operator,
+    ) -> Result<GroupSubscription, StoreError> {
+        dispatch!(self, s => s.remove_group_subscription(group, by).await)
+    }
+
+    /// Records one expansion of `group` (its complete member list) in one
+    /// transaction, and says who joined (new, or back after leaving) and who
+    /// left since the previous expansion.
+    pub async fn record_group_expansion(
+        &self,
+        group: &str,
+        members: &[MailboxAddress],
+    ) -> Result<MembershipChanges, StoreError> {
+        dispatch!(self, s => s.record_group_expansion(group, members).await)
+    }
+
+    /// Every `group_members` row, by group then mailbox.
+    pub async fn list_group_members(&self) -> Result<Vec<GroupMemberRow>, StoreError> {
+        dispatch!(self, s => s.list_group_members().await)
+    }
+
+    /// The group memberships recorded at each mailbox's last review.
+    pub async fn list_review_snapshots(&self) -> Result<Vec<ReviewSnapshot>, StoreError> {
+        dispatch!(self, s => s.list_review_snapshots().await)
+    }
+
+    /// Replaces the mailbox's review snapshot.
+    pub async fn record_review_snapshot(
+        &self,
+        m: &MailboxAddress,
+        groups: &[String],
+        org_unit: Option<&str>,
+        by: &Operator,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.record_review_snapshot(m, groups, org_unit, by).await)
     }
 
     // -- OAuth consent ------------------------------------------------------

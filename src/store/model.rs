@@ -71,6 +71,56 @@ pub struct Subscription {
     /// the scope the engine enforces (`[]` = the whole mailbox). `None`: not
     /// resolved since the last request.
     pub label_scope: Option<Vec<String>>,
+    /// The group subscription whose expansion requested this subscription
+    /// (`subscriptions add-group`), or `None` for a mailbox added by itself.
+    pub via_group: Option<String>,
+}
+
+/// A group subscription (`subscriptions add-group`): its members become
+/// pending subscriptions, each approved on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupSubscription {
+    pub group_email: String,
+    /// `active` or `removed`.
+    pub status: String,
+    /// Passed on to each member's subscription request.
+    pub label_filter: Vec<String>,
+    pub note: Option<String>,
+    pub requested_by: Operator,
+    pub requested_at: DateTime<Utc>,
+    pub removed_by: Option<Operator>,
+    pub removed_at: Option<DateTime<Utc>>,
+    pub last_expanded_at: Option<DateTime<Utc>>,
+}
+
+/// One mailbox a group subscription's expansion found (`group_members`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupMemberRow {
+    pub group_email: String,
+    pub mailbox: MailboxAddress,
+    pub first_seen_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    /// Set when a later expansion no longer found the mailbox.
+    pub left_at: Option<DateTime<Utc>>,
+}
+
+/// What a group expansion changed in `group_members`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MembershipChanges {
+    /// Mailboxes new to the group (or back after leaving).
+    pub joined: Vec<MailboxAddress>,
+    /// Mailboxes the expansion no longer found.
+    pub left: Vec<MailboxAddress>,
+}
+
+/// The group memberships an operator reviewed (`review_snapshots`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReviewSnapshot {
+    pub mailbox: MailboxAddress,
+    pub groups: Vec<String>,
+    pub org_unit: Option<String>,
+    pub reviewed_by: Operator,
+    pub reviewed_at: DateTime<Utc>,
 }
 
 /// A mailbox owner's OAuth consent to store (`oauth_tokens`).

@@ -197,6 +197,7 @@ impl PgStore {
 
 // The statements both backends share (`store/sql/`), in PostgreSQL's dialect.
 sql::subscription_statements!(PgStore, Postgres);
+sql::group_statements!(PgStore, Postgres);
 sql::oauth_statements!(PgStore, Postgres);
 sql::lease_statements!(PgStore, Postgres, share_lock(" FOR SHARE"));
 sql::batch_statements!(

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 
 use super::StoreError;
 use super::model::{
-    LiveMessage, MailboxStatus, MessageChange, OAuthToken, SearchHit, Subscription,
-    SubscriptionEvent, SyncRunRow, SyncState,
+    GroupMemberRow, GroupSubscription, LiveMessage, MailboxStatus, MessageChange, OAuthToken,
+    ReviewSnapshot, SearchHit, Subscription, SubscriptionEvent, SyncRunRow, SyncState,
 };
 use super::text::parse_json_strings;
 use crate::domain::{GmailMessageId, HistoryId, MailboxAddress, Operator, ParseError, SyncCounts};
@@ -66,6 +66,7 @@ row_struct! {
         created_at: DateTime<Utc>,
         updated_at: DateTime<Utc>,
         label_scope: Option<String>,
+        via_group: Option<String>,
     }
 }
 
@@ -91,6 +92,7 @@ impl TryFrom<SubscriptionRow> for Subscription {
             created_at: r.created_at,
             updated_at: r.updated_at,
             label_scope: r.label_scope.as_deref().map(parse_json_strings),
+            via_group: r.via_group,
         })
     }
 }
@@ -361,4 +363,85 @@ pub(crate) fn convert<R, T: TryFrom<R, Error = StoreError>>(
     rows: Vec<R>,
 ) -> Result<Vec<T>, StoreError> {
     rows.into_iter().map(T::try_from).collect()
+}
+
+row_struct! {
+    pub(crate) struct GroupSubscriptionRow {
+        group_email: String,
+        status: String,
+        label_filter: String,
+        note: Option<String>,
+        requested_by: String,
+        requested_at: DateTime<Utc>,
+        removed_by: Option<String>,
+        removed_at: Option<DateTime<Utc>>,
+        last_expanded_at: Option<DateTime<Utc>>,
+    }
+}
+
+impl TryFrom<GroupSubscriptionRow> for GroupSubscription {
+    type Error = StoreError;
+    fn try_from(r: GroupSubscriptionRow) -> Result<Self, StoreError> {
+        Ok(GroupSubscription {
+            group_email: r.group_email,
+            status: r.status,
+            label_filter: parse_json_strings(&r.label_filter),
+            note: r.note,
+            requested_by: Operator::parse(&r.requested_by).map_err(decode_err)?,
+            requested_at: r.requested_at,
+            removed_by: r
+                .removed_by
+                .map(|s| Operator::parse(&s))
+                .transpose()
+                .map_err(decode_err)?,
+            removed_at: r.removed_at,
+            last_expanded_at: r.last_expanded_at,
+        })
+    }
+}
+
+row_struct! {
+    pub(crate) struct GroupMemberDbRow {
+        group_email: String,
+        mailbox: String,
+        first_seen_at: DateTime<Utc>,
+        last_seen_at: DateTime<Utc>,
+        left_at: Option<DateTime<Utc>>,
+    }
+}
+
+impl TryFrom<GroupMemberDbRow> for GroupMemberRow {
+    type Error = StoreError;
+    fn try_from(r: GroupMemberDbRow) -> Result<Self, StoreError> {
+        Ok(GroupMemberRow {
+            group_email: r.group_email,
+            mailbox: MailboxAddress::parse(&r.mailbox).map_err(decode_err)?,
+            first_seen_at: r.first_seen_at,
+            last_seen_at: r.last_seen_at,
+            left_at: r.left_at,
+        })
+    }
+}
+
+row_struct! {
+    pub(crate) struct ReviewSnapshotRow {
+        mailbox: String,
+        groups: String,
+        org_unit: Option<String>,
+        reviewed_by: String,
+        reviewed_at: DateTime<Utc>,
+    }
+}
+
+impl TryFrom<ReviewSnapshotRow> for ReviewSnapshot {
+    type Error = StoreError;
+    fn try_from(r: ReviewSnapshotRow) -> Result<Self, StoreError> {
+        Ok(ReviewSnapshot {
+            mailbox: MailboxAddress::parse(&r.mailbox).map_err(decode_err)?,
+            groups: parse_json_strings(&r.groups),
+            org_unit: r.org_unit,
+            reviewed_by: Operator::parse(&r.reviewed_by).map_err(decode_err)?,
+            reviewed_at: r.reviewed_at,
+        })
+    }
 }

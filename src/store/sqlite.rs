@@ -202,6 +202,7 @@ impl SqliteStore {
 
 // The statements both backends share (`store/sql/`), in SQLite's dialect.
 sql::subscription_statements!(SqliteStore, Sqlite);
+sql::group_statements!(SqliteStore, Sqlite);
 sql::oauth_statements!(SqliteStore, Sqlite);
 sql::lease_statements!(SqliteStore, Sqlite, share_lock(""));
 sql::batch_statements!(

@@ -17,6 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["events"],
     &["telemetry", "google"],
     &["oauth", "subscriptions"],
+    &["groups"],
     &["sync::context"],
     &["sync::gate"],
     &["sync", "sync::engine"],

@@ -15,6 +15,7 @@ mod emulator_helpers;
 mod emulator_oauth;
 mod emulator_python;
 mod emulator_read;
+mod groups;
 mod helpers;
 mod layers;
 mod normalize;

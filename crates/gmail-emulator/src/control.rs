@@ -16,7 +16,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::errors::control_error;
-use super::model::{FaultConfig, INBOX, LabelMask, Mailbox, UNREAD, User, World};
+use super::model::{
+    FaultConfig, Group, GroupMember, INBOX, LabelMask, Mailbox, UNREAD, User, World,
+};
 use super::pipeline::Shared;
 use super::util::{SplitMix, decode_base64_any, json_response};
 
@@ -44,6 +46,10 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route(
             "/emulator/v1/users/{email}/history/expire",
             post(expire_history),
+        )
+        .route(
+            "/emulator/v1/groups/{email}",
+            put(put_group).delete(delete_group),
         )
         .route("/emulator/v1/delegation", put(delegation))
         .route("/emulator/v1/oauth", get(oauth).put(oauth_policy))
@@ -104,14 +110,29 @@ fn parse_id(id: &str) -> Option<u64> {
         .flatten()
 }
 
+fn group_json(email: &str, group: &Group) -> Value {
+    let members: Vec<Value> = group
+        .members
+        .iter()
+        .map(|m| json!({"email": m.email, "type": m.kind, "status": m.status}))
+        .collect();
+    json!({"email": email, "id": group.id, "members": members})
+}
+
 async fn state(State(shared): State<Arc<Shared>>) -> Response {
     let world = shared.lock();
     let users: Vec<Value> = world.users.values().map(user_json).collect();
+    let groups: Vec<Value> = world
+        .groups
+        .iter()
+        .map(|(email, group)| group_json(email, group))
+        .collect();
     let body = json!({
         "domain": world.seeding.domain,
         "seed": world.seeding.seed,
         "now_ms": shared.clock.now_ms(),
         "users": users,
+        "groups": groups,
     });
     drop(world);
     ok(&body)
@@ -428,6 +449,109 @@ async fn expire_history(State(shared): State<Arc<Shared>>, Path(email): Path<Str
     ok(
         &json!({"expired_through": expired_through.to_string(), "historyId": user.mailbox.history_id.to_string()}),
     )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewGroup {
+    members: Vec<NewMember>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMember {
+    email: String,
+    #[serde(rename = "type", default = "user_type")]
+    kind: String,
+    #[serde(default = "active")]
+    status: String,
+}
+
+fn user_type() -> String {
+    "USER".to_owned()
+}
+
+fn active() -> String {
+    "ACTIVE".to_owned()
+}
+
+/// `PUT /groups/{email}`: creates the group or replaces its members. A member need not exist
+/// (Google Groups take outside addresses too); a group may contain groups, cycles included.
+async fn put_group(
+    State(shared): State<Arc<Shared>>,
+    Path(email): Path<String>,
+    body: Bytes,
+) -> Response {
+    let new: NewGroup = match parse_body(&body) {
+        Ok(new) => new,
+        Err(refusal) => return *refusal,
+    };
+    if !valid_email(&email) {
+        return bad_request(format!("invalid group address {email:?}"));
+    }
+    let email = email.to_ascii_lowercase();
+    let mut members: Vec<GroupMember> = Vec::new();
+    for m in new.members {
+        if !valid_email(&m.email) {
+            return bad_request(format!("invalid member address {:?}", m.email));
+        }
+        if !matches!(m.kind.as_str(), "USER" | "GROUP") {
+            return bad_request(format!("invalid member type {:?} (USER or GROUP)", m.kind));
+        }
+        if !matches!(
+            m.status.as_str(),
+            "ACTIVE" | "SUSPENDED" | "ARCHIVED" | "UNDEFINED"
+        ) {
+            return bad_request(format!(
+                "invalid member status {:?} (ACTIVE, SUSPENDED, ARCHIVED or UNDEFINED)",
+                m.status
+            ));
+        }
+        let member = GroupMember {
+            email: m.email.to_ascii_lowercase(),
+            kind: m.kind,
+            status: m.status,
+        };
+        if members.iter().any(|x| x.email == member.email) {
+            return bad_request(format!("member {} listed twice", member.email));
+        }
+        members.push(member);
+    }
+    let mut world = shared.lock();
+    if world.user(&email).is_some() {
+        return control_error(
+            StatusCode::CONFLICT,
+            format!("{email} is a user, not a group"),
+        );
+    }
+    let seed = world.seeding.seed;
+    let created = !world.groups.contains_key(&email);
+    let group = match world.groups.get_mut(&email) {
+        Some(g) => {
+            g.members = members;
+            g.clone()
+        }
+        None => {
+            let g = Group::new(seed, &email, members);
+            world.groups.insert(email.clone(), g.clone());
+            g
+        }
+    };
+    drop(world);
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    json_response(status, &group_json(&email, &group), false)
+}
+
+async fn delete_group(State(shared): State<Arc<Shared>>, Path(email): Path<String>) -> Response {
+    let email = email.to_ascii_lowercase();
+    match shared.lock().groups.remove(&email) {
+        Some(_) => ok(&json!({"email": email, "deleted": true})),
+        None => control_error(StatusCode::NOT_FOUND, format!("unknown group {email}")),
+    }
 }
 
 #[derive(Deserialize)]

@@ -187,7 +187,8 @@ impl Emulator {
     }
 
     /// Writes a service-account key file (mode 0600) whose `token_uri` is this emulator, and
-    /// grants it `gmail.readonly` + `admin.directory.user.readonly` by domain-wide delegation.
+    /// grants it `gmail.readonly`, `admin.directory.user.readonly` and
+    /// `admin.directory.group.readonly` by domain-wide delegation.
     pub fn write_service_account_key(&self, path: &Path) -> anyhow::Result<ServiceAccountInfo> {
         oauth::write_service_account_key(&self.shared, path)
     }

@@ -919,6 +919,7 @@ pub(crate) enum ApiMethod {
     ThreadsList,
     ThreadsGet,
     DirectoryUsersGet,
+    DirectoryGroupsList,
     DirectoryMembersList,
     Token,
     Authorize,
@@ -940,6 +941,7 @@ impl ApiMethod {
             ApiMethod::ThreadsList => "gmail.users.threads.list",
             ApiMethod::ThreadsGet => "gmail.users.threads.get",
             ApiMethod::DirectoryUsersGet => "directory.users.get",
+            ApiMethod::DirectoryGroupsList => "directory.groups.list",
             ApiMethod::DirectoryMembersList => "directory.members.list",
             ApiMethod::Token => "oauth2.token",
             ApiMethod::Authorize => "oauth2.authorize",
@@ -958,6 +960,7 @@ impl ApiMethod {
             ApiMethod::ThreadsList | ApiMethod::ThreadsGet => 10,
             ApiMethod::MessagesGet | ApiMethod::AttachmentsGet => 20,
             ApiMethod::DirectoryUsersGet
+            | ApiMethod::DirectoryGroupsList
             | ApiMethod::DirectoryMembersList
             | ApiMethod::Token
             | ApiMethod::Authorize
@@ -1019,6 +1022,36 @@ pub(crate) fn shared_group(domain: &str) -> String {
     format!("shared-mailboxes@{domain}")
 }
 
+/// A Google Group: its Directory ID and name, and its direct members in the order they were set.
+#[derive(Debug, Clone)]
+pub(crate) struct Group {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) members: Vec<GroupMember>,
+}
+
+/// A direct member of a group: a user or another group (Directory `type`), with its `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GroupMember {
+    /// Lower case.
+    pub(crate) email: String,
+    /// `USER` or `GROUP` (`CUSTOMER` is not emulated).
+    pub(crate) kind: String,
+    /// `ACTIVE`, `SUSPENDED`, `ARCHIVED`, … as the control API set it.
+    pub(crate) status: String,
+}
+
+impl Group {
+    pub(crate) fn new(seed: u64, email: &str, members: Vec<GroupMember>) -> Group {
+        let local = email.split('@').next().unwrap_or_default();
+        Group {
+            id: format!("0{:016x}", hash(&[seed, hash_str(email), 7])),
+            name: local.replace(['-', '.', '_'], " "),
+            members,
+        }
+    }
+}
+
 pub(crate) const SHARED_OU: &str = "/Shared Mailboxes";
 pub(crate) const STAFF_OU: &str = "/Staff";
 const SHARED_NAMES: [&str; 10] = [
@@ -1043,8 +1076,8 @@ pub(crate) struct World {
     /// By lower-case primary email.
     pub(crate) users: BTreeMap<String, User>,
     pub(crate) next_user_index: u32,
-    /// Group email → member emails.
-    pub(crate) groups: BTreeMap<String, Vec<String>>,
+    /// By lower-case group email.
+    pub(crate) groups: BTreeMap<String, Group>,
     /// By `client_email`.
     pub(crate) accounts: HashMap<String, ServiceAccount>,
     /// Grants made by `write_service_account_key`; `reset` restores these.
@@ -1116,11 +1149,17 @@ impl World {
                 (format!("{name}@{domain}"), STAFF_OU)
             };
             if ou == SHARED_OU {
-                members.push(email.clone());
+                members.push(GroupMember {
+                    email: email.clone(),
+                    kind: "USER".to_owned(),
+                    status: "ACTIVE".to_owned(),
+                });
             }
             self.add_user(&email, ou, messages);
         }
-        self.groups.insert(shared_group(&domain), members);
+        let group = shared_group(&domain);
+        let seeded = Group::new(self.seeding.seed, &group, members);
+        self.groups.insert(group, seeded);
     }
 
     /// Adds a user with a generated mailbox of `messages` messages.
@@ -1307,10 +1346,12 @@ mod tests {
                 ("support@example.com", SHARED_OU)
             ]
         );
-        assert_eq!(
-            w.groups[&shared_group("example.com")],
-            vec!["support@example.com", "billing@example.com"]
-        );
+        let members: Vec<&str> = w.groups[&shared_group("example.com")]
+            .members
+            .iter()
+            .map(|m| m.email.as_str())
+            .collect();
+        assert_eq!(members, vec!["support@example.com", "billing@example.com"]);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use super::consent;
 use super::errors::oauth_error;
 use super::model::{ApiMethod, IssuedToken, ServiceAccount};
 use super::pipeline::Shared;
-use super::scopes::{DIRECTORY_USER_READONLY, GMAIL_READONLY};
+use super::scopes::{DIRECTORY_GROUP_READONLY, DIRECTORY_USER_READONLY, GMAIL_READONLY};
 use super::tokens::{TOKEN_LIFETIME_S, issue_access_token, process_key, process_key_id};
 use super::util::{URL_SAFE_LENIENT, hash, json_response, param, query_pairs, write_private_file};
 
@@ -84,10 +84,14 @@ pub(crate) fn write_service_account_key(
     let text = serde_json::to_string_pretty(&document).context("encoding the key file")?;
     write_private_file(path, text.as_bytes())
         .with_context(|| format!("writing the key file {}", path.display()))?;
-    let scopes: std::collections::BTreeSet<String> = [GMAIL_READONLY, DIRECTORY_USER_READONLY]
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+    let scopes: std::collections::BTreeSet<String> = [
+        GMAIL_READONLY,
+        DIRECTORY_USER_READONLY,
+        DIRECTORY_GROUP_READONLY,
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
     let mut world = shared.lock();
     world.accounts.insert(
         client_email.clone(),

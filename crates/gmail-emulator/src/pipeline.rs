@@ -80,6 +80,11 @@ impl Caller {
         self.scopes.iter().any(|s| s == scope)
     }
 
+    /// The token carries at least one of `scopes`.
+    pub(crate) fn has_any(&self, scopes: &[&str]) -> bool {
+        scopes.iter().any(|s| self.has(s))
+    }
+
     fn has_gmail_scope(&self) -> bool {
         [GMAIL_READONLY, GMAIL_METADATA, GMAIL_MODIFY, GMAIL_FULL]
             .iter()

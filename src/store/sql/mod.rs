@@ -27,6 +27,7 @@ use super::rows::decode_err;
 use crate::domain::MailboxAddress;
 
 mod batches;
+mod groups;
 mod housekeeping;
 mod leases;
 mod messages;
@@ -36,6 +37,7 @@ mod runs;
 mod subscriptions;
 
 pub(crate) use batches::batch_statements;
+pub(crate) use groups::{group_columns, group_statements};
 pub(crate) use housekeeping::housekeeping_statements;
 pub(crate) use leases::{lease_statements, sync_state_columns};
 pub(crate) use messages::message_statements;

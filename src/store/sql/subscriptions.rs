@@ -11,7 +11,7 @@ macro_rules! subscription_columns {
     () => {
         "mailbox, status, label_filter, requested_by, requested_at, approved_by, approved_at, \
          last_reviewed_at, reviewed_by, org_unit_seen, org_unit_checked_at, note, status_reason, \
-         auth_mode, created_at, updated_at, label_scope"
+         auth_mode, created_at, updated_at, label_scope, via_group"
     };
 }
 
@@ -38,7 +38,9 @@ macro_rules! subscription_statements {
                 pub(crate) async fn insert_subscription(
                     &self,
                     s: &NewSubscription,
+                    via: Option<(&str, &str)>,
                 ) -> Result<Subscription, StoreError> {
+                    let via_group = via.map(|(g, _)| g);
                     let now = now();
                     let mailbox = s.mailbox.as_str();
                     let (_turn, mut tx) = self.begin_write().await?;
@@ -52,8 +54,8 @@ macro_rules! subscription_statements {
                     let row: SubscriptionRow = match current.as_ref().map(|(st,)| st.as_str()) {
                         None => sqlx::query_as::<$db, SubscriptionRow>(concat!(
                             "INSERT INTO subscriptions (mailbox, status, label_filter, requested_by, \
-                             requested_at, note, auth_mode, created_at, updated_at) \
-                             VALUES ($1, 'pending', $2, $3, $4, $5, $6, $4, $4) RETURNING ",
+                             requested_at, note, auth_mode, created_at, updated_at, via_group) \
+                             VALUES ($1, 'pending', $2, $3, $4, $5, $6, $4, $4, $7) RETURNING ",
                             subscription_columns!()
                         ))
                         .bind(mailbox)
@@ -62,6 +64,7 @@ macro_rules! subscription_statements {
                         .bind(now)
                         .bind(&note)
                         .bind(s.auth_mode.as_str())
+                        .bind(via_group)
                         .fetch_one(&mut *tx)
                         .await
                         .map_err(|e| match e.as_database_error() {
@@ -74,7 +77,7 @@ macro_rules! subscription_statements {
                             "UPDATE subscriptions SET status = 'pending', label_filter = $2, \
                              requested_by = $3, requested_at = $4, note = $5, approved_by = NULL, \
                              approved_at = NULL, status_reason = NULL, auth_mode = $6, updated_at = $4, \
-                             label_scope = NULL \
+                             label_scope = NULL, via_group = $7 \
                              WHERE mailbox = $1 RETURNING ",
                             subscription_columns!()
                         ))
@@ -84,6 +87,7 @@ macro_rules! subscription_statements {
                         .bind(now)
                         .bind(&note)
                         .bind(s.auth_mode.as_str())
+                        .bind(via_group)
                         .fetch_one(&mut *tx)
                         .await?,
                         Some(other) => {
@@ -100,7 +104,7 @@ macro_rules! subscription_statements {
                         action: "add",
                         old_status: old.as_deref(),
                         new_status: "pending",
-                        reason: None,
+                        reason: via.map(|(_, why)| why),
                     })
                     .await?;
                     tx.commit().await?;
