@@ -296,6 +296,7 @@ impl<'a> Subscriptions<'a> {
             approved_by: None,
             reviewed_by: None,
             org_unit_seen: None,
+            label_scope: None,
         })
         .await
     }

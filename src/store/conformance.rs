@@ -1865,6 +1865,66 @@ pub async fn decisions_fence_every_sync_write(store: &Store) {
         .update_subscription(&transition(
             &m,
             SubscriptionStatus::Active,
+            SubscriptionAction::Remove,
+        ))
+        .await
+        .unwrap();
+    let err = store
+        .commit_batch(&l, &batch(vec![message("k4", "t", &[], "S", "b")], 40))
+        .await
+        .expect_err("a removed subscription's batch is refused");
+    assert!(err.to_string().contains("removed"), "{err}");
+    assert_eq!(store.count_messages(&m).await.unwrap(), 2);
+    let state = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(state.history_id, Some(hid(30)));
+
+    // Removed with --purge while the pass runs: nothing comes back.
+    store.purge_mailbox(&m).await.unwrap();
+    assert!(
+        store
+            .commit_batch(&l, &batch(vec![message("k5", "t", &[], "S", "b")], 50))
+            .await
+            .is_err()
+    );
+    assert!(matches!(
+        store.record_stop(&l, &run_row(&m)).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert_eq!(store.count_messages(&m).await.unwrap(), 0);
+    assert!(store.sync_state(&m).await.unwrap().is_none());
+
+    // A lease pinned to another auth mode is refused too.
+    let o = mailbox("pinned@example.com");
+    active_subscription(store, &o).await;
+    let pinned = Lease {
+        auth_mode: Some(AuthMode::OAuth),
+        ..lease(store, &o).await
+    };
+    let err = store
+        .commit_batch(&pinned, &batch(vec![message("p1", "t", &[], "S", "b")], 10))
+        .await
+        .expect_err("a delegated subscription refuses a pass pinned to oauth");
+    assert!(
+        matches!(
+            err,
+            StoreError::NotActive {
+                decision: StopDecision::AuthModeChanged,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let same = Lease {
+        auth_mode: Some(AuthMode::Delegated),
+        ..pinned
+    };
+    store
+        .commit_batch(&same, &batch(vec![message("p2", "t", &[], "S", "b")], 10))
+        .await
+        .expect("the pinned mode matches");
+    assert_eq!(store.count_messages(&o).await.unwrap(), 1);
+}
+
 /// A governance change (`relabel`, `set-auth`) is a compare-and-set on
 /// status, labels and mode: back to pending with the actor as requester and
 /// the approval cleared, audited; a change computed from a stale read, a
@@ -2018,60 +2078,6 @@ pub async fn governance_changes_compare_and_set(store: &Store) {
         ))
         .await
         .unwrap();
-    let err = store
-        .commit_batch(&l, &batch(vec![message("k4", "t", &[], "S", "b")], 40))
-        .await
-        .expect_err("a removed subscription's batch is refused");
-    assert!(err.to_string().contains("removed"), "{err}");
-    assert_eq!(store.count_messages(&m).await.unwrap(), 2);
-    let state = store.sync_state(&m).await.unwrap().unwrap();
-    assert_eq!(state.history_id, Some(hid(30)));
-
-    // Removed with --purge while the pass runs: nothing comes back.
-    store.purge_mailbox(&m).await.unwrap();
-    assert!(
-        store
-            .commit_batch(&l, &batch(vec![message("k5", "t", &[], "S", "b")], 50))
-            .await
-            .is_err()
-    );
-    assert!(matches!(
-        store.record_stop(&l, &run_row(&m)).await,
-        Err(StoreError::LeaseLost { .. })
-    ));
-    assert_eq!(store.count_messages(&m).await.unwrap(), 0);
-    assert!(store.sync_state(&m).await.unwrap().is_none());
-
-    // A lease pinned to another auth mode is refused too.
-    let o = mailbox("pinned@example.com");
-    active_subscription(store, &o).await;
-    let pinned = Lease {
-        auth_mode: Some(AuthMode::OAuth),
-        ..lease(store, &o).await
-    };
-    let err = store
-        .commit_batch(&pinned, &batch(vec![message("p1", "t", &[], "S", "b")], 10))
-        .await
-        .expect_err("a delegated subscription refuses a pass pinned to oauth");
-    assert!(
-        matches!(
-            err,
-            StoreError::NotActive {
-                decision: StopDecision::AuthModeChanged,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    let same = Lease {
-        auth_mode: Some(AuthMode::Delegated),
-        ..pinned
-    };
-    store
-        .commit_batch(&same, &batch(vec![message("p2", "t", &[], "S", "b")], 10))
-        .await
-        .expect("the pinned mode matches");
-    assert_eq!(store.count_messages(&o).await.unwrap(), 1);
     let removed = SubscriptionChange {
         expected_status: SubscriptionStatus::Removed,
         expected_auth_mode: AuthMode::OAuth,
