@@ -160,8 +160,6 @@ fn lifecycle(cli: &Cli) {
         "Support@Example.com",
         "--by",
         "alice",
-        "--labels",
-        "INBOX,Robert'); DROP TABLE messages;--",
         "--note",
         "ticket 42'; DELETE FROM subscriptions; --",
     ]);
@@ -218,7 +216,7 @@ fn lifecycle(cli: &Cli) {
     assert_eq!(row["mailbox"], "support@example.com");
     assert_eq!(row["status"], "active");
     assert_eq!(row["note"], "ticket 42'; DELETE FROM subscriptions; --");
-    assert_eq!(row["label_filter"][1], "Robert'); DROP TABLE messages;--");
+    assert_eq!(row["label_scope"], serde_json::json!([]));
 
     let review: serde_json::Value =
         serde_json::from_str(&cli.ok(&["subscriptions", "review", "--format", "json"])).unwrap();
@@ -259,6 +257,39 @@ fn lifecycle(cli: &Cli) {
     let list: serde_json::Value =
         serde_json::from_str(&cli.ok(&["subscriptions", "list", "--format", "json"])).unwrap();
     assert_eq!(list[0]["status"], "removed");
+
+    // Labels are stored verbatim; resolving them needs the mailbox's labels,
+    // which are not read while the org unit cannot be verified (no key here):
+    // the approval is refused and the subscription stays pending.
+    cli.ok(&[
+        "subscriptions",
+        "add",
+        "labels@example.com",
+        "--by",
+        "alice",
+        "--labels",
+        "INBOX,Robert'); DROP TABLE messages;--",
+    ]);
+    let out = cli.run(&[
+        "subscriptions",
+        "approve",
+        "labels@example.com",
+        "--by",
+        "bob",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_line(&out).contains("org unit"));
+    let list: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["subscriptions", "list", "--format", "json"])).unwrap();
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["mailbox"] == "labels@example.com")
+        .unwrap();
+    assert_eq!(row["status"], "pending");
+    assert_eq!(row["label_filter"][1], "Robert'); DROP TABLE messages;--");
+    assert_eq!(row["label_scope"], serde_json::Value::Null);
 }
 
 #[test]

@@ -293,31 +293,59 @@ fn sql_metacharacters_in_every_operator_input_are_stored_verbatim() {
         "--labels",
         &format!("INBOX,{hostile_label}"),
     ]);
+    // Its labels cannot be resolved without the Directory (no key here):
+    // that approval is refused; the one without labels goes through.
+    let refused = Command::new(binary())
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "subscriptions",
+            "approve",
+            "shared@example.com",
+            "--by",
+            hostile_approver,
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    cli(&[
+        "subscriptions",
+        "add",
+        "other@example.com",
+        "--by",
+        hostile_by,
+        "--note",
+        hostile_note,
+    ]);
     cli(&[
         "subscriptions",
         "approve",
-        "shared@example.com",
+        "other@example.com",
         "--by",
         hostile_approver,
     ]);
     cli(&[
         "subscriptions",
         "pause",
-        "shared@example.com",
+        "other@example.com",
         "--by",
         hostile_by,
     ]);
     let list: Value =
         serde_json::from_str(&cli(&["subscriptions", "list", "--format", "json"])).unwrap();
 
-    // Assert.
-    let row = &list[0];
-    assert_eq!(list.as_array().map(Vec::len), Some(1));
-    assert_eq!(row["note"], hostile_note);
-    assert_eq!(row["requested_by"], hostile_by);
-    assert_eq!(row["approved_by"], hostile_approver);
-    assert_eq!(row["label_filter"][1], hostile_label);
-    assert_eq!(row["status"], "paused");
+    // Assert (listed by mailbox: other@, then shared@).
+    assert_eq!(list.as_array().map(Vec::len), Some(2));
+    let (other, shared) = (&list[0], &list[1]);
+    assert_eq!(other["note"], hostile_note);
+    assert_eq!(other["requested_by"], hostile_by);
+    assert_eq!(other["approved_by"], hostile_approver);
+    assert_eq!(other["status"], "paused");
+    assert_eq!(shared["note"], hostile_note);
+    assert_eq!(shared["requested_by"], hostile_by);
+    assert_eq!(shared["label_filter"][1], hostile_label);
+    assert_eq!(shared["status"], "pending");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
