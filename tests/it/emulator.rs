@@ -1195,6 +1195,13 @@ async fn directory_look_ups_need_an_admin() {
     );
     assert_eq!(body["error"]["errors"][0]["reason"], "forbidden");
 
+    // members.list needs a group scope, as at Google (tests/it/groups.rs covers the 403).
+    let admin = env
+        .token(
+            "admin@example.com",
+            &format!("{DIRECTORY_READONLY} https://www.googleapis.com/auth/admin.directory.group.readonly"),
+        )
+        .await;
     let (status, _, members) = env
         .get(
             &admin,
