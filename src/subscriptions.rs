@@ -356,11 +356,7 @@ impl<'a> Subscriptions<'a> {
                 action: "approve",
             },
         )?;
-        let label_scope = match label_scope {
-            Some(scope) => Some(scope),
-            None if sub.label_filter.is_empty() => Some(Vec::new()),
-            None => return Err(SubscriptionError::LabelsUnresolved(mailbox.clone())),
-        };
+        // The org unit first: a refused one is the cause, whatever the labels.
         let (reason, seen) = match org_unit {
             OrgUnitVerdict::Refused(reason) => {
                 return Err(SubscriptionError::OrgUnitRefused {
@@ -379,6 +375,11 @@ impl<'a> Subscriptions<'a> {
                 Some("authorized by the owner's OAuth consent; no org-unit gate".to_owned()),
                 None,
             ),
+        };
+        let label_scope = match label_scope {
+            Some(scope) => Some(scope),
+            None if sub.label_filter.is_empty() => Some(Vec::new()),
+            None => return Err(SubscriptionError::LabelsUnresolved(mailbox.clone())),
         };
         let update = SubscriptionUpdate {
             mailbox: mailbox.clone(),
