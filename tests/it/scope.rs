@@ -524,3 +524,77 @@ both_backends!(
         task.await.unwrap().unwrap();
     }
 );
+
+both_backends!(
+    relabel_through_the_cli_waits_for_a_second_operator_then_narrows_the_live_rows,
+    |b: Backend| async move {
+        let Some(w) = world(b, small(2, 40)).await else {
+            return;
+        };
+        let m = w.shared_mailboxes().await[0].clone();
+        // Two starred messages at least, whatever the seed starred.
+        for (id, _, _) in w.truth(&m).await.into_iter().take(2) {
+            w.relabel(&m, &id, &["STARRED"], &[]).await;
+        }
+        let cli = Cli::new(&w, "relabel.toml", "");
+        cli.ok(&["subscriptions", "add", m.as_str(), "--by", "ops-a"]);
+        cli.ok(&["subscriptions", "approve", m.as_str(), "--by", "ops-b"]);
+        cli.ok(&["sync"]);
+        let whole = w.db(&m).await.len();
+        assert_eq!(whole, w.truth(&m).await.len(), "the whole mailbox first");
+        let gets = w.requests_by_user(&m, GET).await;
+
+        // The change goes back to four-eyes: nothing is read while it waits.
+        cli.ok(&[
+            "subscriptions",
+            "relabel",
+            m.as_str(),
+            "--labels",
+            "STARRED",
+            "--by",
+            "ops-c",
+        ]);
+        let sub = w.ctx.store.get_subscription(&m).await.unwrap().unwrap();
+        assert_eq!(sub.status, SubscriptionStatus::Pending);
+        cli.ok(&["sync"]);
+        assert_eq!(
+            w.db(&m).await.len(),
+            whole,
+            "a pending change moves nothing"
+        );
+        let line = cli.refused(&["subscriptions", "approve", m.as_str(), "--by", "ops-c"]);
+        assert!(line.contains("four-eyes"), "{line}");
+
+        // Approved by someone else: the live rows become the new scope, and
+        // what left is recorded as `left_scope`, without a single get.
+        let approved = cli.ok(&["subscriptions", "approve", m.as_str(), "--by", "ops-a"]);
+        assert!(approved.contains("label scope: STARRED"), "{approved}");
+        cli.ok(&["sync"]);
+        let n = assert_scope(&w, &m, &["STARRED"], "after the relabel was approved").await;
+        assert!(n < whole as u64, "{n} of {whole}");
+        assert_eq!(
+            w.requests_by_user(&m, GET).await,
+            gets,
+            "narrowing fetches nothing"
+        );
+        let (outside, _) = outside_and_inside(&w, &m, "STARRED").await;
+        assert_eq!(
+            changes_of(&w, &m, &outside).await.last(),
+            Some(&ChangeKind::LeftScope)
+        );
+
+        // Back to the whole mailbox: the rows that left come back (fetched
+        // again: a row that left the scope is not revived in place).
+        cli.ok(&[
+            "subscriptions",
+            "relabel",
+            m.as_str(),
+            "--all-mail",
+            "--by",
+            "ops-c",
+        ]);
+        cli.ok(&["subscriptions", "approve", m.as_str(), "--by", "ops-b"]);
+        cli.ok(&["sync"]);
+        assert_eq!(w.db(&m).await, w.truth(&m).await, "the whole mailbox again");
+    }
+);
