@@ -6,9 +6,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use gmail_ingest::domain::MailboxAddress;
+use serde_json::Value;
 
 use crate::helpers::World;
 
@@ -252,5 +254,85 @@ where
         }
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The binary with a config pointing at the world's emulator and database.
+pub(crate) struct WorldCli {
+    pub(crate) config: PathBuf,
+    dir: PathBuf,
+}
+
+impl WorldCli {
+    pub(crate) fn new(w: &World, extra: &str) -> WorldCli {
+        let config = w
+            .dir
+            .path()
+            .join(format!("cli-{}.toml", uuid::Uuid::new_v4()));
+        write_config(w, &config, extra);
+        WorldCli {
+            config,
+            dir: w.dir.path().to_owned(),
+        }
+    }
+
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
+        Command::new(binary())
+            .current_dir(&self.dir)
+            .args([&["--config", self.config.to_str().unwrap()], args].concat())
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("binary runs")
+    }
+
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed ({:?}): {}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
+        let out = self.ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+    }
+
+    /// Exit code 2 with exactly one `error:` line containing `needle`.
+    pub(crate) fn refused(&self, args: &[&str], needle: &str) {
+        let line = self.refused_line(args);
+        assert!(line.contains(needle), "{args:?}: {line}");
+    }
+
+    /// Exit code 2 with exactly one `error:` line, which it returns.
+    pub(crate) fn refused_line(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "{args:?}: one error line expected: {stderr}"
+        );
+        lines[0].to_owned()
+    }
+
+    pub(crate) async fn run_async(&self, args: &[&str]) -> Output {
+        let this = WorldCli {
+            config: self.config.clone(),
+            dir: self.dir.clone(),
+        };
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            this.run(&a)
+        })
+        .await
+        .unwrap()
     }
 }

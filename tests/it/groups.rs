@@ -3,15 +3,14 @@
 //! `remove-group` through the real binary, the daemon's re-expansion, and
 //! `subscriptions review` asking the Directory, on SQLite and PostgreSQL.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use gmail_ingest::domain::{MailboxAddress, Operator, SubscriptionStatus};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::chaos_helpers::{binary, eventually, write_config};
+use crate::chaos_helpers::{WorldCli, binary, eventually};
 use crate::emulator_helpers::{DIRECTORY_READONLY, start};
 use crate::helpers::{Backend, World, both_backends, small, world, world_with};
 
@@ -186,80 +185,6 @@ async fn the_emulator_serves_groups_in_googles_shapes_with_its_errors_and_counte
     assert_eq!(stats["requests"]["directory.members.list"]["403"], 1);
 }
 
-/// The binary with a config pointing at the world's emulator and database.
-struct Bin {
-    config: PathBuf,
-    dir: PathBuf,
-}
-
-impl Bin {
-    fn new(w: &World, extra: &str) -> Bin {
-        let config = w
-            .dir
-            .path()
-            .join(format!("groups-{}.toml", uuid::Uuid::new_v4()));
-        write_config(w, &config, extra);
-        Bin {
-            config,
-            dir: w.dir.path().to_owned(),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(binary())
-            .current_dir(&self.dir)
-            .args([&["--config", self.config.to_str().unwrap()], args].concat())
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("binary runs")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed ({:?}): {}{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.ok(args);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
-    }
-
-    /// Exit code 2 with exactly one `error:` line containing `needle`.
-    fn refused(&self, args: &[&str], needle: &str) {
-        let out = self.run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "{args:?}: one error line expected: {stderr}"
-        );
-        assert!(lines[0].contains(needle), "{args:?}: {stderr}");
-    }
-
-    async fn run_async(&self, args: &[&str]) -> Output {
-        let this = Bin {
-            config: self.config.clone(),
-            dir: self.dir.clone(),
-        };
-        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-        tokio::task::spawn_blocking(move || {
-            let a: Vec<&str> = args.iter().map(String::as_str).collect();
-            this.run(&a)
-        })
-        .await
-        .unwrap()
-    }
-}
-
 fn mb(s: &str) -> MailboxAddress {
     MailboxAddress::parse(s).unwrap()
 }
@@ -296,7 +221,7 @@ both_backends!(
         let Some(w) = world(b, small(3, 5)).await else {
             return;
         };
-        let cli = Bin::new(&w, "");
+        let cli = WorldCli::new(&w, "");
         // Arrange: team@ holds support, carol and the nested ops@; ops@ holds
         // billing, a suspended alice, an outsider, and team@ again (a cycle).
         add_user(&w, "carol@example.com", "/Shared Mailboxes").await;
@@ -565,7 +490,7 @@ both_backends!(
         let Some(w) = world(b, small(3, 5)).await else {
             return;
         };
-        let cli = Bin::new(&w, "");
+        let cli = WorldCli::new(&w, "");
         w.subscribe(&mb("support@example.com")).await;
         revoke_group_scope(&w).await;
 
@@ -634,7 +559,7 @@ both_backends!(
         let Some(w) = world(b, small(3, 5)).await else {
             return;
         };
-        let cli = Bin::new(&w, "");
+        let cli = WorldCli::new(&w, "");
         let (support, billing) = (mb("support@example.com"), mb("billing@example.com"));
         w.subscribe(&support).await;
         w.subscribe(&billing).await;
@@ -798,7 +723,7 @@ both_backends!(
             return;
         };
         subscribed_team(&w).await;
-        let cli = Bin::new(&w, "");
+        let cli = WorldCli::new(&w, "");
         let app = gmail_ingest::app::Application::build(w.settings.clone())
             .await
             .unwrap();

@@ -3,13 +3,12 @@
 //! pass — full sync, incremental, resync after expiry, and a scope change —
 //! through the CLI, the daemon and the engine, on SQLite and PostgreSQL.
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Duration;
 
 use gmail_ingest::domain::{AuthMode, ChangeKind, MailboxAddress, Operator, SubscriptionStatus};
 use gmail_ingest::subscriptions::{OrgUnitVerdict, Subscriptions};
 
+use crate::chaos_helpers::WorldCli as Cli;
 use crate::helpers::{Backend, World, both_backends, small, world};
 
 const GET: &str = "gmail.users.messages.get";
@@ -73,51 +72,6 @@ async fn outside_and_inside(w: &World, m: &MailboxAddress, scope: &str) -> (Stri
     (outside, inside)
 }
 
-struct Cli {
-    config: PathBuf,
-}
-
-impl Cli {
-    fn new(w: &World, name: &str, extra: &str) -> Cli {
-        let config = w.dir.path().join(name);
-        crate::chaos_helpers::write_config(w, &config, extra);
-        Cli { config }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_gmail-ingest"))
-            .args([&["--config", self.config.to_str().unwrap()], args].concat())
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("binary runs")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Exit code 2 with one `error:` line, which it returns.
-    fn refused(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-        assert_eq!(lines.len(), 1, "one error line expected: {stderr}");
-        lines[0].to_owned()
-    }
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 both_backends!(
     a_starred_scope_ingests_and_pays_for_exactly_the_starred_messages,
     |b: Backend| async move {
@@ -125,7 +79,7 @@ both_backends!(
             return;
         };
         let m = w.shared_mailboxes().await[0].clone();
-        let cli = Cli::new(&w, "scope.toml", "");
+        let cli = Cli::new(&w, "");
         cli.ok(&[
             "subscriptions",
             "add",
@@ -210,7 +164,7 @@ both_backends!(
             shared[2].clone(),
             shared[3].clone(),
         );
-        let cli = Cli::new(&w, "scope.toml", "");
+        let cli = Cli::new(&w, "");
 
         // A user label by its name, in another case: resolved to its ID.
         cli.ok(&[
@@ -262,7 +216,7 @@ both_backends!(
             .await
             .unwrap()
             .len();
-        let line = cli.refused(&[
+        let line = cli.refused_line(&[
             "subscriptions",
             "approve",
             unknown.as_str(),
@@ -291,7 +245,7 @@ both_backends!(
         );
 
         // The Directory cannot be asked: labels are not read, approval refused.
-        let blind = Cli::new(&w, "blind.toml", "");
+        let blind = Cli::new(&w, "");
         let text = std::fs::read_to_string(&blind.config).unwrap().replace(
             &format!(
                 "directory_base_url = \"{}\"",
@@ -310,7 +264,7 @@ both_backends!(
             "--by",
             "ops-a",
         ]);
-        let line = blind.refused(&[
+        let line = blind.refused_line(&[
             "subscriptions",
             "approve",
             unverified.as_str(),
@@ -341,7 +295,6 @@ both_backends!(
         );
         let sub = w.ctx.store.get_subscription(&whole).await.unwrap().unwrap();
         assert_eq!(sub.label_scope, Some(Vec::new()));
-        let _ = path_str(&cli.config);
     }
 );
 
@@ -536,7 +489,7 @@ both_backends!(
         for (id, _, _) in w.truth(&m).await.into_iter().take(2) {
             w.relabel(&m, &id, &["STARRED"], &[]).await;
         }
-        let cli = Cli::new(&w, "relabel.toml", "");
+        let cli = Cli::new(&w, "");
         cli.ok(&["subscriptions", "add", m.as_str(), "--by", "ops-a"]);
         cli.ok(&["subscriptions", "approve", m.as_str(), "--by", "ops-b"]);
         cli.ok(&["sync"]);
@@ -562,7 +515,7 @@ both_backends!(
             whole,
             "a pending change moves nothing"
         );
-        let line = cli.refused(&["subscriptions", "approve", m.as_str(), "--by", "ops-c"]);
+        let line = cli.refused_line(&["subscriptions", "approve", m.as_str(), "--by", "ops-c"]);
         assert!(line.contains("four-eyes"), "{line}");
 
         // Approved by someone else: the live rows become the new scope, and
