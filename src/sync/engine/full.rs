@@ -196,7 +196,17 @@ impl Pass<'_> {
         let profile = self.gmail.get_profile().await?;
         let estimated_total = profile.messages_total.max(0) as u64;
         let labels = self.gmail.list_labels().await?;
-        state.full_sync_history_id = Some(profile.history_id);
+        // A restart over an earlier attempt of the listing (a resync requested
+        // or a new scope in the middle of it) keeps the older position: the
+        // rows that attempt stored were fetched after it, not after this
+        // profile, so the incremental pass that follows the listing must
+        // replay history from there (adopting the newer one lost the label
+        // changes made between the two; seed 18075680759950574580).
+        let start = match state.full_sync_history_id {
+            Some(earlier) => earlier.min(profile.history_id),
+            None => profile.history_id,
+        };
+        state.full_sync_history_id = Some(start);
         state.full_sync_generation += 1;
         state.page_token = Cursor::start(&self.scope).encode();
         state.phase = SyncPhase::FullSync;
