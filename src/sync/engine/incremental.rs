@@ -11,7 +11,7 @@
 //! fetched and enters; a live one left with no scope label leaves the live
 //! rows (`left_scope`) in the last batch.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
@@ -150,10 +150,12 @@ impl Pass<'_> {
             .cloned()
             .collect();
         if !self.scope.is_empty() {
+            // A set, not `Vec::contains`: a backlog can hold many thousands of adds.
+            let added: HashSet<&GmailMessageId> = collapsed.added.iter().collect();
             let mut relabeled: Vec<GmailMessageId> = collapsed
                 .labels
                 .keys()
-                .filter(|id| !collapsed.deleted.contains(*id) && !candidates.contains(*id))
+                .filter(|id| !collapsed.deleted.contains(*id) && !added.contains(*id))
                 .cloned()
                 .collect();
             relabeled.sort();
