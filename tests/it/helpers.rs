@@ -76,6 +76,19 @@ pub(crate) async fn world_with(
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let url = database_url(backend, dir.path()).await?;
+    Some(world_at(backend, url, dir, cfg, tweak).await)
+}
+
+/// A world on the database at `url` (in `dir`, which the world keeps): for
+/// a database the test controls itself, e.g. on its own PostgreSQL cluster
+/// or a small filesystem.
+pub(crate) async fn world_at(
+    backend: Backend,
+    url: String,
+    dir: tempfile::TempDir,
+    cfg: EmulatorConfig,
+    tweak: impl FnOnce(&mut Settings),
+) -> World {
     let emulator = Emulator::start(cfg).await.expect("emulator starts");
     let key = dir.path().join("sa.json");
     emulator
@@ -101,7 +114,7 @@ pub(crate) async fn world_with(
         backend,
     };
     w.quota(json!({"enforce": false})).await;
-    Some(w)
+    w
 }
 
 pub(crate) fn small(users: usize, messages: usize) -> EmulatorConfig {

@@ -105,60 +105,175 @@ fn pg_binary(name: &str) -> Option<PathBuf> {
 /// Starts one cluster for this test process on a free port. It is left
 /// running when the process exits (its temp dir is kept for `pg_ctl stop`).
 async fn start_private_cluster() -> Option<String> {
-    let initdb = pg_binary("initdb")?;
-    let pg_ctl = pg_binary("pg_ctl")?;
-    let dir = tempfile::Builder::new()
-        .prefix("gi-pg-")
-        .tempdir()
-        .ok()?
-        .keep();
-    let data = dir.join("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let ok = |status: std::io::Result<std::process::ExitStatus>| {
-        status.map(|s| s.success()).unwrap_or(false)
-    };
-    let init = Command::new(&initdb)
-        .args([
-            "-D",
-            path(&data),
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "--no-sync",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-    if !ok(init) {
-        return None;
+    let cluster = PrivateCluster::start()?;
+    let url = cluster.url("postgres");
+    // Leave it running for the rest of the process.
+    std::mem::forget(cluster);
+    Some(url)
+}
+
+/// A PostgreSQL cluster of the test's own, in a temp dir on a free port,
+/// that the test may restart or stop (the shared server must never be).
+/// As root the server runs as the `postgres` user, as initdb requires.
+/// Stopped (`-m immediate`) and deleted on drop.
+pub(crate) struct PrivateCluster {
+    dir: PathBuf,
+    pg_ctl: PathBuf,
+    port: u16,
+}
+
+impl PrivateCluster {
+    /// `None` when initdb/pg_ctl are not installed, or initdb or the start
+    /// failed (the cause is printed).
+    pub(crate) fn start() -> Option<PrivateCluster> {
+        let initdb = pg_binary("initdb")?;
+        let pg_ctl = pg_binary("pg_ctl")?;
+        let dir = tempfile::Builder::new()
+            .prefix("gi-pg-")
+            .tempdir()
+            .ok()?
+            .keep();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let cluster = PrivateCluster { dir, pg_ctl, port };
+        if as_root() {
+            // The server refuses to run as root; its files must be its own.
+            let _ = Command::new("chown")
+                .args(["-R", "postgres", path(&cluster.dir)])
+                .status();
+        }
+        let data = cluster.dir.join("data");
+        let init = cluster.run(
+            &initdb,
+            &[
+                "-D",
+                path(&data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ],
+        );
+        if !init {
+            return None;
+        }
+        if !cluster.pg_ctl(&["start"]) {
+            return None;
+        }
+        Some(cluster)
     }
-    let options = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-        path(&dir)
-    );
-    let start = Command::new(&pg_ctl)
-        .args([
-            "-D",
-            path(&data),
-            "-o",
-            &options,
-            "-l",
-            path(&dir.join("log")),
-            "-w",
-            "start",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-    if !ok(start) {
-        return None;
+
+    pub(crate) fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
-    Some(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+
+    /// A fresh empty database on this cluster.
+    pub(crate) async fn fresh_database(&self) -> String {
+        let name = format!("gi_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&self.url("postgres"))
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the private cluster: {e}"));
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .unwrap_or_else(|e| panic!("creating {name}: {e}"));
+        let _ = conn.close().await;
+        self.url(&name)
+    }
+
+    /// `pg_ctl restart -m fast`: every session is disconnected, the server
+    /// is down until it has started again. Returns when it accepts
+    /// connections (`-w`).
+    pub(crate) fn restart_fast(&self) {
+        assert!(
+            self.pg_ctl(&["-m", "fast", "restart"]),
+            "pg_ctl restart -m fast failed; server log:
+{}",
+            std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+        );
+    }
+
+    /// `pg_ctl stop -m fast`: the server is down until [`Self::start_again`].
+    pub(crate) fn stop_fast(&self) {
+        assert!(
+            self.pg_ctl(&["-m", "fast", "stop"]),
+            "pg_ctl stop -m fast failed"
+        );
+    }
+
+    pub(crate) fn start_again(&self) {
+        assert!(
+            self.pg_ctl(&["start"]),
+            "pg_ctl start failed; server log:\n{}",
+            std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+        );
+    }
+
+    /// Runs `pg_ctl` with this cluster's data dir, options and log.
+    fn pg_ctl(&self, args: &[&str]) -> bool {
+        let data = self.dir.join("data");
+        let log = self.dir.join("log");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            self.port,
+            path(&self.dir)
+        );
+        let mut all = vec!["-D", path(&data), "-o", &options, "-l", path(&log), "-w"];
+        all.extend_from_slice(args);
+        self.run(&self.pg_ctl, &all)
+    }
+
+    fn run(&self, program: &Path, args: &[&str]) -> bool {
+        let mut cmd = if as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
+        let out = cmd.args(args).output();
+        match out {
+            Ok(o) if o.status.success() => true,
+            Ok(o) => {
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!(
+                        "{} {}: {}
+{}",
+                        program.display(),
+                        args.join(" "),
+                        o.status,
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                }
+                false
+            }
+            Err(e) => {
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("{}: {e}", program.display());
+                }
+                false
+            }
+        }
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["-m", "immediate", "stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn path(p: &Path) -> &str {
