@@ -13,6 +13,7 @@ mod emulator;
 mod emulator_batch;
 mod emulator_helpers;
 mod emulator_oauth;
+mod emulator_push;
 mod emulator_python;
 mod emulator_read;
 mod faults;

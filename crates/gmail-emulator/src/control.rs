@@ -326,6 +326,7 @@ async fn insert_message(
     };
     let index = user.index;
     let (id, thread, history) = user.mailbox.insert(seed, index, &domain, now, raw, labels);
+    world.notify_change(&email, labels, history, now);
     drop(world);
     ok(
         &json!({"id": format!("{id:016x}"), "threadId": format!("{thread:016x}"), "historyId": history.to_string()}),
@@ -353,12 +354,20 @@ async fn delete_message(
     State(shared): State<Arc<Shared>>,
     Path((email, id)): Path<(String, String)>,
 ) -> Response {
+    let now = shared.clock.now_ms();
     let mut world = shared.lock();
     let Some(user) = world.user_mut(&email) else {
         return unknown_user(&email);
     };
-    match parse_id(&id).and_then(|id| user.mailbox.delete(id)) {
-        Some(history) => ok(&json!({"id": id, "historyId": history.to_string()})),
+    let parsed = parse_id(&id);
+    let touched = parsed
+        .and_then(|m| user.mailbox.get(m))
+        .map_or(0, |m| m.labels);
+    match parsed.and_then(|m| user.mailbox.delete(m)) {
+        Some(history) => {
+            world.notify_change(&email, touched, history, now);
+            ok(&json!({"id": id, "historyId": history.to_string()}))
+        }
         None => control_error(StatusCode::NOT_FOUND, format!("unknown message {id}")),
     }
 }
@@ -381,6 +390,7 @@ async fn relabel(
         Ok(change) => change,
         Err(refusal) => return *refusal,
     };
+    let now = shared.clock.now_ms();
     let mut world = shared.lock();
     let Some(user) = world.user_mut(&email) else {
         return unknown_user(&email);
@@ -396,15 +406,21 @@ async fn relabel(
         (Ok(add), Ok(remove)) => (add, remove),
         (Err(refusal), _) | (_, Err(refusal)) => return *refusal,
     };
+    let before = mailbox.get(message_id).map_or(0, |m| m.labels);
+    let history_before = mailbox.history_id;
     match mailbox.relabel(message_id, add, remove) {
         Some((labels, history)) => {
             let thread = mailbox
                 .get(message_id)
                 .map(|m| m.thread_id)
                 .unwrap_or_default();
-            ok(
-                &json!({"id": id, "threadId": format!("{thread:016x}"), "labelIds": mailbox.label_names_of(labels), "historyId": history.to_string()}),
-            )
+            let body = json!({"id": id, "threadId": format!("{thread:016x}"), "labelIds": mailbox.label_names_of(labels), "historyId": history.to_string()});
+            // Gmail records (and notifies) only an actual change.
+            if mailbox.history_id != history_before {
+                let current = mailbox.history_id;
+                world.notify_change(&email, before | labels, current, now);
+            }
+            ok(&body)
         }
         None => control_error(StatusCode::NOT_FOUND, format!("unknown message {id}")),
     }

@@ -1,5 +1,5 @@
 //! Gmail API v1 handlers: profile, labels (list/get), messages (list/get), threads (list/get),
-//! attachments, history.
+//! attachments, history, and push (`users.watch`/`users.stop`).
 //!
 //! Handlers run inside [`serve_api`], which has already authenticated, admitted and charged
 //! the call. They copy what they need out of the world under the lock and build bodies
@@ -8,10 +8,11 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use google_gmail1::api::{
     History, HistoryLabelAdded, HistoryLabelRemoved, HistoryMessageAdded, HistoryMessageDeleted,
     Label, ListHistoryResponse, ListLabelsResponse, ListMessagesResponse, ListThreadsResponse,
@@ -20,9 +21,12 @@ use google_gmail1::api::{
 
 use super::errors::GoogleError;
 use super::generate;
-use super::model::{ApiMethod, ChangeKind, ListFilter, Msg, Source, SourceContext, User, World};
+use super::model::{
+    ApiMethod, ChangeKind, ListFilter, Msg, Source, SourceContext, User, Watch, World,
+};
 use super::payload;
 use super::pipeline::{Caller, Shared, serve_api};
+use super::pubsub::{GMAIL_PUSH_ACCOUNT, PROJECT};
 use super::search::Query;
 use super::util::{json_response, param, params, query_pairs};
 
@@ -40,6 +44,8 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
             get(get_attachment),
         )
         .route("/gmail/v1/users/{user_id}/history", get(list_history))
+        .route("/gmail/v1/users/{user_id}/watch", post(watch))
+        .route("/gmail/v1/users/{user_id}/stop", post(stop))
 }
 
 fn ok<T: serde::Serialize>(body: &T) -> Result<Response, GoogleError> {
@@ -597,5 +603,130 @@ async fn list_history(
             next_page_token: next.map(|n| n.to_string()),
         })
     })
+    .await
+}
+
+/// How long a watch lasts: Google's seven days.
+const WATCH_LIFETIME_MS: i64 = 7 * 24 * 3600 * 1000;
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WatchBody {
+    topic_name: Option<String>,
+    #[serde(default)]
+    label_ids: Vec<String>,
+    label_filter_behavior: Option<String>,
+    /// Deprecated spelling of `labelFilterBehavior`, still accepted by Google.
+    label_filter_action: Option<String>,
+}
+
+/// `users.watch`: validates the topic as Google does (this project's, existing, granting
+/// publish to Gmail's push account), then replaces the mailbox's watch. Changes to the mailbox
+/// then publish `{"emailAddress","historyId"}` to the topic, at most once a second.
+async fn watch(
+    State(shared): State<Arc<Shared>>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    serve_api(
+        shared,
+        ApiMethod::Watch,
+        &headers,
+        Some(&user_id),
+        move |shared, caller| {
+            let request: WatchBody = serde_json::from_slice(&body).map_err(|e| {
+                GoogleError::invalid_argument(format!("Invalid JSON payload received. {e}"))
+            })?;
+            let topic = request.topic_name.unwrap_or_default();
+            let pattern = format!("projects/{PROJECT}/topics/");
+            let valid = topic
+                .strip_prefix(&pattern)
+                .is_some_and(|t| !t.is_empty() && !t.contains('/'));
+            if !valid {
+                return Err(GoogleError::invalid_argument(format!(
+                    "Invalid topicName does not match projects/{PROJECT}/topics/*"
+                )));
+            }
+            let include = match request
+                .label_filter_behavior
+                .or(request.label_filter_action)
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                None | Some("include") => true,
+                Some("exclude") => false,
+                Some(other) => {
+                    return Err(GoogleError::invalid_argument(format!(
+                        "Invalid value for labelFilterBehavior: {other}"
+                    )));
+                }
+            };
+            let now = shared.clock.now_ms();
+            let mut world = shared.lock();
+            match world.pubsub.topic(&topic) {
+                Err(_) => {
+                    let short = topic.rsplit('/').next().unwrap_or_default();
+                    return Err(GoogleError::new(
+                        404,
+                        "notFound",
+                        format!("Resource not found (resource={short})."),
+                    ));
+                }
+                Ok(t) if !t.publishers.contains(GMAIL_PUSH_ACCOUNT) => {
+                    return Err(GoogleError::forbidden(format!(
+                        "Error sending test message to Cloud PubSub {topic} : User not authorized to perform this action."
+                    )));
+                }
+                Ok(_) => {}
+            }
+            let user = world
+                .user_mut(&caller.email)
+                .ok_or_else(GoogleError::not_found)?;
+            let mut labels = 0;
+            for id in &request.label_ids {
+                labels |= user.mailbox.label_bit(id).ok_or_else(|| {
+                    GoogleError::invalid_argument(format!("Invalid label: {id}"))
+                })?;
+            }
+            let expiration = now + WATCH_LIFETIME_MS;
+            user.watch = Some(Watch {
+                topic,
+                labels,
+                include,
+                expiration_ms: expiration,
+            });
+            let history_id = user.mailbox.history_id;
+            drop(world);
+            ok(&serde_json::json!({
+                "historyId": history_id.to_string(),
+                "expiration": expiration.to_string(),
+            }))
+        },
+    )
+    .await
+}
+
+/// `users.stop`: ends the mailbox's watch (204, empty body, whether or not there was one).
+async fn stop(
+    State(shared): State<Arc<Shared>>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    serve_api(
+        shared,
+        ApiMethod::Stop,
+        &headers,
+        Some(&user_id),
+        |shared, caller| {
+            let mut world = shared.lock();
+            if let Some(user) = world.user_mut(&caller.email) {
+                user.watch = None;
+            }
+            drop(world);
+            Ok(StatusCode::NO_CONTENT.into_response())
+        },
+    )
     .await
 }

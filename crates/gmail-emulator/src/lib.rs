@@ -24,7 +24,8 @@
 //!    `prettyPrint` and `alt` as a middleware; uses `util` and `errors`).
 //! 2. Content: `generate` (RFC 822 rendering from the seed), then `payload` (Gmail's parsed
 //!    view of a message; uses `generate`).
-//! 3. State: `grants` (the registered web client and its per-user grants, codes and sessions),
+//! 3. State: `grants` (the registered web client and its per-user grants, codes and sessions)
+//!    and `pubsub` (Cloud Pub/Sub's topics, subscriptions and at-least-once delivery),
 //!    then `model` (users, mailboxes, history, quota windows, faults, counters; holds the
 //!    `grants` state).
 //! 4. Services over the state: `tokens` (access-token issuing and the process key),
@@ -32,7 +33,8 @@
 //!    Directory call takes) and `search` (Gmail's `q` syntax over a mailbox).
 //! 5. Route handlers: `gmail`, `batch` (the batch endpoint; it reaches the Gmail handlers only
 //!    through the router `server` hands it), `directory`, `control`, `consent` (authorize, the web client's
-//!    code and refresh grants, revoke, userinfo, tokeninfo, certs), and `oauth` (the token
+//!    code and refresh grants, revoke, userinfo, tokeninfo, certs), `pubsub_api` (the Pub/Sub
+//!    REST subset and its control routes), and `oauth` (the token
 //!    endpoint: it keeps the JWT-bearer grant and hands the web client's grants to `consent`,
 //!    the one import inside this layer).
 //! 6. `server`: the router over all handlers and the accept loop.
@@ -52,6 +54,8 @@ mod model;
 mod oauth;
 mod payload;
 mod pipeline;
+mod pubsub;
+mod pubsub_api;
 mod scopes;
 mod search;
 mod server;
@@ -292,6 +296,7 @@ mod layout_tests {
         ("generate", 2),
         ("payload", 3),
         ("grants", 4),
+        ("pubsub", 4),
         ("model", 5),
         ("tokens", 6),
         ("pipeline", 6),
@@ -301,6 +306,7 @@ mod layout_tests {
         ("directory", 7),
         ("control", 7),
         ("consent", 7),
+        ("pubsub_api", 7),
         ("oauth", 8),
         ("server", 9),
     ];

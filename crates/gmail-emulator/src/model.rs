@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::errors::GoogleError;
 use super::generate::{self, MessageSpec};
 use super::grants::OAuthState;
+use super::pubsub::{GMAIL_PUSH_ACCOUNT, PubSub};
 use super::util::{SplitMix, hash, hash_str};
 
 /// System labels, in bit order: bit `i` of a [`LabelMask`] is `SYSTEM_LABELS[i]`.
@@ -777,6 +778,36 @@ pub(crate) struct User {
     pub(crate) window: Window,
     /// Gmail requests currently admitted for this user (the concurrency cap).
     pub(crate) in_flight: u32,
+    /// The mailbox's `users.watch`, if any (lapsed ones stay until replaced or stopped).
+    pub(crate) watch: Option<Watch>,
+    /// When the last push notification for this user was published (0 = never).
+    pub(crate) last_notified_ms: i64,
+}
+
+/// A mailbox's push watch (`users.watch`).
+#[derive(Debug, Clone)]
+pub(crate) struct Watch {
+    /// `projects/P/topics/T`.
+    pub(crate) topic: String,
+    /// The label filter; 0 = every change.
+    pub(crate) labels: LabelMask,
+    /// `include` (notify for changes on those labels) or `exclude` (on any other).
+    pub(crate) include: bool,
+    pub(crate) expiration_ms: i64,
+}
+
+impl Watch {
+    /// Whether a change touching `touched` labels is notified.
+    fn covers(&self, touched: LabelMask) -> bool {
+        if self.labels == 0 {
+            return true;
+        }
+        if self.include {
+            touched & self.labels != 0
+        } else {
+            touched & !self.labels != 0 || touched == 0
+        }
+    }
 }
 
 impl User {
@@ -795,6 +826,8 @@ impl User {
             mailbox: Mailbox::generate(seed, index, messages),
             window: Window::default(),
             in_flight: 0,
+            watch: None,
+            last_notified_ms: 0,
         }
     }
 }
@@ -918,6 +951,8 @@ pub(crate) enum ApiMethod {
     HistoryList,
     ThreadsList,
     ThreadsGet,
+    Watch,
+    Stop,
     DirectoryUsersGet,
     DirectoryGroupsList,
     DirectoryMembersList,
@@ -940,6 +975,8 @@ impl ApiMethod {
             ApiMethod::HistoryList => "gmail.users.history.list",
             ApiMethod::ThreadsList => "gmail.users.threads.list",
             ApiMethod::ThreadsGet => "gmail.users.threads.get",
+            ApiMethod::Watch => "gmail.users.watch",
+            ApiMethod::Stop => "gmail.users.stop",
             ApiMethod::DirectoryUsersGet => "directory.users.get",
             ApiMethod::DirectoryGroupsList => "directory.groups.list",
             ApiMethod::DirectoryMembersList => "directory.members.list",
@@ -959,6 +996,8 @@ impl ApiMethod {
             ApiMethod::MessagesList => 5,
             ApiMethod::ThreadsList | ApiMethod::ThreadsGet => 10,
             ApiMethod::MessagesGet | ApiMethod::AttachmentsGet => 20,
+            ApiMethod::Watch => 100,
+            ApiMethod::Stop => 50,
             ApiMethod::DirectoryUsersGet
             | ApiMethod::DirectoryGroupsList
             | ApiMethod::DirectoryMembersList
@@ -1092,6 +1131,8 @@ pub(crate) struct World {
     pub(crate) faults: FaultConfig,
     pub(crate) fault_rng: SplitMix,
     pub(crate) stats: Stats,
+    /// Cloud Pub/Sub: topics, subscriptions, delivery.
+    pub(crate) pubsub: PubSub,
 }
 
 impl World {
@@ -1110,6 +1151,7 @@ impl World {
             faults: FaultConfig::default(),
             fault_rng: SplitMix::new(seeding.seed),
             stats: Stats::default(),
+            pubsub: PubSub::new(seeding.seed),
             seeding,
         };
         world.populate();
@@ -1188,6 +1230,49 @@ impl World {
         self.faults = FaultConfig::default();
         self.fault_rng = SplitMix::new(self.seeding.seed);
         self.stats = Stats::default();
+        self.pubsub = PubSub::new(self.seeding.seed);
+    }
+
+    /// After a change to `email`'s mailbox that touched messages carrying `touched` labels
+    /// (before or after the change) and moved its history to `history_id`: the push
+    /// notification Gmail would publish, if the mailbox has a live watch that covers the
+    /// change. At most one per second per user (more are dropped, as Gmail does); a topic
+    /// that no longer exists or no longer grants publish to Gmail gets nothing.
+    pub(crate) fn notify_change(
+        &mut self,
+        email: &str,
+        touched: LabelMask,
+        history_id: u64,
+        now: i64,
+    ) {
+        let Some(user) = self.users.get_mut(&email.to_ascii_lowercase()) else {
+            return;
+        };
+        let Some(watch) = user.watch.as_ref().filter(|w| w.expiration_ms > now) else {
+            return;
+        };
+        if !watch.covers(touched) {
+            return;
+        }
+        if user.last_notified_ms > 0 && now - user.last_notified_ms < 1000 {
+            self.pubsub.stats.rate_limited += 1;
+            return;
+        }
+        let topic = watch.topic.clone();
+        let grant = self
+            .pubsub
+            .topics
+            .get(&topic)
+            .is_some_and(|t| t.publishers.contains(GMAIL_PUSH_ACCOUNT));
+        if !grant {
+            self.pubsub.stats.unpublishable += 1;
+            return;
+        }
+        user.last_notified_ms = now;
+        let data = serde_json::json!({"emailAddress": user.email, "historyId": history_id});
+        let _ = self
+            .pubsub
+            .publish(&topic, data.to_string().into_bytes(), now);
     }
 
     /// An access token that is unexpired at `now` and whose consent session, if any, is live.

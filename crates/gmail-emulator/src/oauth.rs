@@ -32,6 +32,12 @@ use super::scopes::{DIRECTORY_GROUP_READONLY, DIRECTORY_USER_READONLY, GMAIL_REA
 use super::tokens::{TOKEN_LIFETIME_S, issue_access_token, process_key, process_key_id};
 use super::util::{URL_SAFE_LENIENT, hash, json_response, param, query_pairs, write_private_file};
 
+/// Scopes a service account may ask for as itself without any delegation grant.
+const PUBSUB_SELF_SCOPES: [&str; 2] = [
+    "https://www.googleapis.com/auth/pubsub",
+    "https://www.googleapis.com/auth/cloud-platform",
+];
+
 const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 /// Tolerated difference between the signer's clock and ours, in seconds.
@@ -246,10 +252,17 @@ fn exchange(shared: &Shared, form: &[(String, String)]) -> Response {
         );
     }
     let mut world = shared.lock();
-    let granted = world
-        .grants
-        .get(&account.client_id)
-        .is_some_and(|grant| scopes.iter().all(|s| grant.contains(s)));
+    // Domain-wide delegation governs impersonation only: a service account asking for a token
+    // as itself (no `sub`) for Pub/Sub is authorised by IAM on each resource instead.
+    let as_itself_for_pubsub = subject.is_none()
+        && scopes
+            .iter()
+            .all(|s| PUBSUB_SELF_SCOPES.contains(&s.as_str()));
+    let granted = as_itself_for_pubsub
+        || world
+            .grants
+            .get(&account.client_id)
+            .is_some_and(|grant| scopes.iter().all(|s| grant.contains(s)));
     if !granted {
         return oauth_error(
             StatusCode::UNAUTHORIZED,

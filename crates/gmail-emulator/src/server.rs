@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::errors::GoogleError;
 use super::pipeline::{ResetConnection, Shared};
-use super::{batch, consent, control, directory, fields, gmail, oauth};
+use super::{batch, consent, control, directory, fields, gmail, oauth, pubsub_api};
 
 #[derive(Debug, thiserror::Error)]
 #[error("connection dropped by fault injection")]
@@ -44,6 +44,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .merge(batch::router(batch_api))
         .merge(directory::router())
         .merge(control::router())
+        .merge(pubsub_api::router())
         .fallback(not_found)
         .with_state(shared)
 }
