@@ -629,3 +629,17 @@ fn checkpoint(state: &SyncState, success: bool) -> Checkpoint {
         success,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_is_named_by_its_listing_not_by_the_replay_after_it() {
+        use SyncKind::{Full, Incremental, Resync};
+        assert_eq!(pass_kind(&[Full, Incremental]), Full);
+        assert_eq!(pass_kind(&[Incremental, Resync, Incremental]), Resync);
+        assert_eq!(pass_kind(&[Incremental]), Incremental);
+        assert_eq!(pass_kind(&[]), Incremental);
+    }
+}
