@@ -1052,13 +1052,18 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let settings = match Settings::load(&cli.config_dir, cli.config.as_deref()) {
+    let mut settings = match Settings::load(&cli.config_dir, cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             output::error(format!("{e:#}"));
             return ExitCode::from(2);
         }
     };
+    // The demo's output is for a person: its own sections and tables, and
+    // only the daemon's warnings unless RUST_LOG asks for more.
+    if matches!(cli.command, Command::Demo(_)) && std::env::var_os("RUST_LOG").is_none() {
+        settings.log.level = "warn".to_owned();
+    }
     crate::telemetry::init_tracing(&settings.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

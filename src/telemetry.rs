@@ -1,7 +1,8 @@
 //! Logging and the metrics registry.
 //!
 //! Tracing goes to stderr, pretty or JSON (`log.format`), filtered by
-//! `RUST_LOG` when set, else `log.level`. Some directives are always appended:
+//! `RUST_LOG` when set, else `log.level`; pretty logs are coloured only on a
+//! terminal. Some directives are always appended:
 //! `yup_oauth2` logs tokens at debug level, so it is capped at `info` whatever
 //! the operator asks for. The Prometheus recorder is installed once per
 //! process; only `events.rs` records into it.
@@ -50,7 +51,13 @@ pub fn init_tracing(settings: &LogSettings) {
             .with_current_span(true)
             .with_span_list(false)
             .try_init(),
-        LogFormat::Pretty => builder.with_target(false).compact().try_init(),
+        // Colours only for a person at a terminal: a pipe, a file or the
+        // journal gets plain text.
+        LogFormat::Pretty => builder
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .compact()
+            .try_init(),
     };
 }
 

@@ -27,6 +27,10 @@ use ring::rand::{SecureRandom, SystemRandom};
 pub enum Purpose {
     RefreshToken,
     State,
+    /// The result page of a consent, carried from the callback to
+    /// `/oauth/result` in a cookie so that the URL the owner is left on holds
+    /// no code and no state.
+    ResultPage,
 }
 
 impl Purpose {
@@ -34,6 +38,7 @@ impl Purpose {
         match self {
             Purpose::RefreshToken => b"gmail-ingest/oauth/refresh-token/v1",
             Purpose::State => b"gmail-ingest/oauth/state/v1",
+            Purpose::ResultPage => b"gmail-ingest/oauth/result-page/v1",
         }
     }
 }

@@ -258,6 +258,32 @@ fn disconnect_message(mailbox: &str, consent_id: &str, expires: i64) -> Vec<u8> 
     format!("disconnect/v2\0{mailbox}\0{consent_id}\0{expires}").into_bytes()
 }
 
+/// The client secret from `oauth.client_secret_file`: the bare secret, or the
+/// client's JSON as Google Cloud's console downloads it (and `gmail-ingest
+/// emulator --write-oauth-client` writes it): `{"web": {"client_id",
+/// "client_secret", …}}`, whose client must be `oauth.client_id`.
+fn client_secret(text: SecretString, client_id: &str) -> anyhow::Result<SecretString> {
+    let raw = text.expose_secret();
+    if !raw.starts_with('{') {
+        return Ok(text);
+    }
+    let json: serde_json::Value = serde_json::from_str(raw)
+        .map_err(|e| anyhow::anyhow!("oauth.client_secret_file is not valid JSON: {e}"))?;
+    let client = json
+        .get("web")
+        .or_else(|| json.get("installed"))
+        .unwrap_or(&json);
+    let Some(secret) = client["client_secret"].as_str().filter(|s| !s.is_empty()) else {
+        anyhow::bail!("oauth.client_secret_file holds JSON without a client_secret");
+    };
+    match client["client_id"].as_str() {
+        Some(id) if id != client_id => anyhow::bail!(
+            "oauth.client_secret_file is for the client {id}, not oauth.client_id {client_id}"
+        ),
+        _ => Ok(SecretString::from(secret.to_owned())),
+    }
+}
+
 impl OAuthService {
     /// Builds the service when `oauth.enabled`; reads the client secret and
     /// the key file (both must be private files).
@@ -270,9 +296,12 @@ impl OAuthService {
         if !o.enabled {
             return Ok(None);
         }
-        let secret = crate::secret_file::read_secret(
-            Path::new(&o.client_secret_file),
-            "oauth.client_secret_file",
+        let secret = client_secret(
+            crate::secret_file::read_secret(
+                Path::new(&o.client_secret_file),
+                "oauth.client_secret_file",
+            )?,
+            o.client_id.trim(),
         )?;
         let keys = Arc::new(TokenKeys::load(Path::new(&o.token_encryption_key_file))?);
         let client = Arc::new(AccountsClient::new(
@@ -369,6 +398,15 @@ impl OAuthService {
 
     pub fn state_ttl(&self) -> chrono::Duration {
         self.state_ttl
+    }
+
+    /// Seals a consent's result page for the owner's browser (see `web`).
+    fn seal_result(&self, page: &[u8]) -> String {
+        self.keys.seal(Purpose::ResultPage, "", page)
+    }
+
+    fn open_result(&self, sealed: &str) -> Option<Vec<u8>> {
+        self.keys.open(Purpose::ResultPage, "", sealed).ok()
     }
 
     fn open_state(
@@ -757,5 +795,23 @@ mod tests {
             pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
             "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
+    }
+
+    #[test]
+    fn the_client_secret_file_is_a_bare_secret_or_googles_client_json() {
+        let id = "1-x.apps.googleusercontent.com";
+        let read = |text: &str| client_secret(SecretString::from(text.to_owned()), id);
+        assert_eq!(read("GOCSPX-abc").unwrap().expose_secret(), "GOCSPX-abc");
+        let json = format!(r#"{{"web":{{"client_id":"{id}","client_secret":"GOCSPX-def"}}}}"#);
+        assert_eq!(read(&json).unwrap().expose_secret(), "GOCSPX-def");
+        let other = r#"{"web":{"client_id":"2-y.apps.googleusercontent.com","client_secret":"GOCSPX-ghi"}}"#;
+        let err = read(other).unwrap_err().to_string();
+        assert!(err.contains("not oauth.client_id"), "{err}");
+        assert!(
+            !err.contains("GOCSPX"),
+            "the secret is not in the error: {err}"
+        );
+        assert!(read(r#"{"web":{}}"#).is_err());
+        assert!(read("{not json").is_err());
     }
 }

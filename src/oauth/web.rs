@@ -1,7 +1,10 @@
 //! The consent pages, on their own listener (`oauth.listen`), apart from the
 //! health and metrics port: only these need to be reachable from browsers.
 //!
-//! `GET /oauth/authorize?mailbox=…` → Google; `GET /oauth/callback` ← Google;
+//! `GET /oauth/authorize?mailbox=…` → Google; `GET /oauth/callback` ← Google,
+//! which acts and answers `303 → /oauth/result` with the result page sealed in
+//! a cookie, so that the URL the owner is left on (and their history) holds no
+//! code and no state; `GET /oauth/result` shows it;
 //! `GET /oauth/disconnect?mailbox=…&consent=…&token=…` shows a confirmation
 //! form that `POST /oauth/disconnect` acts on (a GET never changes anything:
 //! mail scanners follow links). A disconnect link acts only on an OAuth
@@ -23,7 +26,12 @@ use super::{ConsentError, DisconnectError, OAuthService, owner};
 use crate::domain::{AuthMode, MailboxAddress, SubscriptionStatus};
 use crate::events;
 
+/// The flow cookie: the nonce that binds a consent to the browser that began it.
 const COOKIE: &str = "gmail_ingest_oauth";
+/// The sealed result page, from the callback to `/oauth/result`.
+const RESULT_COOKIE: &str = "gmail_ingest_oauth_result";
+/// How long the result page can be reloaded.
+const RESULT_MAX_AGE_S: u32 = 600;
 
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -79,23 +87,51 @@ fn secure_headers(h: &mut HeaderMap) {
 }
 
 fn error_page(e: &ConsentError) -> Response {
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    page(
-        status,
-        "Not connected",
-        &format!("<p>{}</p>", escape(&e.to_string())),
-    )
+    ResultPage::refused(e).render()
 }
 
-fn cookie(headers: &HeaderMap) -> Option<String> {
+/// A page's status, title and (escaped HTML) body: what the callback seals
+/// into the result cookie.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ResultPage {
+    status: u16,
+    title: String,
+    body: String,
+}
+
+impl ResultPage {
+    fn refused(e: &ConsentError) -> ResultPage {
+        ResultPage {
+            status: e.status(),
+            title: "Not connected".to_owned(),
+            body: format!("<p>{}</p>", escape(&e.to_string())),
+        }
+    }
+
+    fn render(&self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
+        page(status, &self.title, &self.body)
+    }
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_owned())
+}
+
+/// `; Secure` when the pages are served over https (`oauth.public_base_url`).
+fn secure_attr(svc: &OAuthService) -> &'static str {
+    if svc.public_base.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    }
 }
 
 async fn authorize(
@@ -107,11 +143,7 @@ async fn authorize(
         Ok(s) => s,
         Err(e) => return error_page(&e),
     };
-    let secure = if svc.public_base.starts_with("https://") {
-        "; Secure"
-    } else {
-        ""
-    };
+    let secure = secure_attr(&svc);
     let set_cookie = format!(
         "{COOKIE}={}; Path=/oauth; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
         start.nonce,
@@ -142,7 +174,7 @@ async fn callback(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let state = q.get("state").map(String::as_str).unwrap_or("");
-    let nonce = cookie(&headers);
+    let nonce = cookie(&headers, COOKIE);
     let result = svc
         .complete(
             state,
@@ -151,6 +183,39 @@ async fn callback(
             q.get("error").map(String::as_str),
         )
         .await;
+    let page = consent_result(result);
+    // Post/redirect/get: the page is shown at /oauth/result, so the code and
+    // the state leave the address bar and the history; the flow cookie is
+    // spent either way.
+    let Ok(json) = serde_json::to_vec(&page) else {
+        return page.render();
+    };
+    let secure = secure_attr(&svc);
+    let sealed = svc.seal_result(&json);
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    let h = resp.headers_mut();
+    secure_headers(h);
+    let cookies = [
+        format!("{COOKIE}=; Path=/oauth; Max-Age=0; HttpOnly; SameSite=Lax{secure}"),
+        format!(
+            "{RESULT_COOKIE}={sealed}; Path=/oauth/result; Max-Age={RESULT_MAX_AGE_S}; HttpOnly; SameSite=Lax{secure}"
+        ),
+    ];
+    for c in cookies {
+        match HeaderValue::from_str(&c) {
+            Ok(v) => {
+                h.append(header::SET_COOKIE, v);
+            }
+            Err(_) => return page.render(),
+        }
+    }
+    // Relative, so that a reverse proxy's path prefix is kept.
+    h.insert(header::LOCATION, HeaderValue::from_static("result"));
+    resp
+}
+
+/// The page a consent's outcome shows (and its event).
+fn consent_result(result: Result<super::ConsentOutcome, ConsentError>) -> ResultPage {
     match result {
         Ok(done) => {
             let m = &done.subscription.mailbox;
@@ -162,10 +227,10 @@ async fn callback(
             .emit();
             let link = escape(&done.disconnect_link);
             if done.subscription.auth_mode == AuthMode::Delegated {
-                return page(
-                    StatusCode::OK,
-                    "Consent kept, not used",
-                    &format!(
+                return ResultPage {
+                    status: 200,
+                    title: "Consent kept, not used".to_owned(),
+                    body: format!(
                         "<p><b>{m}</b> is read under your organisation's domain-wide delegation, \
                          as its operators approved. Your consent has been kept but is not used: \
                          nothing changes in how this mailbox is read unless an operator switches \
@@ -174,7 +239,7 @@ async fn callback(
                          You can also remove the app in your Google Account under Security → Third-party apps.</p>",
                         m = escape(m.as_str()),
                     ),
-                );
+                };
             }
             let next = match done.subscription.status {
                 SubscriptionStatus::Active => "Ingestion continues with this authorization.",
@@ -183,10 +248,10 @@ async fn callback(
                 }
                 _ => "An operator must approve the subscription before anything is read.",
             };
-            page(
-                StatusCode::OK,
-                "Connected",
-                &format!(
+            ResultPage {
+                status: 200,
+                title: "Connected".to_owned(),
+                body: format!(
                     "<p><b>{}</b> has given gmail-ingest read-only access to its mail.</p><p>{}</p>\
                      <p>To withdraw this access later, keep this link: <a href=\"{link}\"><code>{link}</code></a>. \
                      It works for this authorization only: if you authorize again, use the new link. \
@@ -194,7 +259,7 @@ async fn callback(
                     escape(m.as_str()),
                     escape(next),
                 ),
-            )
+            }
         }
         Err(e) => {
             events::OAuthConsent {
@@ -203,9 +268,29 @@ async fn callback(
                 detail: &e.to_string(),
             }
             .emit();
-            error_page(&e)
+            ResultPage::refused(&e)
         }
     }
+}
+
+/// `GET /oauth/result`: the page the callback sealed into the result cookie.
+async fn result(State(svc): State<Arc<OAuthService>>, headers: HeaderMap) -> Response {
+    let page = cookie(&headers, RESULT_COOKIE)
+        .and_then(|sealed| svc.open_result(&sealed))
+        .and_then(|json| serde_json::from_slice::<ResultPage>(&json).ok());
+    match page {
+        Some(p) => p.render(),
+        None => page_nothing_to_show(),
+    }
+}
+
+fn page_nothing_to_show() -> Response {
+    page(
+        StatusCode::BAD_REQUEST,
+        "Nothing to show",
+        "<p>This page shows the result of an authorization for a few minutes after it, in the \
+         browser that made it. To authorize again, open the link you were sent.</p>",
+    )
 }
 
 fn link_not_valid() -> Response {
@@ -309,6 +394,7 @@ pub fn router(svc: Arc<OAuthService>) -> Router {
     Router::new()
         .route("/oauth/authorize", get(authorize))
         .route("/oauth/callback", get(callback))
+        .route("/oauth/result", get(result))
         .route("/oauth/disconnect", get(disconnect_form).post(disconnect))
         .with_state(svc)
 }
@@ -340,7 +426,7 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; gmail_ingest_oauth=NONCE; b=2"),
         );
-        assert_eq!(cookie(&h).as_deref(), Some("NONCE"));
-        assert_eq!(cookie(&HeaderMap::new()), None);
+        assert_eq!(cookie(&h, COOKIE).as_deref(), Some("NONCE"));
+        assert_eq!(cookie(&HeaderMap::new(), COOKIE), None);
     }
 }

@@ -329,8 +329,8 @@ fn check_explains_a_missing_key_file() {
     );
 }
 
-#[test]
-fn the_demo_runs_to_completion_and_shows_what_was_ingested() {
+/// `demo` in a temporary directory with `env`: its stdout and stderr.
+fn demo(env: &[(&str, &str)]) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let out = run_bin(
         &[
@@ -340,14 +340,21 @@ fn the_demo_runs_to_completion_and_shows_what_was_ingested() {
             "--dir",
             dir.path().to_str().unwrap(),
         ],
-        &[],
+        env,
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "demo failed: {stderr}\n{stdout}");
+    assert!(dir.path().join("gmail-ingest.db").exists());
+    (stdout, stderr)
+}
+
+/// The demo is for a person: its own sections and tables, both modes (the
+/// second one through the emulator's consent screen), and none of the
+/// daemon's INFO lines or colour codes when its output is not a terminal.
+#[test]
+fn the_demo_shows_both_modes_in_its_own_sections_without_log_lines() {
+    let (stdout, stderr) = demo(&[]);
     assert!(
         stdout.contains("refused"),
         "the mailbox outside the approved OU is refused: {stdout}"
@@ -357,5 +364,81 @@ fn the_demo_runs_to_completion_and_shows_what_was_ingested() {
         stdout.contains("radiator"),
         "the full-text query finds the injected message: {stdout}"
     );
-    assert!(dir.path().join("gmail-ingest.db").exists());
+    let mut at = 0;
+    for section in [
+        "== Starting the local Google emulator",
+        "== Subscribing mailboxes",
+        "== Full sync",
+        "== Injecting changes",
+        "== Second mode:",
+        "invitation link",
+        "/oauth/authorize?mailbox=",
+        "The page they land on says: \"Connected\"",
+        "waits for an operator",
+        "  oauth  pending",
+        "ops-bob approves it",
+        "  oauth  active",
+        "== What is in the database",
+        "== Full-text search",
+        "Done.",
+    ] {
+        let found = stdout[at..]
+            .find(section)
+            .unwrap_or_else(|| panic!("{section:?} missing or out of order in:\n{stdout}"));
+        at += found + section.len();
+    }
+    for (name, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+        assert!(!text.contains('\x1b'), "colour codes on {name}: {text}");
+        let logs: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(" INFO ") || l.contains("DEBUG") || l.contains("TRACE"))
+            .collect();
+        assert!(logs.is_empty(), "log lines on {name}: {logs:#?}");
+    }
+}
+
+/// Asked for (`RUST_LOG=info`, JSON), the demo's logs say what happened: a
+/// pass that did a full sync completes as `kind: full` (the incremental
+/// replay after it does not rename it), later passes as `incremental`.
+#[test]
+fn a_full_sync_completes_as_kind_full_in_the_logs() {
+    let (_, stderr) = demo(&[("RUST_LOG", "info"), ("GMAIL_INGEST__LOG__FORMAT", "json")]);
+    let completed: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "Mailbox sync completed.")
+        .collect();
+    let mut first_pass = std::collections::HashMap::new();
+    for event in &completed {
+        let mailbox = event["mailbox"].as_str().unwrap().to_owned();
+        let kind = event["kind"].as_str().unwrap().to_owned();
+        let expected = if first_pass.contains_key(&mailbox) {
+            "incremental"
+        } else {
+            "full"
+        };
+        assert_eq!(kind, expected, "{mailbox}'s pass: {event}");
+        *first_pass.entry(mailbox).or_insert(0) += 1;
+    }
+    assert!(
+        first_pass.len() >= 3 && first_pass.values().any(|n| *n >= 2),
+        "full and incremental passes were logged: {completed:#?}"
+    );
+}
+
+/// In the pretty format a pass's span names its phase once (it used to
+/// print `phase=full phase=incremental`), and colours only on a terminal.
+#[test]
+fn a_pass_names_its_phase_once_in_pretty_logs() {
+    let (_, stderr) = demo(&[("RUST_LOG", "info")]);
+    let completed: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("Mailbox sync completed."))
+        .collect();
+    assert!(completed.len() >= 3, "{stderr}");
+    for line in completed {
+        assert!(line.matches("phase=").count() <= 1, "{line}");
+        assert!(!line.contains('\x1b'), "{line}");
+    }
+    assert!(stderr.contains("phase=\"full\""), "{stderr}");
 }

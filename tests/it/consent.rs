@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Backend, World, both_backends, small, world};
 use crate::oauth::{
-    Browser, Daemon, active_grants, approve, consent, consent_with, eventually, location,
-    no_redirects, oauth_control, oauth_world,
+    Browser, Daemon, active_grants, approve, consent, consent_with, eventually, follow_result,
+    location, no_redirects, oauth_control, oauth_world,
 };
 
 /// The real binary, configured for this world (and its consent client when enabled).
@@ -205,12 +205,14 @@ async fn consent_without_gmail(base: &str, m: &MailboxAddress) -> (StatusCode, S
     google.query_pairs_mut().clear().extend_pairs(pairs);
     let r = http.get(google.as_str()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FOUND);
+    let callback = location(&r);
     let r = http
-        .get(location(&r))
+        .get(&callback)
         .header(reqwest::header::COOKIE, cookie)
         .send()
         .await
         .unwrap();
+    let r = follow_result(&callback, r).await;
     let status = r.status();
     (status, r.text().await.unwrap())
 }

@@ -899,6 +899,7 @@ async fn reset_forgets_grants_and_policy_but_keeps_the_client() {
             "consent_user": null,
             "blocked_users": [],
             "app_blocked": false,
+            "consent_screen": false,
             "grants": [],
         })
     );
@@ -1041,4 +1042,177 @@ async fn a_new_account_id_and_hosted_domain_show_in_the_identity_claims() {
         flow.userinfo(access(&tokens)).await.1["hd"],
         "other.example"
     );
+}
+
+/// With `consent_screen` on, the authorization endpoint asks: a page with the
+/// account (pre-filled from `login_hint`, escaped), a box per Gmail scope and
+/// Cancel / Allow, and no script; its form's answer is what a consent by that
+/// account for the scopes left ticked would be, Cancel is `access_denied`.
+#[tokio::test]
+async fn the_consent_screen_asks_who_signs_in_and_what_to_allow() {
+    let flow = flow().await;
+    flow.env
+        .control_ok(Method::PUT, "oauth", Some(json!({"consent_screen": true})))
+        .await;
+    let scope = format!("openid email {GMAIL_READONLY}");
+    let params = flow.params(SUPPORT, &scope);
+    let page = flow.authorize(&params).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains(&format!("value=\"{SUPPORT}\"")),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(&format!(
+        "type=\"checkbox\" name=\"scope\" value=\"{GMAIL_READONLY}\" checked"
+    )));
+    assert!(
+        page.body
+            .contains("type=\"hidden\" name=\"scope\" value=\"openid\"")
+    );
+    assert!(!page.body.contains("<script"));
+    let raw = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
+        .finish();
+    let answer = |account: &str, scopes: &[&str], decision: &str| {
+        let mut form = vec![
+            ("request", raw.clone()),
+            ("account", account.to_owned()),
+            ("decision", decision.to_owned()),
+        ];
+        form.extend(scopes.iter().map(|s| ("scope", (*s).to_owned())));
+        let http = flow.http.clone();
+        let url = flow.accounts("/o/oauth2/v2/auth");
+        async move {
+            let r = http.post(url).form(&form).send().await.unwrap();
+            let status = r.status().as_u16();
+            let location = r
+                .headers()
+                .get("location")
+                .map(|l| l.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            let query: Vec<(String, String)> = url::Url::parse(&location)
+                .map(|u| u.query_pairs().into_owned().collect())
+                .unwrap_or_default();
+            (status, query)
+        }
+    };
+    let get = |q: &[(String, String)], k: &str| {
+        q.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+
+    // Allowed, signed in as another account than the hint: that account's grant.
+    let (status, q) = answer(BILLING, &["openid", "email", GMAIL_READONLY], "allow").await;
+    assert_eq!(status, 302);
+    assert!(get(&q, "code").starts_with("4/0A"), "{q:?}");
+    assert_eq!(get(&q, "state"), "st/a te+1");
+    let grants = flow.env.control_ok(Method::GET, "oauth", None).await["grants"].clone();
+    assert_eq!(
+        grants,
+        json!([{"user": BILLING, "scopes": ["openid", EMAIL, GMAIL_READONLY], "active": true}])
+    );
+
+    // The Gmail box unticked: granted without it.
+    let (_, q) = answer(SUPPORT, &["openid", "email"], "allow").await;
+    assert_eq!(get(&q, "scope"), format!("openid {EMAIL}"), "{q:?}");
+
+    // Cancel: access_denied, the state kept, no code.
+    let (status, q) = answer(SUPPORT, &["openid", "email", GMAIL_READONLY], "deny").await;
+    assert_eq!(status, 302);
+    assert_eq!(get(&q, "error"), "access_denied");
+    assert_eq!(get(&q, "state"), "st/a te+1");
+    assert_eq!(get(&q, "code"), "");
+
+    // What it echoes is escaped.
+    let evil = flow.params("\"><script>alert(1)</script>@example.com", &scope);
+    let page = flow.authorize(&evil).await;
+    assert!(!page.body.contains("<script>alert"), "{}", page.body);
+    assert!(
+        page.body.contains("&quot;&gt;&lt;script&gt;"),
+        "{}",
+        page.body
+    );
+
+    // Off again: consents at once, as before.
+    flow.env
+        .control_ok(Method::PUT, "oauth", Some(json!({"consent_screen": false})))
+        .await;
+    flow.authorize(&params).await.code();
+}
+
+/// `write_oauth_client` (the command line's `--write-oauth-client`): the
+/// client as Google's console downloads it, endpoints at the emulator, 0600.
+#[tokio::test]
+async fn the_oauth_client_file_is_googles_json_and_private() {
+    let flow = flow().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("oauth-client.json");
+    let written = flow.env.emulator.write_oauth_client(&path).unwrap();
+    assert_eq!(written, flow.client);
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let web = &json["web"];
+    assert_eq!(web["client_id"], flow.client.client_id.as_str());
+    assert_eq!(web["client_secret"], flow.client.client_secret.as_str());
+    assert_eq!(
+        web["token_uri"],
+        format!("{}/token", flow.env.emulator.accounts_base_url())
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
+/// `gmail-ingest emulator --write-oauth-client FILE --consent-screen`: a
+/// newcomer gets the web client from the command line, and the consent
+/// screen is on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulator_command_writes_its_oauth_client_and_shows_the_consent_screen() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("oauth-client.json");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gmail-ingest"))
+        .args(["emulator", "--users", "2", "--messages", "3", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--write-oauth-client")
+        .arg(&file)
+        .arg("--consent-screen")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/emulator/v1/oauth");
+    let mut oauth = Value::Null;
+    // The flags take effect just after the listener opens: wait for them.
+    for _ in 0..400 {
+        if let Ok(r) = reqwest::get(&url).await {
+            oauth = r.json().await.unwrap();
+            if oauth["consent_screen"] == true && file.exists() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(oauth["consent_screen"], true, "{oauth}");
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(json["web"]["client_id"], oauth["client_id"]);
+    assert_eq!(json["web"]["client_secret"], oauth["client_secret"]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 }

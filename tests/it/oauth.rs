@@ -168,11 +168,44 @@ pub(crate) async fn consent_with(
         }
         Browser::Other => {}
     }
-    let r = req.send().await.unwrap();
+    let r = follow_result(&callback, req.send().await.unwrap()).await;
     Consent {
         status: r.status(),
         body: r.text().await.unwrap(),
     }
+}
+
+/// The browser's step after the callback: it answers 303 to the result page
+/// with that page sealed in a cookie, which the browser sends back.
+pub(crate) async fn follow_result(callback: &str, r: reqwest::Response) -> reqwest::Response {
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "the callback redirects to its result page"
+    );
+    let result = r
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("gmail_ingest_oauth_result="))
+        .expect("the result cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let to = url::Url::parse(callback)
+        .unwrap()
+        .join(&location(&r))
+        .unwrap();
+    assert_eq!(to.path(), "/oauth/result");
+    assert_eq!(to.query(), None, "the result page's URL carries nothing");
+    no_redirects()
+        .get(to)
+        .header(reqwest::header::COOKIE, result)
+        .send()
+        .await
+        .unwrap()
 }
 
 pub(crate) async fn consent(base: &str, mailbox: &MailboxAddress) -> Consent {

@@ -1,6 +1,7 @@
 //! Google's OAuth 2.0 web-server flow for the emulator's one registered web client: the
 //! authorization endpoint (which consents at once, as the control API's `consent_user` or the
-//! request's `login_hint`), the `authorization_code` and `refresh_token` grants of `POST /token`,
+//! request's `login_hint`; or, with the control API's `consent_screen` on, shows a sign-in and
+//! consent page whose form `POST`s the owner's answer back to it), the `authorization_code` and `refresh_token` grants of `POST /token`,
 //! `POST /revoke`, `/tokeninfo`, `/oauth2/v3/userinfo` and `/oauth2/v3/certs`.
 //!
 //! Shapes follow Google's "Using OAuth 2.0 for Web Server Applications": errors Google shows
@@ -35,7 +36,7 @@ use super::scopes::{OPENID, USERINFO_EMAIL};
 use super::tokens::{
     TOKEN_LIFETIME_S, issue_access_token, process_key, process_key_id, random_string,
 };
-use super::util::{STANDARD_LENIENT, URL_SAFE_LENIENT, json_response, param, query_pairs};
+use super::util::{STANDARD_LENIENT, URL_SAFE_LENIENT, json_response, param, params, query_pairs};
 
 /// The issuer Google names in redirects (`iss`, RFC 9207) and in ID tokens.
 const ISSUER: &str = "https://accounts.google.com";
@@ -43,8 +44,8 @@ const EXPIRED_OR_REVOKED: &str = "Token has been expired or revoked.";
 
 pub(crate) fn router() -> Router<Arc<Shared>> {
     Router::new()
-        .route("/o/oauth2/v2/auth", get(authorize))
-        .route("/o/oauth2/auth", get(authorize))
+        .route("/o/oauth2/v2/auth", get(authorize).post(answer))
+        .route("/o/oauth2/auth", get(authorize).post(answer))
         .route("/revoke", axum::routing::post(revoke))
         .route("/tokeninfo", get(tokeninfo).post(tokeninfo))
         .route("/oauth2/v3/tokeninfo", get(tokeninfo).post(tokeninfo))
@@ -74,12 +75,143 @@ fn not_empty(value: &&str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // The authorization endpoint.
 
+/// Where an authorization request stands: asked for (`GET`), or answered on the consent
+/// screen (`POST`) by an account that allowed or denied it.
+enum Step<'a> {
+    Request { raw: &'a str },
+    Answer { account: String, allow: bool },
+}
+
 /// `GET /o/oauth2/v2/auth`.
 async fn authorize(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
     injected_latency(&shared).await;
-    let pairs = query_pairs(query.as_deref());
-    let response = authorization(&shared, &pairs);
+    let raw = query.unwrap_or_default();
+    let pairs = query_pairs(Some(&raw));
+    let response = authorization(&shared, &pairs, Step::Request { raw: &raw });
     recorded(&shared, ApiMethod::Authorize, response)
+}
+
+/// `POST /o/oauth2/v2/auth`: the consent screen's form. `request` is the original query;
+/// `account` the email the owner signed in with; `scope` the scopes left ticked (the identity
+/// scopes come as hidden fields); `decision` is `allow` or `deny`.
+async fn answer(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    injected_latency(&shared).await;
+    let form = query_pairs(Some(&String::from_utf8_lossy(&body)));
+    let mut pairs = query_pairs(param(&form, "request"));
+    let ticked = params(&form, "scope").join(" ");
+    let allow = param(&form, "decision") == Some("allow") && !ticked.is_empty();
+    // Granular consent: what the owner left ticked is what the request asks for.
+    pairs.retain(|(k, _)| k != "scope");
+    pairs.push(("scope".to_owned(), ticked));
+    let account = param(&form, "account")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let response = authorization(&shared, &pairs, Step::Answer { account, allow });
+    recorded(&shared, ApiMethod::Authorize, response)
+}
+
+fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// What Google's consent screen says a scope lets the app do.
+fn scope_description(scope: &str) -> &str {
+    match scope {
+        super::scopes::GMAIL_READONLY => "View your email messages and settings",
+        super::scopes::GMAIL_METADATA => {
+            "View your email message metadata such as labels and headers, but not the email body"
+        }
+        super::scopes::GMAIL_MODIFY => "Read, compose, and send emails from your Gmail account",
+        super::scopes::GMAIL_FULL => {
+            "Read, compose, send, and permanently delete all your email from Gmail"
+        }
+        OPENID => "Associate you with your personal info on Google",
+        USERINFO_EMAIL => "See your primary Google Account email address",
+        other => other,
+    }
+}
+
+/// The sign-in and consent page (the control API's `consent_screen`): the account to sign in
+/// with (pre-filled from `consent_user` or `login_hint`), each sensitive scope as a box the
+/// owner may untick (granular consent; the identity scopes are always granted, as at Google),
+/// and Cancel / Allow. It echoes the request only HTML-escaped, runs no script, and may not be
+/// framed.
+fn consent_page(
+    raw: &str,
+    account: Option<&str>,
+    scopes: &[String],
+    redirect: &url::Url,
+) -> Response {
+    let app = redirect.host_str().unwrap_or_default();
+    let mut boxes = String::new();
+    for scope in scopes {
+        let s = html_escape(scope);
+        let d = html_escape(scope_description(scope));
+        if scope == OPENID || scope == USERINFO_EMAIL {
+            boxes.push_str(&format!(
+                "<input type=\"hidden\" name=\"scope\" value=\"{s}\"><li>{d}</li>"
+            ));
+        } else {
+            boxes.push_str(&format!(
+                "<li><label><input type=\"checkbox\" name=\"scope\" value=\"{s}\" checked> {d}</label></li>"
+            ));
+        }
+    }
+    let body = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width\">\
+         <title>Sign in - Google Accounts (emulator)</title>\
+         <style>body{{font-family:sans-serif;background:#f0f4f9;margin:0}}\
+         main{{background:#fff;max-width:30em;margin:3em auto;padding:2em 2.5em;border-radius:1.5em}}\
+         .brand{{color:#5f6368;font-size:1.1em}}h1{{font-weight:400;font-size:1.6em}}\
+         label.account{{display:block;margin:1em 0 .3em;color:#444}}\
+         input[type=email]{{width:100%;box-sizing:border-box;padding:.7em;font-size:1em;border:1px solid #747775;border-radius:.3em}}\
+         ul{{padding-left:1.2em;line-height:1.8}}.note{{color:#5f6368;font-size:.9em}}\
+         .buttons{{text-align:right;margin-top:1.5em}}\
+         button{{font-size:1em;padding:.6em 1.5em;border-radius:1.5em;border:0;margin-left:.5em;cursor:pointer}}\
+         #allow{{background:#0b57d0;color:#fff}}#cancel{{background:none;color:#0b57d0}}</style></head>\
+         <body><main><p class=\"brand\">Google <small>(emulator)</small></p>\
+         <h1>Sign in to continue to {app}</h1>\
+         <form method=\"post\" action=\"/o/oauth2/v2/auth\">\
+         <input type=\"hidden\" name=\"request\" value=\"{raw}\">\
+         <label class=\"account\" for=\"account\">Email</label>\
+         <input id=\"account\" name=\"account\" type=\"email\" value=\"{account}\" required autocomplete=\"username\">\
+         <p><b>{app}</b> wants to access your Google Account. It will be able to:</p><ul>{boxes}</ul>\
+         <p class=\"note\">Make sure you trust {app}. You can remove its access in your Google Account under Security.</p>\
+         <p class=\"buttons\"><button id=\"cancel\" type=\"submit\" name=\"decision\" value=\"deny\" formnovalidate>Cancel</button>\
+         <button id=\"allow\" type=\"submit\" name=\"decision\" value=\"allow\">Allow</button></p>\
+         </form></main></body></html>\n",
+        app = html_escape(app),
+        raw = html_escape(raw),
+        account = html_escape(account.unwrap_or_default()),
+    );
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ),
+    );
+    response
 }
 
 /// An error Google shows the user instead of redirecting. It never echoes the request.
@@ -157,7 +289,7 @@ fn parse_prompt(value: Option<&str>) -> Option<Prompt> {
     (!prompt.none || count == 1).then_some(prompt)
 }
 
-fn authorization(shared: &Shared, q: &[(String, String)]) -> Response {
+fn authorization(shared: &Shared, q: &[(String, String)], step: Step<'_>) -> Response {
     let Some(client_id) = param(q, "client_id").filter(not_empty) else {
         return error_page(
             StatusCode::BAD_REQUEST,
@@ -258,12 +390,23 @@ fn authorization(shared: &Shared, q: &[(String, String)]) -> Response {
 
     let now = shared.clock.now_ms();
     let mut world = shared.lock();
-    let account = world
+    let proposed = world
         .oauth
         .consent_user
         .clone()
         .or_else(|| param(q, "login_hint").map(str::to_owned))
         .filter(|a| !a.is_empty());
+    let account = match step {
+        Step::Request { raw } if world.oauth.consent_screen && !prompt.none => {
+            drop(world);
+            return consent_page(raw, proposed.as_deref(), &scopes, &redirect);
+        }
+        Step::Request { .. } => proposed,
+        Step::Answer { allow: false, .. } => {
+            return refuse("access_denied", "The user denied access.");
+        }
+        Step::Answer { account, .. } => Some(account).filter(|a| !a.is_empty()),
+    };
     let Some(account) = account else {
         return error_page(
             StatusCode::BAD_REQUEST,

@@ -612,6 +612,7 @@ fn oauth_json(shared: &Shared, world: &World) -> Value {
         "consent_user": oauth.consent_user,
         "blocked_users": oauth.blocked_users,
         "app_blocked": oauth.app_blocked,
+        "consent_screen": oauth.consent_screen,
         "grants": grants,
     })
 }
@@ -636,6 +637,7 @@ struct OAuthPolicy {
     consent_user: Option<Option<String>>,
     blocked_users: Option<Vec<String>>,
     app_blocked: Option<bool>,
+    consent_screen: Option<bool>,
 }
 
 /// `PUT /oauth`: a partial update. Blocking a user, or the whole app, revokes the grants it
@@ -666,6 +668,9 @@ async fn oauth_policy(State(shared): State<Arc<Shared>>, body: Bytes) -> Respons
         for user in blocked {
             oauth.revoke_user(&user);
         }
+    }
+    if let Some(screen) = change.consent_screen {
+        oauth.consent_screen = screen;
     }
     if let Some(app_blocked) = change.app_blocked {
         oauth.app_blocked = app_blocked;

@@ -164,8 +164,12 @@ pub(crate) struct Grant {
 /// so that an access token from before the reset can never name a session created after it.
 #[derive(Debug, Default)]
 pub(crate) struct OAuthState {
-    /// The account that consents on every authorization request (overrides `login_hint`).
+    /// The account that consents on every authorization request (overrides `login_hint`);
+    /// with `consent_screen`, the account the page proposes.
     pub(crate) consent_user: Option<String>,
+    /// Show a sign-in and consent page instead of consenting at once (as Google does). Kept
+    /// across `POST /reset`, like the command-line flag that may have set it.
+    pub(crate) consent_screen: bool,
     /// Users the admin has blocked from this app (lower case).
     pub(crate) blocked_users: BTreeSet<String>,
     /// The admin blocked the app for the whole domain.
@@ -180,11 +184,14 @@ pub(crate) struct OAuthState {
 }
 
 impl OAuthState {
-    /// Forgets grants, codes, sessions and policy; session numbers keep growing.
+    /// Forgets grants, codes, sessions and policy; session numbers keep growing, and the
+    /// consent screen stays as it was.
     pub(crate) fn reset(&mut self) {
         let next_session = self.next_session;
+        let consent_screen = self.consent_screen;
         *self = OAuthState {
             next_session,
+            consent_screen,
             ..OAuthState::default()
         };
     }

@@ -185,6 +185,33 @@ impl Emulator {
         Ok(client)
     }
 
+    /// Writes the web client as Google's console downloads it (`{"web": {"client_id",
+    /// "client_secret", "auth_uri", "token_uri", …}}`, endpoints at this emulator) to a file
+    /// with mode 0600: for people, who have only the command line (`--write-oauth-client`).
+    pub fn write_oauth_client(&self, path: &Path) -> anyhow::Result<OAuthClientInfo> {
+        let client = self.oauth_client();
+        let base = self.accounts_base_url();
+        let json = serde_json::json!({"web": {
+            "client_id": client.client_id,
+            "client_secret": client.client_secret,
+            "project_id": "gmail-emulator",
+            "auth_uri": format!("{base}/o/oauth2/v2/auth"),
+            "token_uri": format!("{base}/token"),
+            "revoke_uri": format!("{base}/revoke"),
+        }});
+        let mut text = serde_json::to_vec_pretty(&json)?;
+        text.push(b'\n');
+        util::write_private_file(path, &text)
+            .with_context(|| format!("writing the OAuth client file {}", path.display()))?;
+        Ok(client)
+    }
+
+    /// Shows (or stops showing) the sign-in and consent page on the authorization endpoint;
+    /// the same as the control API's `PUT /emulator/v1/oauth {"consent_screen": …}`.
+    pub fn set_consent_screen(&self, on: bool) {
+        self.shared.lock().oauth.consent_screen = on;
+    }
+
     /// The seeded admin, to impersonate for Directory look-ups.
     pub fn admin_email(&self) -> String {
         format!("admin@{}", self.shared.lock().seeding.domain)
@@ -230,10 +257,19 @@ pub struct EmulatorArgs {
     /// Write a service-account key (token_uri = this emulator) with a DWD grant.
     #[arg(long, value_name = "FILE")]
     pub write_key: Option<PathBuf>,
+    /// Write the registered OAuth web client (client ID and secret, as the JSON Google's
+    /// console downloads), mode 0600, for per-mailbox consent (`oauth.client_secret_file`).
+    #[arg(long, value_name = "FILE")]
+    pub write_oauth_client: Option<PathBuf>,
+    /// Show a sign-in and consent page on the authorization endpoint, as Google does, instead
+    /// of consenting at once as `login_hint` (the control API's `consent_screen`).
+    #[arg(long)]
+    pub consent_screen: bool,
 }
 
 impl EmulatorArgs {
-    /// The emulator these options describe (everything but `--write-key`).
+    /// The emulator these options describe (everything but the files to write and
+    /// `--consent-screen`).
     pub fn config(&self) -> EmulatorConfig {
         EmulatorConfig {
             listen: self.listen,
@@ -263,6 +299,15 @@ pub async fn run_command(
             "Wrote a service-account key with a domain-wide delegation grant."
         );
     }
+    if let Some(path) = args.write_oauth_client {
+        let client = emulator.write_oauth_client(&path)?;
+        tracing::info!(
+            path = %path.display(),
+            client_id = %client.client_id,
+            "Wrote the OAuth web client (client ID and secret)."
+        );
+    }
+    emulator.set_consent_screen(args.consent_screen);
     tracing::info!(
         url = %emulator.base_url(),
         token_url = %emulator.token_url(),

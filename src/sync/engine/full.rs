@@ -128,7 +128,6 @@ impl Pass<'_> {
         started: chrono::DateTime<chrono::Utc>,
         fresh: bool,
     ) -> Result<SyncState, PassError> {
-        tracing::Span::current().record("phase", kind.as_str());
         let mut state = state.clone();
         let misses = Misses::new(&state);
         let mut estimated_total = None;

@@ -96,7 +96,6 @@ impl Pass<'_> {
         state: &SyncState,
         started: DateTime<Utc>,
     ) -> Result<SyncState, PassError> {
-        tracing::Span::current().record("phase", "incremental");
         let Some(start) = state.history_id else {
             return Err(PassError::Incomplete(
                 "no history position to continue from".to_owned(),

@@ -114,6 +114,24 @@ pub struct SyncReport {
     pub next_poll_at: Option<DateTime<Utc>>,
 }
 
+impl SyncReport {
+    /// What the pass was, for people and logs: `full` or `resync` when it
+    /// listed the mailbox (even though an incremental replay followed to
+    /// catch what changed meanwhile), else `incremental`.
+    pub fn kind(&self) -> SyncKind {
+        pass_kind(&self.kinds)
+    }
+}
+
+/// The most telling kind among a pass's segments (see [`SyncReport::kind`]).
+pub fn pass_kind(kinds: &[SyncKind]) -> SyncKind {
+    kinds
+        .iter()
+        .copied()
+        .find(|k| *k != SyncKind::Incremental)
+        .unwrap_or(SyncKind::Incremental)
+}
+
 /// Progress of a long full sync, for terminals.
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {
@@ -459,8 +477,12 @@ impl Pass<'_> {
                 .emit();
             }
             let fresh = force_full || (scope_changed && !full_in_progress);
+            // Recorded once: the span's `phase` says what the pass set out
+            // to do (a second `record` would print the field twice).
+            tracing::Span::current().record("phase", kind.as_str());
             return self.full_then_incremental(&state, kind, fresh).await;
         }
+        tracing::Span::current().record("phase", SyncKind::Incremental.as_str());
         self.run.report.kinds.push(SyncKind::Incremental);
         let started = self.run.started;
         match self.incremental(&state, started).await {
@@ -470,7 +492,9 @@ impl Pass<'_> {
                     history_id: state.history_id.map_or(0, HistoryId::get),
                 }
                 .emit();
+                let span = tracing::info_span!("resync", reason = "history_expired");
                 self.full_then_incremental(&state, SyncKind::Resync, true)
+                    .instrument(span)
                     .await
             }
             other => other.map(|_| ()),
@@ -501,6 +525,9 @@ impl Pass<'_> {
             .message_gets
             .load(std::sync::atomic::Ordering::Relaxed);
         self.run.settle(counts, message_gets);
+        // A failure or a stop is recorded for the segment it ended (the
+        // full listing, or the incremental replay after it); the completion
+        // says what the whole pass was.
         let kind = self
             .run
             .report
@@ -520,7 +547,7 @@ impl Pass<'_> {
             Ok(()) => {
                 events::MailboxSyncCompleted {
                     mailbox: self.mailbox(),
-                    kind,
+                    kind: self.run.report.kind(),
                     counts: &self.run.report.counts,
                     elapsed: self.clock.elapsed(),
                 }
@@ -600,5 +627,19 @@ fn checkpoint(state: &SyncState, success: bool) -> Checkpoint {
         full_sync_generation: state.full_sync_generation,
         applied_label_scope: state.applied_label_scope.clone(),
         success,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_is_named_by_its_listing_not_by_the_replay_after_it() {
+        use SyncKind::{Full, Incremental, Resync};
+        assert_eq!(pass_kind(&[Full, Incremental]), Full);
+        assert_eq!(pass_kind(&[Incremental, Resync, Incremental]), Resync);
+        assert_eq!(pass_kind(&[Incremental]), Incremental);
+        assert_eq!(pass_kind(&[]), Incremental);
     }
 }
