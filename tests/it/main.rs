@@ -1,6 +1,7 @@
 //! The one integration-test binary (see STYLE.md habit 10).
 
 mod adversarial;
+mod budget;
 mod chaos;
 mod chaos_helpers;
 mod cli;

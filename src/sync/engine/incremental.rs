@@ -97,6 +97,9 @@ impl Pass<'_> {
         started: DateTime<Utc>,
     ) -> Result<SyncState, PassError> {
         tracing::Span::current().record("phase", "incremental");
+        self.gmail
+            .stats()
+            .set_purpose(crate::google::daily::Purpose::Incremental);
         let Some(start) = state.history_id else {
             return Err(PassError::Incomplete(
                 "no history position to continue from".to_owned(),
