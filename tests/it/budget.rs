@@ -347,7 +347,7 @@ async fn approve_prints_the_backfill_estimate(backend: Backend) {
         return;
     };
     let shared = w.shared_mailboxes().await;
-    let (m, disabled) = (shared[0].clone(), shared[1].clone());
+    let (m, refused) = (shared[0].clone(), shared[1].clone());
     let total = w.truth(&m).await.len();
     let cli = Cli::new(&w, "");
     cli.ok(&["subscriptions", "add", m.as_str(), "--by", "ops-a"]);
@@ -366,13 +366,16 @@ async fn approve_prints_the_backfill_estimate(backend: Backend) {
     assert!(out.contains(&format!("{share:.1} % of the")), "{out}");
     assert_eq!(w.requests_by_user(&m, "gmail.users.getProfile").await, 1);
 
-    w.patch_user(&disabled, serde_json::json!({"mailbox_enabled": false}))
-        .await;
-    cli.ok(&["subscriptions", "add", disabled.as_str(), "--by", "ops-a"]);
+    w.patch_user(
+        &refused,
+        serde_json::json!({"token_error": "access_denied"}),
+    )
+    .await;
+    cli.ok(&["subscriptions", "add", refused.as_str(), "--by", "ops-a"]);
     let out = cli.ok(&[
         "subscriptions",
         "approve",
-        disabled.as_str(),
+        refused.as_str(),
         "--by",
         "ops-b",
     ]);
