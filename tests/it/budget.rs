@@ -387,3 +387,52 @@ async fn approve_prints_the_backfill_estimate(backend: Backend) {
 }
 
 both_backends!(approve_estimate, approve_prints_the_backfill_estimate);
+
+/// An OAuth mailbox's estimate is read with its owner's consent (there is
+/// no domain-wide delegation at all here).
+async fn the_estimate_of_an_oauth_mailbox_uses_its_consent(backend: Backend) {
+    use crate::oauth::{Daemon, consent, oauth_world};
+    let Some((w, _)) = oauth_world(backend, std::time::Duration::from_secs(600)).await else {
+        return;
+    };
+    let m = w.shared_mailboxes().await[0].clone();
+    let client_id = w.ctx.google.account().unwrap().client_id().to_owned();
+    w.control(
+        reqwest::Method::PUT,
+        "delegation",
+        Some(serde_json::json!({"client_id": client_id, "scopes": []})),
+    )
+    .await;
+    let d = Daemon::start(&w).await;
+    let c = consent(&d.consent, &m).await;
+    assert_eq!(c.status, reqwest::StatusCode::OK, "{}", c.body);
+    d.stop().await;
+
+    let policy = w.settings.policy().unwrap();
+    let done = gmail_ingest::app::approve_one(
+        &w.settings,
+        &w.ctx.store,
+        &policy,
+        &m,
+        gmail_ingest::domain::Operator::parse("ops-b").unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(done.readable, "an approved consented mailbox may be read");
+    let e = gmail_ingest::app::backfill_estimate(
+        &w.settings,
+        &w.ctx.store,
+        &policy,
+        &done.subscription,
+    )
+    .await
+    .unwrap();
+    let total = w.truth(&m).await.len() as u64;
+    assert_eq!((e.messages, e.units), (total, total * 20));
+    assert!(e.remaining_today > 0 && e.share_of_remaining > 0.0);
+}
+
+both_backends!(
+    oauth_approve_estimate,
+    the_estimate_of_an_oauth_mailbox_uses_its_consent
+);
