@@ -436,3 +436,50 @@ both_backends!(
     oauth_approve_estimate,
     the_estimate_of_an_oauth_mailbox_uses_its_consent
 );
+
+/// A requested resync of a synced mailbox that has not begun yields to the
+/// budget: the pass is an incremental one, which still brings new mail.
+async fn a_requested_resync_yields_to_incrementals_when_the_budget_is_low(backend: Backend) {
+    const BUDGET: i64 = 1_000_000;
+    let Some(w) = world_with(backend, small(3, 20), |s| {
+        s.sync.project_quota_units_per_day = BUDGET as u64;
+        s.sync.daily_incremental_reserve_fraction = 0.5;
+    })
+    .await
+    else {
+        return;
+    };
+    let m = w.shared_mailboxes().await[0].clone();
+    w.subscribe(&m).await;
+    assert!(w.sync(Some(&m)).await[0].outcome.is_ok());
+    let plan = daily(&w.ctx).plan().await.unwrap();
+    let top_up = BUDGET - plan.reserve - plan.used;
+    assert!(
+        w.ctx
+            .store
+            .reserve_daily_quota(&plan.day.to_string(), top_up, BUDGET, true)
+            .await
+            .unwrap()
+    );
+    let id = w.insert_message(&m, "during a tight day", &["INBOX"]).await;
+    let lists_before = w.requests_by_user(&m, "gmail.users.messages.list").await;
+
+    let r = w.sync_full(Some(&m)).await;
+    assert!(r[0].outcome.is_ok(), "{:?}", r[0].outcome);
+    assert_eq!(
+        r[0].kinds,
+        vec![gmail_ingest::sync::engine::SyncKind::Incremental]
+    );
+    assert_eq!(r[0].counts.added, 1);
+    assert!(w.db(&m).await.iter().any(|(i, _, _)| *i == id));
+    assert_eq!(
+        w.requests_by_user(&m, "gmail.users.messages.list").await,
+        lists_before,
+        "the resync listed the mailbox"
+    );
+}
+
+both_backends!(
+    requested_resyncs_yield,
+    a_requested_resync_yields_to_incrementals_when_the_budget_is_low
+);
