@@ -114,10 +114,72 @@ impl crate::google::quota::SharedBudget for StoreBudget {
     }
 }
 
+/// The project's daily count (`quota_daily`), on both backends: one replica
+/// on SQLite, but the count survives its restarts.
+#[async_trait::async_trait]
+impl crate::google::daily::DailyLedger for StoreBudget {
+    async fn reserve(
+        &self,
+        day: chrono::NaiveDate,
+        units: i64,
+        limit: i64,
+        purpose: crate::google::daily::Purpose,
+    ) -> anyhow::Result<bool> {
+        let backfill = purpose == crate::google::daily::Purpose::Backfill;
+        Ok(self
+            .0
+            .reserve_daily_quota(&day.to_string(), units, limit, backfill)
+            .await?)
+    }
+
+    async fn usage(
+        &self,
+        day: chrono::NaiveDate,
+    ) -> anyhow::Result<crate::google::daily::DayUsage> {
+        let u = self.0.daily_quota_usage(&day.to_string()).await?;
+        Ok(crate::google::daily::DayUsage {
+            units: u.units,
+            backfill_units: u.backfill_units,
+        })
+    }
+}
+
+/// The Google client of a command, counting its calls in the project's
+/// daily budget kept in `store`.
+pub fn google_counted(settings: &Settings, store: &Store) -> anyhow::Result<Arc<Google>> {
+    let google = Google::from_settings(settings)?;
+    share_daily_budget(&google, store);
+    Ok(google)
+}
+
+fn share_daily_budget(google: &Google, store: &Store) {
+    google
+        .quota_limiter()
+        .daily()
+        .share(Arc::new(StoreBudget(store.clone())));
+}
+
+/// Today's daily budget as the database counts it, planned with `settings`.
+pub async fn daily_plan(
+    settings: &Settings,
+    store: &Store,
+) -> anyhow::Result<crate::google::daily::DayPlan> {
+    let budget = crate::google::daily::DailyBudget::new(
+        settings.sync.project_quota_units_per_day,
+        settings.sync.daily_incremental_reserve_fraction,
+    );
+    budget.share(Arc::new(StoreBudget(store.clone())));
+    budget
+        .plan()
+        .await
+        .context("reading the daily quota budget")
+}
+
 pub async fn context(settings: Settings) -> anyhow::Result<SyncContext> {
     let policy = settings.policy()?;
     let google = Google::from_settings(&settings)?;
     let store = open_migrated_store(&settings).await?;
+    share_daily_budget(&google, &store);
     if store.sqlite_path().is_none() && store.backend() == "postgres" {
         google.quota_limiter().share_project_budget(
             Arc::new(StoreBudget(store.clone())),
@@ -472,6 +534,10 @@ impl From<&SyncReport> for ReportView {
                 engine::Outcome::Suspended { reason } => format!("suspended: {reason}"),
                 engine::Outcome::LeaseLost => "lease lost".to_owned(),
                 engine::Outcome::Interrupted => "interrupted".to_owned(),
+                engine::Outcome::Paced { until, .. } => format!(
+                    "waiting for the daily quota until {}",
+                    until.format("%Y-%m-%d %H:%M UTC")
+                ),
                 engine::Outcome::Stopped {
                     decision,
                     reason: Some(reason),
@@ -492,6 +558,55 @@ impl From<&SyncReport> for ReportView {
 pub struct Approved {
     pub subscription: crate::store::Subscription,
     pub warning: Option<String>,
+    /// The Directory placed the mailbox in an approved org unit (or it is
+    /// an OAuth mailbox with its owner's consent): it may be read now.
+    pub readable: bool,
+}
+
+/// What a newly approved mailbox's full sync will cost (`approve` prints it).
+#[derive(Debug, Clone, Serialize)]
+pub struct BackfillEstimate {
+    /// The profile's messagesTotal.
+    pub messages: u64,
+    /// messages × `sync.method_costs.messages_get`.
+    pub units: u64,
+    /// How long the mailbox takes at `sync.user_quota_units_per_minute`.
+    pub minutes_at_ceiling: f64,
+    /// Units left in today's project budget, and the share the backfill takes of it.
+    pub remaining_today: i64,
+    pub share_of_remaining: f64,
+    pub reset_at: chrono::DateTime<Utc>,
+}
+
+/// The estimate for an approved mailbox the gate admitted: one getProfile,
+/// as the mailbox (impersonated, or with its owner's consent), counted in
+/// the daily budget.
+pub async fn backfill_estimate(
+    settings: &Settings,
+    store: &Store,
+    policy: &Policy,
+    sub: &crate::store::Subscription,
+) -> anyhow::Result<BackfillEstimate> {
+    let oauth = sub.auth_mode == crate::domain::AuthMode::OAuth;
+    let gmail = mailbox_gmail(settings, store, policy, &sub.mailbox, oauth).await?;
+    let profile = gmail.get_profile().await?;
+    let plan = daily_plan(settings, store).await?;
+    let messages = profile.messages_total.max(0) as u64;
+    let units = messages * u64::from(settings.sync.method_costs.messages_get);
+    let remaining_today = plan.remaining();
+    Ok(BackfillEstimate {
+        messages,
+        units,
+        minutes_at_ceiling: units as f64
+            / f64::from(settings.sync.user_quota_units_per_minute.max(1)),
+        remaining_today,
+        share_of_remaining: if remaining_today > 0 {
+            units as f64 / remaining_today as f64
+        } else {
+            f64::INFINITY
+        },
+        reset_at: plan.reset_at,
+    })
 }
 
 /// One approval, as `subscriptions approve` runs it for one mailbox (and
@@ -541,6 +656,10 @@ pub async fn approve_one(
         OrgUnitVerdict::Approved(_) | OrgUnitVerdict::NotApplicable => {}
     }
     let admitted = !matches!(verdict, OrgUnitVerdict::Refused(_));
+    let readable = matches!(
+        verdict,
+        OrgUnitVerdict::Approved(_) | OrgUnitVerdict::NotApplicable
+    );
     let scope = if sub.label_filter.is_empty() || !admitted {
         None
     } else {
@@ -557,6 +676,7 @@ pub async fn approve_one(
     };
     let subscription = subs.approve_scoped(mailbox, by, verdict, scope).await?;
     Ok(Approved {
+        readable: readable && subscription.status == SubscriptionStatus::Active,
         subscription,
         warning,
     })
@@ -571,7 +691,21 @@ async fn mailbox_labels(
     mailbox: &MailboxAddress,
     oauth: bool,
 ) -> anyhow::Result<Vec<crate::google::gmail::LabelInfo>> {
-    let google = Google::from_settings(settings)?;
+    let gmail = mailbox_gmail(settings, store, policy, mailbox, oauth).await?;
+    Ok(gmail.list_labels().await?)
+}
+
+/// A Gmail handle as the mailbox for a command: impersonated, or with its
+/// owner's consent for an OAuth subscription; its calls count in the
+/// project's daily budget.
+async fn mailbox_gmail(
+    settings: &Settings,
+    store: &Store,
+    policy: &Policy,
+    mailbox: &MailboxAddress,
+    oauth: bool,
+) -> anyhow::Result<crate::google::gmail::MailboxGmail> {
+    let google = google_counted(settings, store)?;
     let stats = Arc::new(crate::google::gmail::CallStats::default());
     let gmail = if oauth {
         let service = crate::oauth::OAuthService::from_settings(
@@ -588,7 +722,7 @@ async fn mailbox_labels(
     } else {
         google.gmail(mailbox, stats).await?
     };
-    Ok(gmail.list_labels().await?)
+    Ok(gmail)
 }
 
 /// The org-unit verdict for `subscriptions approve`, from the Directory when

@@ -575,6 +575,9 @@ async fn subscriptions(settings: Settings, cmd: SubscriptionsCommand) -> anyhow:
                 "{} is {} (approved by {by}{scope})",
                 s.mailbox, s.status
             ));
+            if done.readable {
+                print_backfill_estimate(&settings, &store, &policy, &s).await;
+            }
         }
         SubscriptionsCommand::AddGroup {
             group,
@@ -886,6 +889,96 @@ fn print_group_report(r: &crate::groups::GroupReport, format: Format) {
     }
 }
 
+/// What approving the mailbox commits the project's quota to. The
+/// approval stands whatever this says: a profile that cannot be read is
+/// reported, not an error.
+async fn print_backfill_estimate(
+    settings: &Settings,
+    store: &Store,
+    policy: &crate::config::Policy,
+    sub: &crate::store::Subscription,
+) {
+    match app::backfill_estimate(settings, store, policy, sub).await {
+        Ok(e) => {
+            let share = if e.share_of_remaining.is_finite() {
+                format!("{:.1} %", e.share_of_remaining * 100.0)
+            } else {
+                "more than all".to_owned()
+            };
+            output::line(format!(
+                "estimated backfill: {} messages x {} units = {} units; {} at the per-mailbox ceiling of {} units/min; {share} of the {} units left in today's project budget (resets {})",
+                e.messages,
+                settings.sync.method_costs.messages_get,
+                e.units,
+                humantime::format_duration(std::time::Duration::from_secs(
+                    (e.minutes_at_ceiling * 60.0).ceil() as u64
+                )),
+                settings.sync.user_quota_units_per_minute,
+                e.remaining_today,
+                e.reset_at.format("%Y-%m-%d %H:%M UTC"),
+            ));
+        }
+        Err(e) => output::line(format!(
+            "estimated backfill: unknown (the mailbox's profile could not be read: {e:#})"
+        )),
+    }
+}
+
+/// The project's daily quota for `status`.
+#[derive(Serialize)]
+struct QuotaHeader {
+    /// The Pacific day the quota counts (Google resets it at its midnight).
+    day: chrono::NaiveDate,
+    used_units: i64,
+    budget_units: i64,
+    /// Kept for incremental passes: backfills wait below it.
+    reserve_units: i64,
+    rate_units_per_hour: f64,
+    /// When the budget runs out at today's rate; null: not today.
+    exhaustion_at: Option<DateTime<Utc>>,
+    next_reset_at: DateTime<Utc>,
+}
+
+/// A full sync in progress, for `status`.
+#[derive(Serialize)]
+struct BackfillView {
+    started_at: DateTime<Utc>,
+    listed: i64,
+    fetched: i64,
+    /// The profile's messagesTotal when the listing began.
+    estimated_total: i64,
+    /// Messages listed per second since the listing began (waits included).
+    rate_per_second: f64,
+    eta: Option<DateTime<Utc>>,
+}
+
+impl BackfillView {
+    fn new(p: &crate::store::FullSyncProgress, now: DateTime<Utc>) -> BackfillView {
+        let secs = (now - p.started_at).num_milliseconds().max(1) as f64 / 1000.0;
+        let rate = p.listed as f64 / secs;
+        let left = (p.estimated_total - p.listed).max(0) as f64;
+        BackfillView {
+            started_at: p.started_at,
+            listed: p.listed,
+            fetched: p.fetched,
+            estimated_total: p.estimated_total,
+            rate_per_second: rate,
+            eta: (rate > 0.0)
+                .then(|| now + chrono::TimeDelta::milliseconds((left / rate * 1000.0) as i64)),
+        }
+    }
+
+    fn cell(&self) -> String {
+        let eta = self.eta.map_or("-".to_owned(), |t| {
+            t.format("%Y-%m-%d %H:%M UTC").to_string()
+        });
+        format!(
+            "{}/{} listed, {} fetched, {:.1}/s, ETA {eta}",
+            self.listed, self.estimated_total, self.fetched, self.rate_per_second
+        )
+    }
+}
+
 #[derive(Serialize)]
 struct StatusRow {
     mailbox: String,
@@ -897,11 +990,16 @@ struct StatusRow {
     history_id: Option<String>,
     consecutive_failures: i64,
     last_error: Option<String>,
+    /// The full sync (or resync) in progress.
+    full_sync: Option<BackfillView>,
+    /// Set while the backfill waits for the daily budget.
+    quota_wait: Option<crate::store::QuotaWait>,
 }
 
 #[derive(Serialize)]
 struct StatusReport {
     integration_enabled: bool,
+    quota: QuotaHeader,
     mailboxes: Vec<StatusRow>,
 }
 
@@ -922,10 +1020,22 @@ async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
             history_id: s.history_id.map(|h| h.to_string()),
             consecutive_failures: s.consecutive_failures,
             last_error: s.last_error,
+            full_sync: s.full_sync.as_ref().map(|p| BackfillView::new(p, now)),
+            quota_wait: s.quota_wait.filter(|w| w.until > now),
         })
         .collect();
+    let plan = app::daily_plan(&settings, &store).await?;
     let report = StatusReport {
         integration_enabled: settings.integration.enabled,
+        quota: QuotaHeader {
+            day: plan.day,
+            used_units: plan.used,
+            budget_units: plan.budget,
+            reserve_units: plan.reserve,
+            rate_units_per_hour: plan.rate_per_second * 3600.0,
+            exhaustion_at: plan.exhaustion_at,
+            next_reset_at: plan.reset_at,
+        },
         mailboxes: rows,
     };
     match format {
@@ -934,6 +1044,20 @@ async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
             if !report.integration_enabled {
                 output::line("integration.enabled = false: the daemon ingests nothing");
             }
+            let q = &report.quota;
+            let runs_out = match q.exhaustion_at {
+                Some(t) => format!("runs out at {} UTC at today's rate", fmt_time(Some(t))),
+                None => "runs out: not today".to_owned(),
+            };
+            output::line(format!(
+                "daily quota: {} of {} units used today (Pacific day {}, {:.0} units/h); {runs_out}; next reset {} UTC (midnight America/Los_Angeles); {} units kept for incremental passes",
+                q.used_units,
+                q.budget_units,
+                q.day,
+                q.rate_units_per_hour,
+                fmt_time(Some(q.next_reset_at)),
+                q.reserve_units,
+            ));
             output::table(
                 &[
                     "MAILBOX",
@@ -944,6 +1068,7 @@ async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
                     "MESSAGES",
                     "FAILURES",
                     "LAST ERROR",
+                    "BACKFILL",
                 ],
                 &report
                     .mailboxes
@@ -963,6 +1088,7 @@ async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
                             r.messages.to_string(),
                             r.consecutive_failures.to_string(),
                             r.last_error.clone().unwrap_or_default(),
+                            backfill_cell(r),
                         ]
                     })
                     .collect::<Vec<_>>(),
@@ -970,6 +1096,24 @@ async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// The BACKFILL cell: the listing's progress, and why it waits if it does.
+fn backfill_cell(r: &StatusRow) -> String {
+    let progress = r.full_sync.as_ref().map(BackfillView::cell);
+    let wait = r.quota_wait.as_ref().map(|w| {
+        format!(
+            "waits for the daily quota until {} UTC: {}",
+            fmt_time(Some(w.until)),
+            w.reason
+        )
+    });
+    match (progress, wait) {
+        (Some(p), Some(w)) => format!("{p}; {w}"),
+        (Some(p), None) => p,
+        (None, Some(w)) => w,
+        (None, None) => String::new(),
+    }
 }
 
 async fn sync(

@@ -186,6 +186,10 @@ pub struct SyncSettings {
     pub user_quota_units_per_minute: u32,
     pub project_quota_units_per_minute: u32,
     pub project_quota_units_per_day: u64,
+    /// The smallest share of `project_quota_units_per_day` backfills leave
+    /// for incremental passes (the reserve grows with the fleet's measured
+    /// incremental rate until the Pacific reset).
+    pub daily_incremental_reserve_fraction: f64,
     pub method_costs: MethodCosts,
     /// How long a claimed mailbox lease lasts without renewal.
     #[serde(with = "humantime_serde")]
@@ -372,6 +376,12 @@ impl Settings {
         }
         if self.sync.batch_size == 0 {
             bail!("configuration: sync.batch_size must be at least 1");
+        }
+        let reserve = self.sync.daily_incremental_reserve_fraction;
+        if !(0.0..=1.0).contains(&reserve) {
+            bail!(
+                "configuration: sync.daily_incremental_reserve_fraction must be between 0 and 1 (got {reserve})"
+            );
         }
         if self.google.max_attempts == 0 {
             bail!("configuration: google.max_attempts must be at least 1");

@@ -504,8 +504,9 @@ string_enum!(
 
 string_enum!(
     /// How a recorded pass ended (`sync_runs.outcome`). `LeaseLost` is
-    /// reserved: a fenced-out replica cannot write its run row. The last six
-    /// name the decision that stopped a pass ([`StopDecision`]).
+    /// reserved: a fenced-out replica cannot write its run row. Six name the
+    /// decision that stopped a pass ([`StopDecision`]); `QuotaWait` is a
+    /// backfill paced by the daily budget (it resumes from its page token).
     RunOutcome {
         Ok => "ok",
         Error => "error",
@@ -517,6 +518,7 @@ string_enum!(
         Removed => "removed",
         AuthModeChanged => "auth_mode_changed",
         Disabled => "disabled",
+        QuotaWait => "quota_wait",
     }
 );
 

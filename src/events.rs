@@ -115,6 +115,30 @@ pub const METRICS: &[(&str, &str)] = &[
         "gmail_ingest_mailboxes_in_flight",
         "Mailboxes being synced right now.",
     ),
+    (
+        "gmail_ingest_quota_daily_used_units",
+        "Gmail quota units the project reserved today (Pacific day), all replicas.",
+    ),
+    (
+        "gmail_ingest_quota_daily_budget_units",
+        "The project's daily Gmail quota budget (sync.project_quota_units_per_day).",
+    ),
+    (
+        "gmail_ingest_quota_daily_reserve_units",
+        "Units of today's budget kept for incremental passes (backfills stop there).",
+    ),
+    (
+        "gmail_ingest_quota_daily_exhaustion_seconds",
+        "Seconds until today's budget runs out at today's rate; +Inf when not before the reset.",
+    ),
+    (
+        "gmail_ingest_quota_daily_reset_seconds",
+        "Seconds until the daily quota resets (midnight America/Los_Angeles).",
+    ),
+    (
+        "gmail_ingest_backfills_paced_total",
+        "Backfill passes that stopped to wait for the daily budget, by kind.",
+    ),
 ];
 
 /// Registers the help texts (called once when the recorder is installed).
@@ -273,6 +297,68 @@ impl PassStopped<'_> {
         );
         counter!("gmail_ingest_sync_runs_total", "kind" => self.kind.as_str(), "outcome" => self.decision.as_str())
             .increment(1);
+    }
+}
+
+/// A backfill stopped between two pages to leave the rest of today's
+/// budget to incremental passes; it resumes from its page token at `until`.
+pub struct BackfillPaced<'a> {
+    pub mailbox: &'a MailboxAddress,
+    pub kind: SyncKind,
+    pub until: chrono::DateTime<chrono::Utc>,
+    pub reason: &'a str,
+}
+
+impl BackfillPaced<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            mailbox = %self.mailbox,
+            kind = self.kind.as_str(),
+            until = %self.until,
+            reason = self.reason,
+            "Backfill waits for the daily quota budget; incremental passes go first."
+        );
+        counter!("gmail_ingest_backfills_paced_total", "kind" => self.kind.as_str()).increment(1);
+        counter!("gmail_ingest_sync_runs_total", "kind" => self.kind.as_str(), "outcome" => "quota_wait")
+            .increment(1);
+    }
+}
+
+/// A requested resync of a synced mailbox did not start: the daily budget
+/// is kept for incremental passes, so the pass is an incremental one.
+pub struct ResyncPostponed<'a> {
+    pub mailbox: &'a MailboxAddress,
+    pub reason: &'a str,
+}
+
+impl ResyncPostponed<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            mailbox = %self.mailbox,
+            reason = self.reason,
+            "Requested resync postponed to the next one; the daily quota budget is kept for incremental passes."
+        );
+    }
+}
+
+/// The project's daily budget as the database counts it (the fleet tick).
+pub struct DailyQuota {
+    pub used_units: i64,
+    pub budget_units: i64,
+    pub reserve_units: i64,
+    /// `None`: the budget does not run out before the reset.
+    pub exhaustion: Option<Duration>,
+    pub reset: Duration,
+}
+
+impl DailyQuota {
+    pub fn emit(&self) {
+        gauge!("gmail_ingest_quota_daily_used_units").set(self.used_units as f64);
+        gauge!("gmail_ingest_quota_daily_budget_units").set(self.budget_units as f64);
+        gauge!("gmail_ingest_quota_daily_reserve_units").set(self.reserve_units as f64);
+        gauge!("gmail_ingest_quota_daily_exhaustion_seconds")
+            .set(self.exhaustion.map_or(f64::INFINITY, |d| d.as_secs_f64()));
+        gauge!("gmail_ingest_quota_daily_reset_seconds").set(self.reset.as_secs_f64());
     }
 }
 

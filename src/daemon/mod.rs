@@ -267,7 +267,26 @@ pub async fn housekeeping(
 
 /// Computes the fleet gauges from the database (cheap: one row per mailbox);
 /// returns (reviews overdue, mailboxes at risk of the history window).
+/// Publishes the project's daily budget as the database counts it.
+async fn daily_quota_gauges(ctx: &SyncContext) -> anyhow::Result<()> {
+    let plan = ctx.google.quota_limiter().daily().plan().await?;
+    events::DailyQuota {
+        used_units: plan.used,
+        budget_units: plan.budget,
+        reserve_units: plan.reserve,
+        exhaustion: plan
+            .exhaustion_at
+            .map(|t| (t - plan.now).to_std().unwrap_or_default()),
+        reset: (plan.reset_at - plan.now).to_std().unwrap_or_default(),
+    }
+    .emit();
+    Ok(())
+}
+
 async fn fleet_snapshot(ctx: &SyncContext) -> anyhow::Result<(u64, u64)> {
+    if let Err(e) = daily_quota_gauges(ctx).await {
+        tracing::warn!(error = %format!("{e:#}"), "Could not refresh the daily quota gauges.");
+    }
     let subs = ctx.store.list_subscriptions().await?;
     let states = ctx.store.list_sync_states().await?;
     let now = Utc::now();

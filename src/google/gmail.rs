@@ -15,6 +15,7 @@ use google_gmail1::common::{Delegate, Retry};
 
 use super::Google;
 use super::auth::{Connector, ConsentTokens};
+use super::daily::Purpose;
 use super::error::{ErrorClass, GoogleError, classify_gmail_error};
 use super::quota::Method;
 use super::retry::call_with_retry;
@@ -28,6 +29,9 @@ pub struct CallStats {
     pub calls: AtomicU64,
     pub units: AtomicU64,
     pub message_gets: AtomicU64,
+    /// Set while the pass lists or fetches for a full sync or resync: its
+    /// calls are charged to the daily budget as backfill.
+    pub backfill: std::sync::atomic::AtomicBool,
 }
 
 impl CallStats {
@@ -37,6 +41,20 @@ impl CallStats {
 
     pub fn units(&self) -> u64 {
         self.units.load(Ordering::Relaxed)
+    }
+
+    /// What the pass's calls are for, from now on.
+    pub fn set_purpose(&self, purpose: Purpose) {
+        self.backfill
+            .store(purpose == Purpose::Backfill, Ordering::Relaxed);
+    }
+
+    pub fn purpose(&self) -> Purpose {
+        if self.backfill.load(Ordering::Relaxed) {
+            Purpose::Backfill
+        } else {
+            Purpose::Incremental
+        }
     }
 }
 
@@ -258,7 +276,7 @@ impl MailboxGmail {
             let permit = self
                 .google
                 .quota
-                .acquire(self.mailbox.as_str(), method)
+                .acquire(self.mailbox.as_str(), method, self.stats.purpose())
                 .await?;
             self.stats.calls.fetch_add(1, Ordering::Relaxed);
             self.stats

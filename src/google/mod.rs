@@ -7,6 +7,7 @@
 //! the database.
 
 pub mod auth;
+pub mod daily;
 pub mod directory;
 pub mod error;
 pub mod gmail;

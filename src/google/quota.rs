@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::daily::{DailyBudget, Purpose};
 use super::error::{ErrorClass, GoogleError};
 use crate::config::{MethodCosts, SyncSettings};
 use crate::events;
@@ -104,12 +105,6 @@ struct MailboxQuota {
     in_flight: Arc<Semaphore>,
 }
 
-#[derive(Debug, Default)]
-struct DayCounter {
-    day: Option<chrono::NaiveDate>,
-    units: u64,
-}
-
 /// The per-project budget shared by all replicas (the database, on
 /// PostgreSQL). `reserve` adds `units` to the window's total if it stays
 /// within `limit`, atomically, and says whether it did.
@@ -194,8 +189,9 @@ pub struct QuotaLimiter {
     user_limit: u32,
     per_mailbox_concurrency: usize,
     project: Mutex<Bucket>,
-    day_limit: u64,
-    day: Mutex<DayCounter>,
+    /// The project's daily budget (shared through the database once
+    /// `app::context` gives it the ledger).
+    daily: DailyBudget,
     mailboxes: Mutex<HashMap<String, Arc<MailboxQuota>>>,
     /// Set on PostgreSQL: the project budget shared with the other replicas.
     shared: OnceLock<SharedPool>,
@@ -235,8 +231,10 @@ impl QuotaLimiter {
                 sync.project_quota_units_per_minute,
                 max_cost,
             )),
-            day_limit: sync.project_quota_units_per_day,
-            day: Mutex::new(DayCounter::default()),
+            daily: DailyBudget::new(
+                sync.project_quota_units_per_day,
+                sync.daily_incremental_reserve_fraction,
+            ),
             mailboxes: Mutex::new(HashMap::new()),
             shared: OnceLock::new(),
             costs,
@@ -253,6 +251,11 @@ impl QuotaLimiter {
             chunk: (limit / 100).max(100),
             state: tokio::sync::Mutex::new((None, 0)),
         });
+    }
+
+    /// The project's daily budget.
+    pub fn daily(&self) -> &DailyBudget {
+        &self.daily
     }
 
     pub fn cost(&self, method: Method) -> u32 {
@@ -273,15 +276,21 @@ impl QuotaLimiter {
     }
 
     /// Waits for an in-flight slot and the method's units on the mailbox's and
-    /// the project's budgets. Fails (rate-limited, with the time to wait) only
-    /// when the project's daily budget is spent.
-    pub async fn acquire(&self, mailbox: &str, method: Method) -> Result<QuotaPermit, GoogleError> {
+    /// the project's budgets, charging the daily budget for `purpose`. Fails
+    /// (rate-limited, with the time to wait) only when the project's daily
+    /// budget is spent.
+    pub async fn acquire(
+        &self,
+        mailbox: &str,
+        method: Method,
+        purpose: Purpose,
+    ) -> Result<QuotaPermit, GoogleError> {
         let units = self.cost(method);
         let mq = self.mailbox(mailbox);
         let in_flight = mq.in_flight.clone().acquire_owned().await.map_err(|_| {
             GoogleError::new(ErrorClass::Fatal, method.id(), "quota limiter closed")
         })?;
-        self.charge_day(method, units, Utc::now())?;
+        self.daily.charge(purpose, units, method.id()).await?;
         let now = Instant::now();
         let user_wait = lock(&mq.bucket).reserve(now, f64::from(units));
         let project_wait = lock(&self.project).reserve(now, f64::from(units));
@@ -310,38 +319,6 @@ impl QuotaLimiter {
             _in_flight: in_flight,
             units,
         })
-    }
-
-    fn charge_day(
-        &self,
-        method: Method,
-        units: u32,
-        now: DateTime<Utc>,
-    ) -> Result<(), GoogleError> {
-        let today = now.date_naive();
-        let mut day = lock(&self.day);
-        if day.day != Some(today) {
-            *day = DayCounter {
-                day: Some(today),
-                units: 0,
-            };
-        }
-        if day.units + u64::from(units) > self.day_limit {
-            let tomorrow = today
-                .succ_opt()
-                .and_then(|d| d.and_hms_opt(0, 0, 0))
-                .map(|d| d.and_utc())
-                .unwrap_or(now);
-            let mut e = GoogleError::new(
-                ErrorClass::RateLimited,
-                method.id(),
-                "the project's daily quota budget (sync.project_quota_units_per_day) is spent",
-            );
-            e.retry_after = (tomorrow - now).to_std().ok();
-            return Err(e);
-        }
-        day.units += u64::from(units);
-        Ok(())
     }
 
     /// Drops the state of mailboxes no longer synced (idle memory stays bounded).
@@ -395,25 +372,25 @@ mod tests {
         sync.per_mailbox_concurrency = 2;
         let q = QuotaLimiter::new(&sync);
         let a = q
-            .acquire("a@example.com", Method::GetProfile)
+            .acquire("a@example.com", Method::GetProfile, Purpose::Incremental)
             .await
             .unwrap();
         let _b = q
-            .acquire("a@example.com", Method::GetProfile)
+            .acquire("a@example.com", Method::GetProfile, Purpose::Incremental)
             .await
             .unwrap();
         let third = tokio::time::timeout(
             Duration::from_secs(1),
-            q.acquire("a@example.com", Method::GetProfile),
+            q.acquire("a@example.com", Method::GetProfile, Purpose::Incremental),
         )
         .await;
         assert!(third.is_err(), "a third request went in flight");
         // Another mailbox is not affected.
-        q.acquire("b@example.com", Method::GetProfile)
+        q.acquire("b@example.com", Method::GetProfile, Purpose::Incremental)
             .await
             .unwrap();
         drop(a);
-        q.acquire("a@example.com", Method::GetProfile)
+        q.acquire("a@example.com", Method::GetProfile, Purpose::Incremental)
             .await
             .unwrap();
     }
@@ -460,17 +437,21 @@ mod tests {
         assert!(blocked.is_err(), "a replica spent beyond the shared budget");
     }
 
-    #[test]
-    fn the_daily_budget_refuses_with_a_retry_hint() {
+    #[tokio::test]
+    async fn the_daily_budget_refuses_with_a_retry_hint() {
         let settings =
             crate::config::Settings::load_from(std::path::Path::new("/nonexistent"), None, &[])
                 .unwrap();
         let mut sync = settings.sync;
         sync.project_quota_units_per_day = 30;
         let q = QuotaLimiter::new(&sync);
-        let now = Utc::now();
-        q.charge_day(Method::MessagesGet, 20, now).unwrap();
-        let e = q.charge_day(Method::MessagesGet, 20, now).unwrap_err();
+        q.acquire("a@example.com", Method::MessagesGet, Purpose::Incremental)
+            .await
+            .unwrap();
+        let e = q
+            .acquire("a@example.com", Method::MessagesGet, Purpose::Backfill)
+            .await
+            .unwrap_err();
         assert_eq!(e.class, ErrorClass::RateLimited);
         assert!(e.retry_after.is_some());
     }

@@ -1289,6 +1289,102 @@ pub async fn quota_reservations_respect_the_limit(store: &Store) {
     assert_eq!(total, vec!["100", "100"]);
 }
 
+/// The daily count: concurrent reservations never pass the limit, backfill
+/// units are counted apart, days are separate; the listing's progress and a
+/// quota wait are fenced by the lease, shown by `mailbox_statuses`, and
+/// cleared by the progress write that follows.
+pub async fn daily_quota_and_backfill_progress(store: &Store) {
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .reserve_daily_quota("2026-03-08", 10, 100, i % 2 == 0)
+                .await
+        }));
+    }
+    let mut granted = 0;
+    for t in tasks {
+        if t.await.unwrap().unwrap() {
+            granted += 1;
+        }
+    }
+    assert_eq!(granted, 10);
+    let day = store.daily_quota_usage("2026-03-08").await.unwrap();
+    assert_eq!(day.units, 100);
+    assert!(day.backfill_units <= 100 && day.backfill_units % 10 == 0);
+    assert!(
+        !store
+            .reserve_daily_quota("2026-03-08", 1, 100, false)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.daily_quota_usage("2026-03-09").await.unwrap(),
+        super::DailyQuotaUsage::default(),
+        "a new day starts empty"
+    );
+
+    let m = mailbox("progress@example.com");
+    active_subscription(store, &m).await;
+    let l = lease(store, &m).await;
+    let p = super::FullSyncProgress {
+        started_at: micros(Utc::now()),
+        listed: 500,
+        fetched: 480,
+        estimated_total: 1200,
+    };
+    store.record_full_sync_progress(&l, Some(&p)).await.unwrap();
+    assert_eq!(store.full_sync_progress(&m).await.unwrap(), Some(p));
+    let until = micros(Utc::now() + TimeDelta::hours(3));
+    let run = SyncRunRow {
+        mailbox: m.clone(),
+        kind: SyncKind::Full,
+        replica: "conformance".into(),
+        started_at: micros(Utc::now()),
+        finished_at: micros(Utc::now()),
+        counts: SyncCounts::default(),
+        outcome: RunOutcome::QuotaWait,
+        error: Some("kept for incremental passes".into()),
+    };
+    store
+        .record_quota_wait(&l, until, "kept for incremental passes", &run)
+        .await
+        .unwrap();
+    let status = store.mailbox_statuses().await.unwrap();
+    let st = status.iter().find(|s| s.mailbox == m).unwrap();
+    assert_eq!(st.full_sync, Some(p));
+    assert_eq!(
+        st.quota_wait.as_ref().map(|w| (w.until, w.reason.as_str())),
+        Some((until, "kept for incremental passes"))
+    );
+    assert_eq!(st.next_poll_at, Some(until));
+    assert_eq!(
+        store.sync_runs(&m).await.unwrap().last().map(|r| r.outcome),
+        Some(RunOutcome::QuotaWait)
+    );
+
+    // A stale lease writes neither.
+    let stale = Lease {
+        epoch: l.epoch - 1,
+        ..l.clone()
+    };
+    assert!(matches!(
+        store.record_full_sync_progress(&stale, None).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        store.record_quota_wait(&stale, until, "x", &run).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+
+    // The listing goes on (or ends): the wait is over.
+    store.record_full_sync_progress(&l, None).await.unwrap();
+    let status = store.mailbox_statuses().await.unwrap();
+    let st = status.iter().find(|s| s.mailbox == m).unwrap();
+    assert_eq!((st.full_sync, st.quota_wait.clone()), (None, None));
+}
+
 /// Full-sync reconciliation: mark_seen + delete_unseen.
 pub async fn full_sync_deletes_unseen_messages(store: &Store) {
     let m = mailbox("gen@example.com");

@@ -72,11 +72,12 @@ mod sqlite;
 mod text;
 
 pub use model::{
-    Checkpoint, ConnectOptions, ConsentRemoval, ConsentWrite, FailureRecord, GroupMemberRow,
-    GroupSubscription, LabelChange, LabelRow, Lease, LiveMessage, MailboxStatus, MembershipChanges,
-    MessageChange, MessageUpsert, NewSubscription, OAuthConsent, OAuthToken, Pruned, PurgeCounts,
-    ReviewSnapshot, SearchHit, Subscription, SubscriptionChange, SubscriptionEvent,
-    SubscriptionUpdate, SyncBatch, SyncRunRow, SyncState, UNFETCHED_PREFIX,
+    Checkpoint, ConnectOptions, ConsentRemoval, ConsentWrite, DailyQuotaUsage, FailureRecord,
+    FullSyncProgress, GroupMemberRow, GroupSubscription, LabelChange, LabelRow, Lease, LiveMessage,
+    MailboxStatus, MembershipChanges, MessageChange, MessageUpsert, NewSubscription, OAuthConsent,
+    OAuthToken, Pruned, PurgeCounts, QuotaWait, ReviewSnapshot, SearchHit, Subscription,
+    SubscriptionChange, SubscriptionEvent, SubscriptionUpdate, SyncBatch, SyncRunRow, SyncState,
+    UNFETCHED_PREFIX,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -580,6 +581,57 @@ impl Store {
         limit: i64,
     ) -> Result<bool, StoreError> {
         dispatch!(self, s => s.reserve_quota(bucket, window_start, units, limit).await)
+    }
+
+    // -- the daily budget and backfill progress ------------------------------
+
+    /// Atomically adds `units` to the Pacific day `day` ('YYYY-MM-DD') of
+    /// `quota_daily` if the day's total stays within `limit`, counting them
+    /// as backfill units too when `backfill`; returns whether it did.
+    pub async fn reserve_daily_quota(
+        &self,
+        day: &str,
+        units: i64,
+        limit: i64,
+        backfill: bool,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.reserve_daily_quota(day, units, limit, backfill).await)
+    }
+
+    /// Units reserved on the Pacific day `day` (zero for a day not started).
+    pub async fn daily_quota_usage(&self, day: &str) -> Result<DailyQuotaUsage, StoreError> {
+        dispatch!(self, s => s.daily_quota_usage(day).await)
+    }
+
+    /// Records the progress of the listing in progress (`None`: no listing
+    /// any more) and clears any quota wait; fenced by the lease alone.
+    pub async fn record_full_sync_progress(
+        &self,
+        l: &Lease,
+        p: Option<&FullSyncProgress>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.record_full_sync_progress(l, p).await)
+    }
+
+    /// The progress of the mailbox's listing in progress, if any.
+    pub async fn full_sync_progress(
+        &self,
+        m: &MailboxAddress,
+    ) -> Result<Option<FullSyncProgress>, StoreError> {
+        dispatch!(self, s => s.full_sync_progress(m).await)
+    }
+
+    /// Records that the mailbox's backfill waits for the daily budget until
+    /// `until` (also its next poll), and why, with the pass's run row;
+    /// fenced by the lease alone, like a stop.
+    pub async fn record_quota_wait(
+        &self,
+        l: &Lease,
+        until: DateTime<Utc>,
+        reason: &str,
+        run: &SyncRunRow,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.record_quota_wait(l, until, reason, run).await)
     }
 
     /// Runs a read-only analyst query and returns how many rows it produced

@@ -279,6 +279,39 @@ pub struct MailboxStatus {
     pub lease_expires_at: Option<DateTime<Utc>>,
     /// Live (not soft-deleted) messages stored.
     pub messages: i64,
+    /// The listing in progress, if any.
+    pub full_sync: Option<FullSyncProgress>,
+    /// Set while the mailbox's backfill waits for the daily budget.
+    pub quota_wait: Option<QuotaWait>,
+}
+
+/// Where a full sync (or resync) stands, kept in `sync_state` for `status`.
+/// `listed` and `fetched` count from `started_at`, across resumed passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FullSyncProgress {
+    pub started_at: DateTime<Utc>,
+    /// Message IDs listed so far.
+    pub listed: i64,
+    /// Messages fetched and stored so far.
+    pub fetched: i64,
+    /// The profile's `messagesTotal` when the listing started.
+    pub estimated_total: i64,
+}
+
+/// Why a backfill waits for the daily budget, and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuotaWait {
+    pub until: DateTime<Utc>,
+    pub reason: String,
+}
+
+/// Units reserved from one Pacific day's budget (`quota_daily`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DailyQuotaUsage {
+    /// All units reserved by every replica.
+    pub units: i64,
+    /// The part reserved for full syncs and resyncs.
+    pub backfill_units: i64,
 }
 
 /// One row of `sync_runs`: a sync pass and what it did.

@@ -10,8 +10,9 @@ use chrono::{DateTime, Utc};
 
 use super::StoreError;
 use super::model::{
-    GroupMemberRow, GroupSubscription, LiveMessage, MailboxStatus, MessageChange, OAuthToken,
-    ReviewSnapshot, SearchHit, Subscription, SubscriptionEvent, SyncRunRow, SyncState,
+    FullSyncProgress, GroupMemberRow, GroupSubscription, LiveMessage, MailboxStatus, MessageChange,
+    OAuthToken, QuotaWait, ReviewSnapshot, SearchHit, Subscription, SubscriptionEvent, SyncRunRow,
+    SyncState,
 };
 use super::text::parse_json_strings;
 use crate::domain::{GmailMessageId, HistoryId, MailboxAddress, Operator, ParseError, SyncCounts};
@@ -219,6 +220,12 @@ row_struct! {
         lease_owner: Option<String>,
         lease_expires_at: Option<DateTime<Utc>>,
         messages: i64,
+        full_sync_started_at: Option<DateTime<Utc>>,
+        full_sync_listed: Option<i64>,
+        full_sync_fetched: Option<i64>,
+        full_sync_estimated_total: Option<i64>,
+        quota_wait_until: Option<DateTime<Utc>>,
+        quota_wait_reason: Option<String>,
     }
 }
 
@@ -237,6 +244,16 @@ impl TryFrom<StatusRow> for MailboxStatus {
             lease_owner: r.lease_owner,
             lease_expires_at: r.lease_expires_at,
             messages: r.messages,
+            full_sync: r.full_sync_started_at.map(|started_at| FullSyncProgress {
+                started_at,
+                listed: r.full_sync_listed.unwrap_or(0),
+                fetched: r.full_sync_fetched.unwrap_or(0),
+                estimated_total: r.full_sync_estimated_total.unwrap_or(0),
+            }),
+            quota_wait: r.quota_wait_until.map(|until| QuotaWait {
+                until,
+                reason: r.quota_wait_reason.unwrap_or_default(),
+            }),
         })
     }
 }

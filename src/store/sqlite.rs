@@ -220,6 +220,7 @@ sql::message_statements!(
     ids(" IN (SELECT value FROM json_each(", "))")
 );
 sql::quota_statements!(SqliteStore, Sqlite);
+sql::budget_statements!(SqliteStore, Sqlite);
 sql::housekeeping_statements!(SqliteStore, Sqlite);
 
 #[cfg(test)]

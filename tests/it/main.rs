@@ -2,6 +2,7 @@
 
 mod adversarial;
 mod browser;
+mod budget;
 mod chaos;
 mod chaos_helpers;
 mod cli;

@@ -286,12 +286,14 @@ both_backends!(
             .unwrap();
         assert_eq!(sub.status, SubscriptionStatus::Pending);
 
-        // No labels: no Gmail call at approval, scope = the whole mailbox.
+        // No labels: no label read at approval, scope = the whole mailbox;
+        // the one Gmail call is the backfill estimate's getProfile, made
+        // after the gate admitted the mailbox (issue 14).
         cli.ok(&["subscriptions", "add", whole.as_str(), "--by", "ops-a"]);
         cli.ok(&["subscriptions", "approve", whole.as_str(), "--by", "ops-b"]);
         assert_eq!(
             w.stats().await["requests_by_user"][whole.as_str()],
-            serde_json::Value::Null
+            serde_json::json!({"gmail.users.getProfile": 1})
         );
         let sub = w.ctx.store.get_subscription(&whole).await.unwrap().unwrap();
         assert_eq!(sub.label_scope, Some(Vec::new()));

@@ -61,6 +61,7 @@ conformance_tests!(
     purge_reports_counts,
     metacharacters_are_stored_verbatim,
     quota_reservations_respect_the_limit,
+    daily_quota_and_backfill_progress,
     full_sync_deletes_unseen_messages,
     label_scope_is_enforced_by_the_batch,
     failures_are_counted_and_reset,

@@ -73,6 +73,8 @@ macro_rules! lease_statements {
                             "SELECT s.mailbox, s.status, t.phase, t.history_id, t.last_success_at, \
                              t.next_poll_at, COALESCE(t.consecutive_failures, 0) AS consecutive_failures, \
                              t.last_error, t.lease_owner, t.lease_expires_at, \
+                             t.full_sync_started_at, t.full_sync_listed, t.full_sync_fetched, \
+                             t.full_sync_estimated_total, t.quota_wait_until, t.quota_wait_reason, \
                              (SELECT COUNT(*) FROM messages m \
                               WHERE m.mailbox = s.mailbox AND m.deleted_at IS NULL) AS messages \
                              FROM subscriptions s LEFT JOIN sync_state t ON t.mailbox = s.mailbox \

@@ -27,6 +27,7 @@ use super::rows::decode_err;
 use crate::domain::MailboxAddress;
 
 mod batches;
+mod budget;
 mod groups;
 mod housekeeping;
 mod leases;
@@ -37,6 +38,7 @@ mod runs;
 mod subscriptions;
 
 pub(crate) use batches::batch_statements;
+pub(crate) use budget::budget_statements;
 pub(crate) use groups::{group_columns, group_statements};
 pub(crate) use housekeeping::housekeeping_statements;
 pub(crate) use leases::{lease_statements, sync_state_columns};

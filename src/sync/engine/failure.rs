@@ -201,6 +201,48 @@ impl<'a> Run<'a> {
         self.report.next_poll_at = next_poll_at;
     }
 
+    /// The daily budget paces the backfill: it waits until `until`, which
+    /// `status` shows with `reason` and the lease is released with.
+    pub(super) async fn paced(&mut self, kind: SyncKind, until: DateTime<Utc>, reason: String) {
+        events::BackfillPaced {
+            mailbox: &self.lease.mailbox,
+            kind,
+            until,
+            reason: &reason,
+        }
+        .emit();
+        let run = self.row(
+            kind,
+            self.started,
+            self.report.counts,
+            RunOutcome::QuotaWait,
+            Some(reason.clone()),
+        );
+        match self
+            .ctx
+            .store
+            .record_quota_wait(self.lease, until, &reason, &run)
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::LeaseLost { .. }) => {
+                events::LeaseLost {
+                    mailbox: &self.lease.mailbox,
+                }
+                .emit();
+                self.stopped(true);
+                return;
+            }
+            Err(e) => events::DbError {
+                operation: "record_quota_wait",
+                error: &e,
+            }
+            .emit(),
+        }
+        self.report.outcome = Outcome::Paced { until, reason };
+        self.report.next_poll_at = Some(until);
+    }
+
     /// The pass stopped between two batches: shutdown, or (`lease_lost`)
     /// another replica owns the mailbox now.
     pub(super) fn stopped(&mut self, lease_lost: bool) {

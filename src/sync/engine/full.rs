@@ -23,11 +23,15 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
+use chrono::{DateTime, Utc};
+
 use super::fetch::Misses;
 use super::{Pass, PassError, Progress, SyncKind, checkpoint, empty_batch};
 use crate::domain::{GmailMessageId, HistoryId, SyncPhase};
+use crate::events;
+use crate::google::daily::{BackfillVerdict, Purpose};
 use crate::google::gmail::IdPage;
-use crate::store::{LabelRow, SyncBatch, SyncState};
+use crate::store::{FullSyncProgress, LabelRow, SyncBatch, SyncState};
 
 /// Page size for message listings (Gmail's maximum).
 const LIST_PAGE_SIZE: u32 = 500;
@@ -111,6 +115,8 @@ impl Cursor {
 /// Where a full-sync listing stands between two pages.
 struct Listing {
     progress: Progress,
+    /// When the listing began (kept across resumed passes, for the rate).
+    started_at: DateTime<Utc>,
     /// The stored token of the first page that still misses a message: the resume point.
     resume_from: Option<Option<String>>,
     misses: Misses,
@@ -128,19 +134,28 @@ impl Pass<'_> {
         started: chrono::DateTime<chrono::Utc>,
         fresh: bool,
     ) -> Result<SyncState, PassError> {
+        self.gmail.stats().set_purpose(Purpose::Backfill);
         let mut state = state.clone();
         let misses = Misses::new(&state);
         let mut estimated_total = None;
+        let mut stored = None;
+        // Nothing of the listing is asked for while the budget is kept for
+        // incremental passes.
+        self.pace_backfill().await?;
         let resumed = Cursor::decode(state.page_token.as_deref(), &self.scope);
         let cursor = match resumed {
-            Some(c) if state.full_sync_history_id.is_some() && !fresh => c,
+            Some(c) if state.full_sync_history_id.is_some() && !fresh => {
+                stored = self.ctx().store.full_sync_progress(self.mailbox()).await?;
+                c
+            }
             _ => {
                 estimated_total = Some(self.start_listing(&mut state).await?);
                 Cursor::start(&self.scope)
             }
         };
-        // A resumed full sync asks for the size only when someone shows progress.
-        if estimated_total.is_none() && self.opts.progress.is_some() {
+        // A resumed listing with no recorded progress (begun before the
+        // progress was kept) asks for the size once.
+        if estimated_total.is_none() && stored.is_none() {
             estimated_total = self
                 .gmail
                 .get_profile()
@@ -148,18 +163,34 @@ impl Pass<'_> {
                 .ok()
                 .map(|p| p.messages_total.max(0) as u64);
         }
+        let (started_at, progress) = match stored {
+            Some(p) => (
+                p.started_at,
+                Progress {
+                    listed: p.listed.max(0) as u64,
+                    fetched: p.fetched.max(0) as u64,
+                    estimated_total: p.estimated_total.max(0) as u64,
+                },
+            ),
+            None => (
+                Utc::now(),
+                Progress {
+                    listed: 0,
+                    fetched: 0,
+                    estimated_total: estimated_total.unwrap_or(0),
+                },
+            ),
+        };
         let mut listing = Listing {
-            progress: Progress {
-                listed: 0,
-                fetched: 0,
-                estimated_total: estimated_total.unwrap_or(0),
-            },
+            progress,
+            started_at,
             resume_from: None,
             misses,
             cursor,
         };
         loop {
             self.check_standing().await?;
+            self.pace_backfill().await?;
             let Ok(label) = listing.cursor.label() else {
                 break;
             };
@@ -261,7 +292,7 @@ impl Pass<'_> {
                 ..empty_batch(state, false)
             };
             self.commit(&batch).await?;
-            self.show_progress(listing.progress);
+            self.show_progress(listing).await?;
             return Ok(());
         }
         let n_chunks = chunks.len();
@@ -296,15 +327,65 @@ impl Pass<'_> {
             }
             batch.checkpoint = checkpoint(state, false);
             self.commit(&batch).await?;
-            self.show_progress(listing.progress);
+            self.show_progress(listing).await?;
             self.check_cancel()?;
         }
         Ok(())
     }
 
-    fn show_progress(&self, progress: Progress) {
+    /// Shows the listing's progress on a terminal, if someone watches, and
+    /// records it for `status` (which also clears any quota wait).
+    async fn show_progress(&self, listing: &Listing) -> Result<(), PassError> {
         if let Some(p) = &self.opts.progress {
-            p(self.mailbox(), progress);
+            p(self.mailbox(), listing.progress);
+        }
+        let p = FullSyncProgress {
+            started_at: listing.started_at,
+            listed: i64::try_from(listing.progress.listed).unwrap_or(i64::MAX),
+            fetched: i64::try_from(listing.progress.fetched).unwrap_or(i64::MAX),
+            estimated_total: i64::try_from(listing.progress.estimated_total).unwrap_or(i64::MAX),
+        };
+        self.ctx()
+            .store
+            .record_full_sync_progress(self.lease(), Some(&p))
+            .await?;
+        Ok(())
+    }
+
+    /// The daily budget's verdict for a backfill now. A plan that cannot be
+    /// read lets it go: the database's own errors surface where it writes.
+    async fn backfill_verdict(&self) -> BackfillVerdict {
+        match self.ctx().google.quota_limiter().daily().plan().await {
+            Ok(plan) => plan.backfill(),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "Could not read the daily quota budget; the backfill goes on.");
+                BackfillVerdict::Go
+            }
+        }
+    }
+
+    /// Stops the backfill (between pages) while the daily budget is kept
+    /// for incremental passes.
+    async fn pace_backfill(&self) -> Result<(), PassError> {
+        match self.backfill_verdict().await {
+            BackfillVerdict::Go => Ok(()),
+            BackfillVerdict::Wait { until, reason } => Err(PassError::Paced { until, reason }),
+        }
+    }
+
+    /// Whether a requested resync that has not begun waits for a day with
+    /// budget to spare (the mailbox's incremental passes go on meanwhile).
+    pub(super) async fn postpone_resync(&self) -> bool {
+        match self.backfill_verdict().await {
+            BackfillVerdict::Go => false,
+            BackfillVerdict::Wait { reason, .. } => {
+                events::ResyncPostponed {
+                    mailbox: self.mailbox(),
+                    reason: &reason,
+                }
+                .emit();
+                true
+            }
         }
     }
 
@@ -395,6 +476,10 @@ impl Pass<'_> {
             ..empty_batch(&state, true)
         };
         self.commit(&batch).await?;
+        self.ctx()
+            .store
+            .record_full_sync_progress(self.lease(), None)
+            .await?;
         Ok(state)
     }
 }

@@ -96,6 +96,9 @@ impl Pass<'_> {
         state: &SyncState,
         started: DateTime<Utc>,
     ) -> Result<SyncState, PassError> {
+        self.gmail
+            .stats()
+            .set_purpose(crate::google::daily::Purpose::Incremental);
         let Some(start) = state.history_id else {
             return Err(PassError::Incomplete(
                 "no history position to continue from".to_owned(),

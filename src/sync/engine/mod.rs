@@ -77,6 +77,13 @@ pub enum Outcome {
     LeaseLost,
     /// Shutdown interrupted the pass between two committed batches.
     Interrupted,
+    /// The daily budget is kept for incremental passes: the backfill stopped
+    /// between two committed pages and resumes from its page token at
+    /// `until` (`sync_state.quota_wait_*` say so to `status`). Not a failure.
+    Paced {
+        until: DateTime<Utc>,
+        reason: String,
+    },
     /// A decision stopped the pass: the subscription is no longer active (or
     /// no longer in the mode the pass started with), or the integration is
     /// disabled. Not a failure: the lease is released, nothing is retried,
@@ -95,7 +102,10 @@ impl Outcome {
     /// Whether the pass failed (what `sync` counts for its exit code): not
     /// when it completed, nor when a decision stopped it.
     pub fn is_failure(&self) -> bool {
-        !matches!(self, Outcome::Ok | Outcome::Stopped { .. })
+        !matches!(
+            self,
+            Outcome::Ok | Outcome::Stopped { .. } | Outcome::Paced { .. }
+        )
     }
 }
 
@@ -209,6 +219,12 @@ enum PassError {
     Interrupted,
     #[error("stopped: the subscription is {}", .0.decision)]
     Stopped(Stop),
+    /// The backfill waits for the daily budget until `until`.
+    #[error("{reason}")]
+    Paced {
+        until: DateTime<Utc>,
+        reason: String,
+    },
 }
 
 /// One pass over a mailbox the caller holds a lease on: gate, then full or
@@ -459,6 +475,16 @@ impl Pass<'_> {
         // one, and commits it as applied with its final checkpoint.
         let scope_changed = state.history_id.is_some()
             && state.applied_label_scope.as_deref() != Some(self.scope.as_slice());
+        let wants_full =
+            force_full || state.history_id.is_none() || full_in_progress || scope_changed;
+        // A requested resync of a synced mailbox that has not begun yields
+        // to the budget: the mailbox keeps its incremental passes instead.
+        let force_full = force_full
+            && !(wants_full
+                && state.history_id.is_some()
+                && !full_in_progress
+                && !scope_changed
+                && self.postpone_resync().await);
         if force_full || state.history_id.is_none() || full_in_progress || scope_changed {
             let kind = if state.history_id.is_some() {
                 SyncKind::Resync
@@ -587,6 +613,9 @@ impl Pass<'_> {
                     .await;
             }
             Err(PassError::Interrupted) => self.run.stopped(false),
+            Err(PassError::Paced { until, reason }) => {
+                self.run.paced(kind, until, reason).await;
+            }
         }
         self.run.into_report()
     }
