@@ -155,15 +155,23 @@ impl Application {
         let port = listener.local_addr()?.port();
         let oauth_listener = match &ctx.oauth {
             Some(oauth) => {
-                // After a key rotation, re-seal what the old key sealed.
-                let n = oauth
+                // After a key rotation, re-seal what the old key sealed. A
+                // token that cannot be opened stops its own mailbox only.
+                let report = oauth
                     .reseal_stale_tokens()
                     .await
                     .context("re-sealing OAuth refresh tokens under the current key")?;
-                if n > 0 {
+                if report.resealed > 0 {
                     tracing::info!(
-                        tokens = n,
+                        tokens = report.resealed,
                         "Re-sealed OAuth refresh tokens under the current key."
+                    );
+                }
+                for (mailbox, cause) in &report.unreadable {
+                    tracing::error!(
+                        %mailbox,
+                        error = %cause,
+                        "A stored OAuth consent cannot be opened: this mailbox is not read (auth_failed) until its key is back in oauth.token_encryption_key_file or its owner authorizes again; the others are."
                     );
                 }
                 let addr = ctx.settings.oauth.listen.clone();
