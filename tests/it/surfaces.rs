@@ -216,11 +216,8 @@ fn a_database_password_file_readable_by_others_is_refused_like_every_secret_file
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("db-password");
     write_file(&pw, "Hunter2File\n", 0o644);
-    let config = secret_config(
-        dir.path(),
-        &format!("sqlite://{}", dir.path().join("gi.db").display()),
-        "",
-    );
+    // Nothing listens on port 1: a private file gets as far as connecting.
+    let config = secret_config(dir.path(), "postgres://app@127.0.0.1:1/mail", "");
     let mut toml = std::fs::read_to_string(&config).unwrap();
     toml = toml.replace(
         "[google]",
@@ -247,15 +244,17 @@ fn a_database_password_file_readable_by_others_is_refused_like_every_secret_file
         "{stdout}"
     );
     assert!(!text(&out).contains("Hunter2File"));
-    assert!(
-        !dir.path().join("gi.db").exists(),
-        "nothing was opened or created"
-    );
 
-    // Private, it is used.
+    // Private, it is read and the connection attempted, the password unprinted.
     write_file(&pw, "Hunter2File\n", 0o600);
     let out = run_bin(&["--config", c, "status"], &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    let lines = error_lines(&out);
+    assert!(
+        lines.len() == 1 && lines[0].contains("cannot connect to PostgreSQL at 127.0.0.1:1"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("Hunter2File"));
 }
 
 /// `RUST_LOG=yup_oauth2::service_account=debug` is more specific than the
@@ -409,7 +408,7 @@ async fn a_daemon_starts_and_syncs_despite_unreadable_consents(backend: Backend)
 
     // `status` (the real binary) names both, with their causes.
     let status = WorldCli::new(&w, "").json(&["status", "--format", "json"]);
-    let rows = status.as_array().cloned().unwrap_or_default();
+    let rows = status["mailboxes"].as_array().cloned().unwrap_or_default();
     let row = |m: &MailboxAddress| -> Value {
         rows.iter()
             .find(|r| r["mailbox"] == m.as_str())
@@ -562,9 +561,11 @@ async fn slow_client(
     None
 }
 
-/// Opens `n` slow clients on `addr` (half trickling, half silent) and
-/// returns their close times once all ended.
-fn slow_clients(
+/// Opens `n` slow clients on `addr` (half trickling, half silent), 100
+/// every 50 ms: a burst beyond the kernel's accept queue would leave
+/// handshakes the server never completed, which a silent client cannot tell
+/// from a connection the server holds open.
+async fn slow_clients(
     addr: std::net::SocketAddr,
     n: usize,
     give_up: Duration,
@@ -572,6 +573,9 @@ fn slow_clients(
     let mut set = tokio::task::JoinSet::new();
     for i in 0..n {
         set.spawn(slow_client(addr, i % 2 == 0, give_up));
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     set
 }
@@ -607,8 +611,10 @@ async fn two_thousand_slow_connections_on_each_listener_are_closed_within_the_ti
         .unwrap();
     // Long enough for the old unbounded listener to show itself.
     let give_up = header_timeout + Duration::from_secs(40);
-    let mut on_http = slow_clients(http, SLOW, give_up);
-    let mut on_oauth = slow_clients(oauth, SLOW, give_up);
+    let (mut on_http, mut on_oauth) = tokio::join!(
+        slow_clients(http, SLOW, give_up),
+        slow_clients(oauth, SLOW, give_up)
+    );
 
     // Meanwhile: a mailbox is subscribed and synced, and readiness answers.
     let m = w.shared_mailboxes().await[0].clone();
@@ -806,7 +812,7 @@ async fn pg_transactions(w: &World) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_readyz_requests_a_second_add_about_one_query_a_second() {
     let Some(w) = world_with(Backend::Postgres, small(1, 1), |s| {
-        s.sync.poll_interval = Duration::from_secs(10);
+        s.sync.poll_interval = Duration::from_secs(60);
     })
     .await
     else {
@@ -825,6 +831,7 @@ async fn two_hundred_readyz_requests_a_second_add_about_one_query_a_second() {
     tokio::time::sleep(window + flush).await;
     let t1 = pg_transactions(&w).await;
 
+    let load_started = Instant::now();
     let mut requests = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     for _ in 0..1_000 {
@@ -838,18 +845,25 @@ async fn two_hundred_readyz_requests_a_second_add_about_one_query_a_second() {
             answered += 1;
         }
     }
+    let load = load_started.elapsed();
     tokio::time::sleep(flush).await;
     let t2 = pg_transactions(&w).await;
 
     let baseline = t1 - t0;
     let loaded = t2 - t1;
     let added = loaded - baseline;
-    assert!(answered >= 990, "{answered} of 1,000 requests answered");
-    // About one a second over the ~5 s of load, plus the migrations re-read
-    // and the noise of the daemon's own ticks.
-    assert!(
-        added <= 15,
-        "1,000 /readyz requests added {added} transactions (baseline {baseline}, loaded {loaded})"
+    let figures = format!(
+        "1,000 /readyz requests over {load:?} added {added} transactions (baseline window {baseline}, loaded window {loaded})"
     );
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("{figures}");
+    }
+    assert!(answered >= 990, "{answered} of 1,000 requests answered");
+    // One `SELECT 1` a second of load, the migrations re-read (two
+    // statements), and the daemon's own 30 s fleet snapshot landing in one
+    // window and not the other. Without the cache it was three a request.
+    let allowed = load.as_secs_f64().ceil() as i64 + 8;
+    assert!(added <= allowed, "{figures}; allowed {allowed}");
     d.stop().await;
 }
