@@ -640,6 +640,13 @@ async fn two_thousand_slow_connections_on_each_listener_are_closed_within_the_ti
             "{name}: {open} of {SLOW} slow connections still open after {give_up:?}"
         );
         let slowest = closed.iter().flatten().max().copied().unwrap();
+        let fastest = closed.iter().flatten().min().copied().unwrap();
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!(
+                "{name}: {SLOW} slow connections closed between {fastest:?} and {slowest:?} after connecting (header_read_timeout {header_timeout:?})"
+            );
+        }
         // The timeout plus what 4,000 connections on two shared cores cost.
         assert!(
             slowest <= header_timeout + Duration::from_secs(5),
@@ -714,6 +721,60 @@ async fn the_connection_cap_holds_and_a_waiting_client_is_served_when_a_slot_fre
         "the ninth connection was served after {waited:?}, while {CAP} others held the cap"
     );
     d.stop().await;
+}
+
+/// A client that stops sending its body is closed after the idle timeout
+/// (the header-read timeout, far longer here, is not what closes it); and
+/// the daemon still stops within its grace with a silent connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_closed_after_the_idle_timeout_and_shutdown_is_not_held_up() {
+    let idle = Duration::from_secs(1);
+    let Some((mut w, _)) = oauth_world(Backend::Sqlite, Duration::from_secs(600)).await else {
+        return;
+    };
+    w.settings.oauth.idle_timeout = idle;
+    w.settings.oauth.header_read_timeout = Duration::from_secs(60);
+    w.settings.http.header_read_timeout = Duration::from_secs(60);
+    w.settings.http.shutdown_grace = Duration::from_secs(2);
+    let d = Running::start(&w.settings).await;
+    // The disconnect form is the one route that reads a body.
+    let oauth: std::net::SocketAddr = format!("127.0.0.1:{}", d.oauth_port.unwrap())
+        .parse()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", d.http_port).parse().unwrap();
+    let mut stalled = TcpStream::connect(oauth).await.unwrap();
+    stalled
+        .write_all(b"POST /oauth/disconnect HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nmailbox=a")
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stalled.read(&mut buf).await {
+                Ok(0) | Err(_) => return sent.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the stalled connection is closed");
+    assert!(
+        closed >= idle && closed < Duration::from_secs(30),
+        "closed after {closed:?}"
+    );
+
+    let _silent = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), d.stop())
+        .await
+        .expect("the daemon stops with a silent connection open");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        stopping.elapsed()
+    );
 }
 
 /// Sends raw bytes and returns the status line of the answer.
