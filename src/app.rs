@@ -168,11 +168,25 @@ impl Application {
                     );
                 }
                 for (mailbox, cause) in &report.unreadable {
-                    tracing::error!(
-                        %mailbox,
-                        error = %cause,
-                        "A stored OAuth consent cannot be opened: this mailbox is not read (auth_failed) until its key is back in oauth.token_encryption_key_file or its owner authorizes again; the others are."
-                    );
+                    let oauth_mode = ctx
+                        .store
+                        .get_subscription(mailbox)
+                        .await
+                        .context("reading the subscription of an unreadable consent")?
+                        .is_some_and(|s| s.auth_mode == crate::domain::AuthMode::OAuth);
+                    if oauth_mode {
+                        tracing::error!(
+                            %mailbox,
+                            error = %cause,
+                            "A stored OAuth consent cannot be opened: this mailbox is not read (auth_failed) until its key is back in oauth.token_encryption_key_file or its owner authorizes again; the others are."
+                        );
+                    } else {
+                        tracing::warn!(
+                            %mailbox,
+                            error = %cause,
+                            "A stored OAuth consent cannot be opened; it is not used (the mailbox is not in OAuth mode), but switching the mailbox to OAuth needs a new consent."
+                        );
+                    }
                 }
                 let addr = ctx.settings.oauth.listen.clone();
                 Some(
