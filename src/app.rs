@@ -217,16 +217,38 @@ impl Application {
         let port = listener.local_addr()?.port();
         let oauth_listener = match &ctx.oauth {
             Some(oauth) => {
-                // After a key rotation, re-seal what the old key sealed.
-                let n = oauth
+                // After a key rotation, re-seal what the old key sealed. A
+                // token that cannot be opened stops its own mailbox only.
+                let report = oauth
                     .reseal_stale_tokens()
                     .await
                     .context("re-sealing OAuth refresh tokens under the current key")?;
-                if n > 0 {
+                if report.resealed > 0 {
                     tracing::info!(
-                        tokens = n,
+                        tokens = report.resealed,
                         "Re-sealed OAuth refresh tokens under the current key."
                     );
+                }
+                for (mailbox, cause) in &report.unreadable {
+                    let oauth_mode = ctx
+                        .store
+                        .get_subscription(mailbox)
+                        .await
+                        .context("reading the subscription of an unreadable consent")?
+                        .is_some_and(|s| s.auth_mode == crate::domain::AuthMode::OAuth);
+                    if oauth_mode {
+                        tracing::error!(
+                            %mailbox,
+                            error = %cause,
+                            "A stored OAuth consent cannot be opened: this mailbox is not read (auth_failed) until its key is back in oauth.token_encryption_key_file or its owner authorizes again; the others are."
+                        );
+                    } else {
+                        tracing::warn!(
+                            %mailbox,
+                            error = %cause,
+                            "A stored OAuth consent cannot be opened; it is not used (the mailbox is not in OAuth mode), but switching the mailbox to OAuth needs a new consent."
+                        );
+                    }
                 }
                 let addr = ctx.settings.oauth.listen.clone();
                 Some(

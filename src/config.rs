@@ -70,14 +70,87 @@ impl fmt::Display for DatabaseUrl {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host/...` with `***`.
+/// Query parameters of a database URL whose values are shown as written:
+/// the ones sqlx reads for SQLite or PostgreSQL that hold no secret. Every
+/// other parameter's value (`password`, `sslpassword`, a misspelt key, a key
+/// written percent-encoded) is shown as `***`: an allow-list, so a form
+/// nobody thought of is hidden rather than printed.
+const SHOWN_URL_PARAMETERS: &[&str] = &[
+    // PostgreSQL (sqlx-postgres `PgConnectOptions::parse_from_url`).
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "application_name",
+    // SQLite (sqlx-sqlite `SqliteConnectOptions::from_str`).
+    "mode",
+    "cache",
+    "immutable",
+    "vfs",
+];
+
+/// A database URL fit for messages and `Debug`: the password in the
+/// userinfo and the value of every query parameter not known to be harmless
+/// (`?password=`, `?sslpassword=`, …) become `***`, a fragment is dropped,
+/// and a URL that does not parse is never echoed: only its scheme (when it
+/// is one we support) and its length are described.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
+    let Ok(mut u) = url::Url::parse(url) else {
+        return describe_unparsable_url(url);
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    if u.query().is_some() {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let shown = SHOWN_URL_PARAMETERS.contains(&k.as_ref());
+                let value = if shown {
+                    v.into_owned()
+                } else {
+                    "***".to_owned()
+                };
+                (k.into_owned(), value)
+            })
+            .collect();
+        u.set_query(None);
+        if !pairs.is_empty() {
+            let mut q = u.query_pairs_mut();
+            for (k, v) in &pairs {
+                q.append_pair(k, v);
+            }
         }
-        _ => url.to_owned(),
+    }
+    if u.fragment().is_some() {
+        u.set_fragment(Some("***"));
+    }
+    u.to_string()
+}
+
+/// What a database URL that does not parse may say about itself: the input
+/// is never shown (its password may be anywhere in it).
+fn describe_unparsable_url(url: &str) -> String {
+    let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("");
+    let known = ["sqlite", "postgres", "postgresql"];
+    match known.iter().find(|k| k.eq_ignore_ascii_case(scheme)) {
+        Some(k) => format!(
+            "<a {k} URL that does not parse ({} characters; not shown, it may hold a password)>",
+            url.chars().count()
+        ),
+        None => format!(
+            "<a value that is not a URL ({} characters; not shown, it may hold a password)>",
+            url.chars().count()
+        ),
     }
 }
 
@@ -111,10 +184,12 @@ impl DatabaseSettings {
         let Some(path) = &self.password_file else {
             return Ok(self.url.clone());
         };
+        crate::secret_file::check_private(path, "database.password_file")?;
         let password = std::fs::read_to_string(path)
             .with_context(|| format!("reading database.password_file {}", path.display()))?;
-        let mut url = url::Url::parse(self.url.expose())
-            .map_err(|e| anyhow::anyhow!("database.url is not a URL: {e}"))?;
+        let mut url = url::Url::parse(self.url.expose()).map_err(|e| {
+            anyhow::anyhow!("database.url is not a URL ({e}): {}", self.url.redacted())
+        })?;
         url.set_password(Some(password.trim_end_matches(['\r', '\n'])))
             .map_err(|()| anyhow::anyhow!("database.url cannot carry a password"))?;
         Ok(DatabaseUrl::new(url.to_string()))
@@ -233,6 +308,64 @@ pub struct HttpSettings {
     pub listen: String,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// A request's headers must arrive within this (it also ends a
+    /// kept-alive connection that sends no next request).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte moved for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// The largest request body accepted (413 above it).
+    pub max_body_bytes: usize,
+}
+
+impl HttpSettings {
+    /// The bounds of the `http.listen` listener.
+    pub fn limits(&self) -> ListenerLimits {
+        ListenerLimits {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            max_body_bytes: self.max_body_bytes,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+/// What one listener allows a client: `[http]` or `[oauth]`'s
+/// `header_read_timeout`, `idle_timeout`, `max_connections` and
+/// `max_body_bytes`, with the daemon's `http.shutdown_grace`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl ListenerLimits {
+    /// Refuses limits that would leave a listener unusable; `section` names
+    /// the keys in the error (`http` or `oauth`).
+    fn validate(&self, section: &str) -> anyhow::Result<()> {
+        for (key, d) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if d < Duration::from_millis(100) {
+                bail!("configuration: {section}.{key} must be at least 100ms");
+            }
+        }
+        if self.max_connections == 0 {
+            bail!("configuration: {section}.max_connections must be at least 1");
+        }
+        if self.max_body_bytes < 1024 {
+            bail!("configuration: {section}.max_body_bytes must be at least 1024");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -259,6 +392,27 @@ pub struct OAuthSettings {
     /// How long a disconnect link sent to a mailbox owner stays valid.
     #[serde(with = "humantime_serde")]
     pub disconnect_link_ttl: Duration,
+    /// The consent listener's bounds, as under `[http]`.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_body_bytes: usize,
+}
+
+impl OAuthSettings {
+    /// The bounds of the `oauth.listen` listener; the shutdown grace is the
+    /// daemon's (`http.shutdown_grace`).
+    pub fn limits(&self, shutdown_grace: Duration) -> ListenerLimits {
+        ListenerLimits {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            max_body_bytes: self.max_body_bytes,
+            shutdown_grace,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -421,6 +575,10 @@ impl Settings {
                 self.sync.full_resync_cron
             )
         })?;
+        self.http.limits().validate("http")?;
+        self.oauth
+            .limits(self.http.shutdown_grace)
+            .validate("oauth")?;
         if self.oauth.enabled {
             self.validate_oauth()?;
         } else if self.google.service_account_key_file.as_os_str().is_empty() {
@@ -687,10 +845,91 @@ mod tests {
     }
 
     #[test]
+    fn every_url_form_is_redacted_and_an_unparsable_one_is_never_echoed() {
+        for (url, secret, shown) in [
+            (
+                "postgres://app:hunter2@db/mail",
+                "hunter2",
+                "postgres://app:***@db/mail",
+            ),
+            (
+                "postgres://app@db/mail?sslmode=require&password=hunter2",
+                "hunter2",
+                "postgres://app@db/mail?sslmode=require&password=***",
+            ),
+            (
+                "postgres://app@db/mail?sslpassword=hunter2&application_name=ingest",
+                "hunter2",
+                "postgres://app@db/mail?sslpassword=***&application_name=ingest",
+            ),
+            // A key written percent-encoded is still the password to sqlx.
+            (
+                "postgresql://app@db/mail?pass%77ord=hunter2",
+                "hunter2",
+                "postgresql://app@db/mail?password=***",
+            ),
+            (
+                "postgres://app:hunter%32@db/mail",
+                "hunter",
+                "postgres://app:***@db/mail",
+            ),
+            (
+                "postgres://app@db/mail#hunter2",
+                "hunter2",
+                "postgres://app@db/mail#***",
+            ),
+            (
+                "postgres://app:hunter2@db:notaport/mail",
+                "hunter2",
+                "<a postgres URL that does not parse",
+            ),
+            (
+                "host=db user=app password=hunter2",
+                "hunter2",
+                "<a value that is not a URL",
+            ),
+            ("sqlite://gi.db?mode=rwc", "", "sqlite://gi.db?mode=rwc"),
+        ] {
+            let r = redact_url(url);
+            assert!(secret.is_empty() || !r.contains(secret), "{url} -> {r}");
+            assert!(r.starts_with(shown), "{url} -> {r}");
+            let s = DatabaseUrl::new(url);
+            assert!(secret.is_empty() || !format!("{s:?} {s}").contains(secret));
+        }
+    }
+
+    #[test]
+    fn a_password_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let s = load(
+            &format!(
+                "[database]\nurl = \"postgres://app@db/mail\"\npassword_file = {:?}\n",
+                pw.display().to_string()
+            ),
+            &[],
+        )
+        .unwrap();
+        let err = format!("{:#}", s.database.connect_url().unwrap_err());
+        assert!(
+            err.contains("database.password_file") && err.contains("chmod 600"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"));
+    }
+
+    #[test]
     fn password_file_replaces_the_url_password() {
         let dir = tempfile::tempdir().unwrap();
         let pw = dir.path().join("pw");
         std::fs::write(&pw, "s3cret\n").unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let s = load(
             &format!(
                 "[database]\nurl = \"postgres://app@db/mail\"\npassword_file = {:?}\n",

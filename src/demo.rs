@@ -11,7 +11,7 @@
 //! daemon's logs at WARN for it, and the full sync's progress line goes to
 //! stderr on a terminal only.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use base64::Engine;
@@ -212,10 +212,77 @@ pub struct DemoOptions {
     pub seed: u64,
 }
 
+/// The file the demo writes into a `--dir` it uses: a directory holding it
+/// was made by an earlier demo and may be reused.
+pub const DEMO_MARKER: &str = ".gmail-ingest-demo";
+
+/// What a demo directory may hold besides [`DEMO_MARKER`]: the keys the
+/// demo writes (the service account's, the OAuth web client's, the token
+/// key) and the SQLite database with its side files.
+const DEMO_FILES: &[&str] = &[
+    "sa.json",
+    "oauth-client.json",
+    "token.key",
+    "gmail-ingest.db",
+    "gmail-ingest.db-wal",
+    "gmail-ingest.db-shm",
+    "gmail-ingest.db-journal",
+    "gmail-ingest.db.lock",
+];
+
+/// Makes `dir` the demo's own, or refuses it untouched: the demo writes
+/// `sa.json` and a database into it, so a directory holding anything the
+/// demo did not create (with `--dir /etc/gmail-ingest`, the production key)
+/// is refused with the first foreign entry named. An absent or empty
+/// directory is taken (and marked); a previous demo's is reused.
+fn prepare_demo_dir(dir: &Path) -> anyhow::Result<()> {
+    let refuse = |why: String| -> anyhow::Error {
+        app::UsageError(format!(
+            "demo --dir {}: {why}; the demo writes keys and a database there, so it only uses an empty directory or one an earlier demo made (holding {DEMO_MARKER})",
+            dir.display()
+        ))
+        .into()
+    };
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(refuse(format!("cannot be read ({e})"))),
+        Ok(meta) if !meta.is_dir() => return Err(refuse("is not a directory".to_owned())),
+        Ok(_) => {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .map_err(|e| refuse(format!("cannot be listed ({e})")))?
+                .map(|entry| {
+                    entry
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .map_err(|e| refuse(format!("cannot be listed ({e})")))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            names.sort();
+            let ours = names.iter().any(|n| n == DEMO_MARKER);
+            let foreign = names.iter().find(|n| {
+                !ours || (n.as_str() != DEMO_MARKER && !DEMO_FILES.contains(&n.as_str()))
+            });
+            if let Some(name) = foreign {
+                return Err(refuse(if ours {
+                    format!("holds {name}, which the demo did not create")
+                } else {
+                    format!("is not empty and was not made by the demo (it holds {name})")
+                }));
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        dir.join(DEMO_MARKER),
+        "Made by `gmail-ingest demo`: it may reuse and overwrite this directory.\n",
+    )
+    .with_context(|| format!("marking {} as the demo's", dir.display()))?;
+    Ok(())
+}
+
 pub async fn run(mut settings: Settings, args: DemoOptions) -> anyhow::Result<()> {
     let (tmp, dir): (Option<tempfile::TempDir>, PathBuf) = match args.dir {
         Some(d) => {
-            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            prepare_demo_dir(&d)?;
             (None, d)
         }
         None => {

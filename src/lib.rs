@@ -11,11 +11,13 @@
 //! (ARCHITECTURE.md, "Layers"; `tests/it/layers.rs` enforces it):
 //!
 //! - [`domain`]: newtypes parsed once at the edges; depends on nothing.
-//! - [`config`], [`secret_file`], [`output`] (the only printer) and
+//! - [`secret_file`]: reading secret files, refusing ones others can read.
+//! - [`config`] (which checks `database.password_file` through it), [`output`] (the only printer) and
 //!   [`google::error`] (every Google failure classified once).
 //! - [`store`]: the one persistence API (SQLite | PostgreSQL).
 //! - [`events`], then [`telemetry`]: the metric vocabulary, logging.
-//! - [`google`]: auth, Gmail and Directory clients, retry, quota.
+//! - [`google`]: auth, Gmail and Directory clients, retry, quota; [`listener`]:
+//!   the bounded HTTP serving both listeners use.
 //! - [`oauth`] and [`subscriptions`]: consents; the operators' rules.
 //! - [`groups`]: group subscriptions and their expansion through the Directory.
 //! - [`sync`]: the shared context, the approved-OU gate, then the engine.
@@ -38,6 +40,7 @@ pub mod events;
 pub mod google;
 pub mod groups;
 pub mod http;
+pub mod listener;
 pub mod oauth;
 pub mod output;
 pub mod secret_file;

@@ -13,7 +13,7 @@ pub mod scheduler;
 pub mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -43,22 +43,25 @@ pub async fn run(
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let settings = ctx.settings.clone();
-    let health = Arc::new(Health {
-        last_tick_ms: AtomicI64::new(0),
-        tick_budget: scheduler::poll_tick(&settings) * 3 + Duration::from_secs(5),
-        integration_enabled: settings.integration.enabled,
-    });
+    let health = Arc::new(Health::new(
+        scheduler::poll_tick(&settings) * 3 + Duration::from_secs(5),
+        settings.integration.enabled,
+    ));
     if !settings.integration.enabled {
         tracing::warn!("integration.enabled is false: the daemon ingests nothing.");
     }
 
     let http_token = token.clone();
-    let http_state = crate::http::HttpState {
-        store: ctx.store.clone(),
-        health: health.clone(),
-    };
+    let http_state = crate::http::HttpState::new(ctx.store.clone(), health.clone());
+    let http_limits = settings.http.limits();
     let http_task = tokio::spawn(async move {
-        crate::http::serve(listener, http_state, http_token.cancelled_owned()).await
+        crate::http::serve(
+            listener,
+            http_state,
+            http_limits,
+            http_token.cancelled_owned(),
+        )
+        .await
     });
 
     let oauth_task = match (oauth_listener, ctx.oauth.clone()) {
@@ -67,8 +70,9 @@ pub async fn run(
             if let Ok(addr) = l.local_addr() {
                 tracing::info!(%addr, "Serving the OAuth consent pages.");
             }
+            let limits = settings.oauth.limits(settings.http.shutdown_grace);
             Some(tokio::spawn(async move {
-                crate::oauth::web::serve(l, svc, t.cancelled_owned()).await
+                crate::oauth::web::serve(l, svc, limits, t.cancelled_owned()).await
             }))
         }
         _ => None,
@@ -229,12 +233,15 @@ async fn handle_tick(tick: Tick, pool: &Pool, health: &Health, tracker: &TaskTra
             });
         }
         Tick::Fleet | Tick::Reminder => match fleet_snapshot(&pool.ctx).await {
-            Ok((overdue, at_risk)) if tick == Tick::Reminder => events::Reminder {
-                reviews_overdue: overdue,
-                history_window_at_risk: at_risk,
+            Ok(f) if tick == Tick::Reminder => {
+                health.auth_failed.store(f.auth_failed, Ordering::Relaxed);
+                events::Reminder {
+                    reviews_overdue: f.reviews_overdue,
+                    history_window_at_risk: f.at_risk,
+                }
+                .emit()
             }
-            .emit(),
-            Ok(_) => {}
+            Ok(f) => health.auth_failed.store(f.auth_failed, Ordering::Relaxed),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "Could not refresh fleet gauges."),
         },
     }
@@ -265,8 +272,6 @@ pub async fn housekeeping(
     Ok(pruned)
 }
 
-/// Computes the fleet gauges from the database (cheap: one row per mailbox);
-/// returns (reviews overdue, mailboxes at risk of the history window).
 /// Publishes the project's daily budget as the database counts it.
 async fn daily_quota_gauges(ctx: &SyncContext) -> anyhow::Result<()> {
     let plan = ctx.google.quota_limiter().daily().plan().await?;
@@ -283,7 +288,17 @@ async fn daily_quota_gauges(ctx: &SyncContext) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn fleet_snapshot(ctx: &SyncContext) -> anyhow::Result<(u64, u64)> {
+/// What the fleet snapshot found, beyond the gauges it emits.
+struct Fleet {
+    reviews_overdue: u64,
+    /// Mailboxes at risk of the history window.
+    at_risk: u64,
+    /// Active mailboxes in `auth_failed` (shown by `/readyz`).
+    auth_failed: u64,
+}
+
+/// Computes the fleet gauges from the database (cheap: one row per mailbox).
+async fn fleet_snapshot(ctx: &SyncContext) -> anyhow::Result<Fleet> {
     if let Err(e) = daily_quota_gauges(ctx).await {
         tracing::warn!(error = %format!("{e:#}"), "Could not refresh the daily quota gauges.");
     }
@@ -328,5 +343,13 @@ async fn fleet_snapshot(ctx: &SyncContext) -> anyhow::Result<(u64, u64)> {
         history_window_at_risk: at_risk,
     }
     .emit();
-    Ok((overdue, at_risk))
+    let auth_failed = by_phase
+        .iter()
+        .find(|(p, _)| *p == SyncPhase::AuthFailed)
+        .map_or(0, |(_, n)| *n);
+    Ok(Fleet {
+        reviews_overdue: overdue,
+        at_risk,
+        auth_failed,
+    })
 }

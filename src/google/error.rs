@@ -69,6 +69,9 @@ pub enum AuthCause {
     ConsentRevoked,
     /// An OAuth mailbox has no stored consent (never authorized, or disconnected).
     ConsentMissing,
+    /// The stored consent cannot be opened: sealed under a key the key file
+    /// no longer holds, or its value is corrupted.
+    ConsentUnreadable,
 }
 
 impl AuthCause {
@@ -84,6 +87,7 @@ impl AuthCause {
             Self::ClockSkew => "clock_skew",
             Self::ConsentRevoked => "consent_revoked",
             Self::ConsentMissing => "consent_missing",
+            Self::ConsentUnreadable => "consent_unreadable",
         }
     }
 
@@ -108,6 +112,9 @@ impl AuthCause {
             Self::ClockSkew => "the JWT times were refused: synchronise this host's clock (NTP)",
             Self::ConsentRevoked => "consent revoked — the owner must authorize again",
             Self::ConsentMissing => "no consent stored — the owner must authorize",
+            Self::ConsentUnreadable => {
+                "the stored consent cannot be opened with oauth.token_encryption_key_file — put the key it was sealed under back on a later line of the key file, or have the owner authorize again"
+            }
         }
     }
 }

@@ -66,7 +66,9 @@ impl fmt::Debug for TokenKeys {
 /// show it to a browser: which part failed is not the visitor's business.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpenError {
-    #[error("sealed with key {0}, which is not in the key file (was it rotated out too early?)")]
+    #[error(
+        "sealed under key {0}, which the key file no longer holds (was it rotated out too early?)"
+    )]
     UnknownKey(String),
     #[error("not a sealed value, or tampered with")]
     Invalid,

@@ -741,22 +741,32 @@ impl OAuthService {
     }
 
     /// Re-seals every stored token not sealed with the current key (after a
-    /// key rotation). Returns how many were re-sealed.
-    pub async fn reseal_stale_tokens(&self) -> anyhow::Result<usize> {
-        let mut n = 0;
+    /// key rotation). A token that cannot be opened (sealed under a key the
+    /// key file no longer holds, or corrupted) is left as it is and reported,
+    /// never a reason to fail: that one mailbox cannot be read until its key
+    /// is put back or its owner authorizes again (its passes end in
+    /// `auth_failed` with [`AuthCause::ConsentUnreadable`](crate::google::error::AuthCause)),
+    /// and every other mailbox keeps going. Only a database error fails.
+    pub async fn reseal_stale_tokens(&self) -> anyhow::Result<ResealReport> {
+        let mut report = ResealReport::default();
         for t in self.store.list_oauth_tokens().await? {
             if TokenKeys::sealed_key_id(&t.refresh_token_ciphertext) == Some(self.keys.current_id())
             {
+                // Sealed under the current key: a corrupted one is found by
+                // its first pass, which puts it in auth_failed.
                 continue;
             }
-            let plain = self
-                .keys
-                .open(
-                    Purpose::RefreshToken,
-                    t.mailbox.as_str(),
-                    &t.refresh_token_ciphertext,
-                )
-                .with_context(|| format!("re-sealing the refresh token of {}", t.mailbox))?;
+            let plain = match self.keys.open(
+                Purpose::RefreshToken,
+                t.mailbox.as_str(),
+                &t.refresh_token_ciphertext,
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    report.unreadable.push((t.mailbox.clone(), e));
+                    continue;
+                }
+            };
             let sealed = self
                 .keys
                 .seal(Purpose::RefreshToken, t.mailbox.as_str(), &plain);
@@ -768,13 +778,23 @@ impl OAuthService {
                     &sealed,
                     self.keys.current_id(),
                 )
-                .await?
+                .await
+                .with_context(|| format!("re-sealing the refresh token of {}", t.mailbox))?
             {
-                n += 1;
+                report.resealed += 1;
             }
         }
-        Ok(n)
+        Ok(report)
     }
+}
+
+/// What [`OAuthService::reseal_stale_tokens`] did.
+#[derive(Debug, Default)]
+pub struct ResealReport {
+    /// Tokens re-sealed under the current key.
+    pub resealed: usize,
+    /// Mailboxes whose stored token could not be opened, and why.
+    pub unreadable: Vec<(MailboxAddress, keys::OpenError)>,
 }
 
 /// The actor recorded for a mailbox owner's own actions.

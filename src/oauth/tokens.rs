@@ -93,10 +93,10 @@ impl OAuthTokens {
                 &stored.refresh_token_ciphertext,
             )
             .map_err(|e| {
-                GoogleError::new(
-                    ErrorClass::Fatal,
+                GoogleError::auth(
                     TOKEN,
-                    format!("cannot open the stored refresh token: {e}"),
+                    AuthCause::ConsentUnreadable,
+                    format!("the stored refresh token cannot be opened: {e}"),
                 )
             })?;
         let refresh = SecretString::from(String::from_utf8(refresh).map_err(|_| {

@@ -10,7 +10,8 @@
 //! mail scanners follow links). A disconnect link acts only on an OAuth
 //! subscription and only on the consent it was issued for; otherwise its
 //! page says why it changes nothing. Pages are plain HTML, never cached, never framed,
-//! and send no referrer (the callback URL carries the code).
+//! and send no referrer (the callback URL carries the code). The listener's
+//! bounds (timeouts, connection cap, body limit) are `listener::serve`'s.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -399,15 +400,15 @@ pub fn router(svc: Arc<OAuthService>) -> Router {
         .with_state(svc)
 }
 
-/// Serves the consent pages until `shutdown` resolves.
+/// Serves the consent pages until `shutdown` resolves, within `limits`
+/// (`[oauth]`: browser-facing, so its body limit is small).
 pub async fn serve(
     listener: TcpListener,
     svc: Arc<OAuthService>,
+    limits: crate::config::ListenerLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(svc))
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::listener::serve(listener, router(svc), "oauth", limits, shutdown).await
 }
 
 #[cfg(test)]

@@ -31,5 +31,6 @@ mod replicas;
 mod scope;
 mod security;
 mod store;
+mod surfaces;
 mod sync;
 mod tidy;
