@@ -384,11 +384,13 @@ pub async fn run(mut settings: Settings, args: DemoOptions) -> anyhow::Result<()
     );
     let ctx = app::context(settings.clone()).await?;
     let pages_stop = CancellationToken::new();
+    let limits = settings.oauth.limits(settings.http.shutdown_grace);
     let pages = ctx.oauth.clone().map(|svc| {
         let stop = pages_stop.clone();
         tokio::spawn(crate::oauth::web::serve(
             consent_listener,
             svc,
+            limits,
             async move {
                 stop.cancelled().await;
             },
