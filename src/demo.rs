@@ -234,7 +234,8 @@ const DEMO_FILES: &[&str] = &[
 /// `sa.json` and a database into it, so a directory holding anything the
 /// demo did not create (with `--dir /etc/gmail-ingest`, the production key)
 /// is refused with the first foreign entry named. An absent or empty
-/// directory is taken (and marked); a previous demo's is reused.
+/// directory is taken (and marked); a previous demo's is reused, its files
+/// removed first so that the run starts afresh.
 fn prepare_demo_dir(dir: &Path) -> anyhow::Result<()> {
     let refuse = |why: String| -> anyhow::Error {
         app::UsageError(format!(
@@ -271,6 +272,20 @@ fn prepare_demo_dir(dir: &Path) -> anyhow::Result<()> {
         }
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // An earlier demo's files go: each run starts from the seeded emulator,
+    // which knows nothing of the consents, tokens and checkpoints a kept
+    // database would hold (a consent sealed under the last run's token key
+    // could not even be opened).
+    for name in DEMO_FILES {
+        match std::fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(refuse(format!(
+                    "cannot remove the last demo's {name} ({e})"
+                )));
+            }
+            _ => {}
+        }
+    }
     std::fs::write(
         dir.join(DEMO_MARKER),
         "Made by `gmail-ingest demo`: it may reuse and overwrite this directory.\n",
