@@ -897,6 +897,9 @@ struct StatusRow {
     history_id: Option<String>,
     consecutive_failures: i64,
     last_error: Option<String>,
+    /// Passes that found nothing to change (they write no `sync_runs` row).
+    quiet_passes: i64,
+    last_quiet_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Serialize)]
@@ -922,6 +925,8 @@ async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
             history_id: s.history_id.map(|h| h.to_string()),
             consecutive_failures: s.consecutive_failures,
             last_error: s.last_error,
+            quiet_passes: s.quiet_passes,
+            last_quiet_at: s.last_quiet_at,
         })
         .collect();
     let report = StatusReport {
@@ -942,6 +947,7 @@ async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
                     "LAST SUCCESS",
                     "LAG",
                     "MESSAGES",
+                    "QUIET PASSES",
                     "FAILURES",
                     "LAST ERROR",
                 ],
@@ -961,6 +967,7 @@ async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
                                 .to_string()
                             }),
                             r.messages.to_string(),
+                            r.quiet_passes.to_string(),
                             r.consecutive_failures.to_string(),
                             r.last_error.clone().unwrap_or_default(),
                         ]

@@ -49,7 +49,9 @@ pub async fn run_leased(
     let report = engine::sync_mailbox(ctx, lease, opts, &stop).await;
     keeper_done.cancel();
     let _ = keeper.await;
-    if let Some(at) = report.next_poll_at {
+    if let Some(at) = report.next_poll_at
+        && !report.lease_released
+    {
         ctx.store.release_lease(lease, at).await?;
     }
     Ok(report)
@@ -73,7 +75,12 @@ pub async fn keep_alive(
         }
         match store.renew_lease(&lease, Utc::now(), lease_for).await {
             Ok(_) => failures = 0,
+            // The pass's last batch released it (and nobody claimed it since):
+            // not a loss. A renewal can race that commit by a few milliseconds.
             Err(StoreError::LeaseLost { .. }) => {
+                if released_by_us(&store, &lease).await {
+                    return;
+                }
                 events::LeaseLost {
                     mailbox: &lease.mailbox,
                 }
@@ -99,4 +106,13 @@ pub async fn keep_alive(
             }
         }
     }
+}
+
+/// Whether `lease` is free with its epoch unchanged: released by its own
+/// pass, not claimed by another replica (a claim increments the epoch).
+async fn released_by_us(store: &Store, lease: &Lease) -> bool {
+    matches!(
+        store.sync_state(&lease.mailbox).await,
+        Ok(Some(s)) if s.lease_owner.is_none() && s.lease_epoch == lease.epoch
+    )
 }

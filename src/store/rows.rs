@@ -67,6 +67,7 @@ row_struct! {
         updated_at: DateTime<Utc>,
         label_scope: Option<String>,
         via_group: Option<String>,
+        org_unit_allowed_at: Option<DateTime<Utc>>,
     }
 }
 
@@ -93,6 +94,7 @@ impl TryFrom<SubscriptionRow> for Subscription {
             updated_at: r.updated_at,
             label_scope: r.label_scope.as_deref().map(parse_json_strings),
             via_group: r.via_group,
+            org_unit_allowed_at: r.org_unit_allowed_at,
         })
     }
 }
@@ -180,6 +182,8 @@ row_struct! {
         lease_epoch: i64,
         lease_expires_at: Option<DateTime<Utc>>,
         updated_at: DateTime<Utc>,
+        quiet_passes: i64,
+        last_quiet_at: Option<DateTime<Utc>>,
     }
 }
 
@@ -202,6 +206,8 @@ impl TryFrom<SyncStateRow> for SyncState {
             lease_epoch: r.lease_epoch,
             lease_expires_at: r.lease_expires_at,
             updated_at: r.updated_at,
+            quiet_passes: r.quiet_passes,
+            last_quiet_at: r.last_quiet_at,
         })
     }
 }
@@ -219,6 +225,8 @@ row_struct! {
         lease_owner: Option<String>,
         lease_expires_at: Option<DateTime<Utc>>,
         messages: i64,
+        quiet_passes: i64,
+        last_quiet_at: Option<DateTime<Utc>>,
     }
 }
 
@@ -237,6 +245,8 @@ impl TryFrom<StatusRow> for MailboxStatus {
             lease_owner: r.lease_owner,
             lease_expires_at: r.lease_expires_at,
             messages: r.messages,
+            quiet_passes: r.quiet_passes,
+            last_quiet_at: r.last_quiet_at,
         })
     }
 }

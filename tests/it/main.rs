@@ -17,6 +17,7 @@ mod emulator_python;
 mod emulator_read;
 mod groups;
 mod helpers;
+mod idle;
 mod layers;
 mod normalize;
 mod oauth;
