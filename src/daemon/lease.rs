@@ -3,8 +3,10 @@
 //! [`run_leased`] is the one owner of that lifecycle, for the daemon's
 //! workers and the `sync` command alike: it starts the keeper, runs the
 //! pass, stops the keeper (also when the pass is dropped mid-way) and
-//! releases the lease with the next poll time the engine computed. Claiming
-//! is the caller's; nothing here decides when a mailbox is due.
+//! releases the lease with the next poll time the engine computed — unless
+//! the pass's last batch released it already (a completed pass does, in its
+//! final checkpoint's transaction). Claiming is the caller's; nothing here
+//! decides when a mailbox is due.
 //!
 //! A lease is `(owner, epoch)` on the mailbox's `sync_state` row with an
 //! expiry. Every fenced write re-checks owner, epoch and expiry inside its own

@@ -468,7 +468,9 @@ impl Store {
 
     /// Writes a batch and its checkpoint in one fenced transaction, and says
     /// what the batch changed (derived from actual changes; `api_calls` and
-    /// `quota_units` stay zero).
+    /// `quota_units` stay zero). A `quiet` batch counts a pass that changed
+    /// nothing (`sync_state.quiet_passes`) instead of a run row; one with
+    /// `release_at` frees the lease in the same transaction.
     pub async fn commit_batch(&self, l: &Lease, b: &SyncBatch) -> Result<SyncCounts, StoreError> {
         dispatch!(self, s => s.commit_batch(l, b).await)
     }
