@@ -420,8 +420,8 @@ pub struct Checkpoint {
 ///
 /// Applied in this order: `upserts`, `label_changes`, `label_reconcile`,
 /// the scope (`enforce_scope`, `leave_scope`), `deletes`, `mark_seen`,
-/// `delete_unseen`, `labels`, then the checkpoint (with the quiet count and
-/// the release, if asked) and `run`.
+/// `delete_unseen`, `labels`, then `run` and the checkpoint (with the quiet
+/// count and the release, if asked).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncBatch {
     pub upserts: Vec<MessageUpsert>,

@@ -256,6 +256,11 @@ macro_rules! batch_statements {
                         .await?;
                     }
 
+                    // The run row before the checkpoint, which may release the
+                    // lease: every row of the batch is written while it is held.
+                    if let Some(r) = &b.run {
+                        Self::insert_run(&mut tx, r).await?;
+                    }
                     let c = &b.checkpoint;
                     sqlx::query::<$db>(
                         "UPDATE sync_state SET phase = $2, history_id = $3, page_token = $4, \
@@ -284,9 +289,6 @@ macro_rules! batch_statements {
                     .execute(&mut *tx)
                     .await?;
 
-                    if let Some(r) = &b.run {
-                        Self::insert_run(&mut tx, r).await?;
-                    }
                     tx.commit().await?;
                     Ok(stats)
                 }
