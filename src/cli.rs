@@ -994,6 +994,9 @@ struct StatusRow {
     full_sync: Option<BackfillView>,
     /// Set while the backfill waits for the daily budget.
     quota_wait: Option<crate::store::QuotaWait>,
+    /// Passes that found nothing to change (they write no `sync_runs` row).
+    quiet_passes: i64,
+    last_quiet_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Serialize)]
@@ -1022,6 +1025,8 @@ async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
             last_error: s.last_error,
             full_sync: s.full_sync.as_ref().map(|p| BackfillView::new(p, now)),
             quota_wait: s.quota_wait.filter(|w| w.until > now),
+            quiet_passes: s.quiet_passes,
+            last_quiet_at: s.last_quiet_at,
         })
         .collect();
     let plan = app::daily_plan(&settings, &store).await?;
@@ -1066,6 +1071,7 @@ async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
                     "LAST SUCCESS",
                     "LAG",
                     "MESSAGES",
+                    "QUIET PASSES",
                     "FAILURES",
                     "LAST ERROR",
                     "BACKFILL",
@@ -1086,6 +1092,7 @@ async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
                                 .to_string()
                             }),
                             r.messages.to_string(),
+                            r.quiet_passes.to_string(),
                             r.consecutive_failures.to_string(),
                             r.last_error.clone().unwrap_or_default(),
                             backfill_cell(r),

@@ -3,8 +3,10 @@
 //! [`run_leased`] is the one owner of that lifecycle, for the daemon's
 //! workers and the `sync` command alike: it starts the keeper, runs the
 //! pass, stops the keeper (also when the pass is dropped mid-way) and
-//! releases the lease with the next poll time the engine computed. Claiming
-//! is the caller's; nothing here decides when a mailbox is due.
+//! releases the lease with the next poll time the engine computed — unless
+//! the pass's last batch released it already (a completed pass does, in its
+//! final checkpoint's transaction). Claiming is the caller's; nothing here
+//! decides when a mailbox is due.
 //!
 //! A lease is `(owner, epoch)` on the mailbox's `sync_state` row with an
 //! expiry. Every fenced write re-checks owner, epoch and expiry inside its own
@@ -49,7 +51,9 @@ pub async fn run_leased(
     let report = engine::sync_mailbox(ctx, lease, opts, &stop).await;
     keeper_done.cancel();
     let _ = keeper.await;
-    if let Some(at) = report.next_poll_at {
+    if let Some(at) = report.next_poll_at
+        && !report.lease_released
+    {
         ctx.store.release_lease(lease, at).await?;
     }
     Ok(report)
@@ -73,7 +77,12 @@ pub async fn keep_alive(
         }
         match store.renew_lease(&lease, Utc::now(), lease_for).await {
             Ok(_) => failures = 0,
+            // The pass's last batch released it (and nobody claimed it since):
+            // not a loss. A renewal can race that commit by a few milliseconds.
             Err(StoreError::LeaseLost { .. }) => {
+                if released_by_us(&store, &lease).await {
+                    return;
+                }
                 events::LeaseLost {
                     mailbox: &lease.mailbox,
                 }
@@ -99,4 +108,13 @@ pub async fn keep_alive(
             }
         }
     }
+}
+
+/// Whether `lease` is free with its epoch unchanged: released by its own
+/// pass, not claimed by another replica (a claim increments the epoch).
+async fn released_by_us(store: &Store, lease: &Lease) -> bool {
+    matches!(
+        store.sync_state(&lease.mailbox).await,
+        Ok(Some(s)) if s.lease_owner.is_none() && s.lease_epoch == lease.epoch
+    )
 }

@@ -1037,7 +1037,7 @@ pub async fn subscription_lifecycle_is_audited(store: &Store) {
     assert_eq!(s.reviewed_by, Some(operator("carol")));
     assert!(s.last_reviewed_at.is_some());
     store
-        .record_org_unit(&m, Some("/Shared Mailboxes"))
+        .record_org_unit(&m, Some("/Shared Mailboxes"), true)
         .await
         .unwrap();
     let s = store.get_subscription(&m).await.unwrap().unwrap();
@@ -1045,7 +1045,7 @@ pub async fn subscription_lifecycle_is_audited(store: &Store) {
     assert!(s.org_unit_checked_at.is_some());
     assert!(matches!(
         store
-            .record_org_unit(&mailbox("ghost@example.com"), None)
+            .record_org_unit(&mailbox("ghost@example.com"), None, false)
             .await,
         Err(StoreError::NotFound(_))
     ));
@@ -2183,4 +2183,228 @@ pub async fn governance_changes_compare_and_set(store: &Store) {
         store.request_subscription_change(&removed).await,
         Err(StoreError::Conflict(_))
     ));
+}
+
+/// A quiet pass's last batch writes no run row: it counts the pass on
+/// `sync_state` (`quiet_passes`, `last_quiet_at`), still moves the checkpoint
+/// and `last_success_at`, and releases the lease in the same transaction;
+/// a batch with a run row is not counted quiet.
+pub async fn quiet_passes_are_counted_not_rowed(store: &Store) {
+    let m = mailbox("quiet@example.com");
+    active_subscription(store, &m).await;
+    let l = lease(store, &m).await;
+    store
+        .commit_batch(&l, &batch(vec![message("q1", "t", &[], "S", "b")], 10))
+        .await
+        .unwrap();
+    let before = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!((before.quiet_passes, before.last_quiet_at), (0, None));
+
+    // A quiet last batch, releasing the lease.
+    let next = now() + TimeDelta::minutes(1);
+    let quiet = SyncBatch {
+        quiet: true,
+        release_at: Some(next),
+        ..SyncBatch::new(checkpoint(11))
+    };
+    store.commit_batch(&l, &quiet).await.unwrap();
+    let state = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(state.quiet_passes, 1);
+    assert!(state.last_quiet_at.is_some());
+    assert!(state.last_success_at >= before.last_success_at && state.last_success_at.is_some());
+    assert_eq!(state.history_id, Some(hid(11)));
+    assert_eq!(state.lease_owner, None, "released with the checkpoint");
+    assert_eq!(state.lease_expires_at, None);
+    assert_eq!(state.next_poll_at, Some(next));
+    assert!(store.sync_runs(&m).await.unwrap().is_empty());
+    let status = store.mailbox_statuses().await.unwrap();
+    assert_eq!(status[0].quiet_passes, 1);
+    assert_eq!(status[0].last_quiet_at, state.last_quiet_at);
+    // The released lease fences nothing any more.
+    assert!(matches!(
+        store
+            .commit_batch(&l, &SyncBatch::new(checkpoint(12)))
+            .await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+
+    // A pass that changed something keeps its row and is not counted.
+    let l = lease(store, &m).await;
+    let busy = SyncBatch {
+        run: Some(run_row(&m)),
+        release_at: Some(next),
+        ..batch(vec![message("q2", "t", &[], "S", "b")], 13)
+    };
+    store.commit_batch(&l, &busy).await.unwrap();
+    let state = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(state.quiet_passes, 1);
+    assert_eq!(store.sync_runs(&m).await.unwrap().len(), 1);
+    assert_eq!(state.lease_owner, None);
+}
+
+/// The schedule follows the status: activation creates the mailbox's row and
+/// makes it due at once; leaving `active` unschedules it (`next_poll_at`
+/// NULL), and a release of a mailbox no longer active does not schedule it
+/// again; claims take due rows in `next_poll_at` order.
+pub async fn the_schedule_follows_the_subscription_status(store: &Store) {
+    let m = mailbox("sched@example.com");
+    let before = now();
+    active_subscription(store, &m).await;
+    let state = store
+        .sync_state(&m)
+        .await
+        .unwrap()
+        .expect("row created at activation");
+    assert!(state.next_poll_at.is_some_and(|t| t >= before), "{state:?}");
+    assert_eq!(state.phase, SyncPhase::Initial);
+
+    let pause = transition(&m, SubscriptionStatus::Active, SubscriptionAction::Pause);
+    store.update_subscription(&pause).await.unwrap();
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        None
+    );
+    let far = now() + TimeDelta::days(365);
+    assert!(
+        store
+            .claim_due("r", far, Duration::from_secs(60), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let resume = transition(&m, SubscriptionStatus::Paused, SubscriptionAction::Resume);
+    store.update_subscription(&resume).await.unwrap();
+    let claimed = store
+        .claim_due("r", now(), Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "due at once after a resume");
+
+    // Paused while in flight: its release does not schedule it.
+    let pause = transition(&m, SubscriptionStatus::Active, SubscriptionAction::Pause);
+    store.update_subscription(&pause).await.unwrap();
+    store.release_lease(&claimed[0], now()).await.unwrap();
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        None
+    );
+
+    // Due order: the earliest first, ties by mailbox.
+    let mut leases = Vec::new();
+    for name in ["c", "a", "b"] {
+        let m = mailbox(&format!("order-{name}@example.com"));
+        active_subscription(store, &m).await;
+        leases.push((
+            name,
+            store
+                .claim_due("r", now(), Duration::from_secs(60), 1)
+                .await
+                .unwrap(),
+        ));
+    }
+    let t0 = now();
+    for (name, l) in &leases {
+        let at = match *name {
+            "c" => t0 + TimeDelta::seconds(1),
+            _ => t0 + TimeDelta::seconds(2),
+        };
+        store.release_lease(&l[0], at).await.unwrap();
+    }
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let one = store
+            .claim_due("r", t0 + TimeDelta::seconds(3), Duration::from_secs(60), 1)
+            .await
+            .unwrap();
+        assert_eq!(one.len(), 1);
+        order.push(one[0].mailbox.to_string());
+    }
+    assert_eq!(
+        order,
+        [
+            "order-c@example.com",
+            "order-a@example.com",
+            "order-b@example.com"
+        ]
+    );
+    assert!(
+        store
+            .claim_due("s", t0 + TimeDelta::seconds(3), Duration::from_secs(60), 1)
+            .await
+            .unwrap()
+            .is_empty(),
+        "all three are leased"
+    );
+}
+
+/// The gate's cached admission: recorded with an allowed verdict, cleared
+/// by a refusal and by every status change.
+pub async fn org_unit_admission_is_recorded_and_cleared(store: &Store) {
+    let m = mailbox("gate@example.com");
+    active_subscription(store, &m).await;
+    assert_eq!(
+        store
+            .get_subscription(&m)
+            .await
+            .unwrap()
+            .unwrap()
+            .org_unit_allowed_at,
+        None
+    );
+    store
+        .record_org_unit(&m, Some("/Shared Mailboxes"), true)
+        .await
+        .unwrap();
+    let s = store.get_subscription(&m).await.unwrap().unwrap();
+    assert!(s.org_unit_allowed_at.is_some());
+    assert_eq!(s.org_unit_allowed_at, s.org_unit_checked_at);
+    store
+        .record_org_unit(&m, Some("/Staff"), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_subscription(&m)
+            .await
+            .unwrap()
+            .unwrap()
+            .org_unit_allowed_at,
+        None
+    );
+
+    store
+        .record_org_unit(&m, Some("/Shared Mailboxes"), true)
+        .await
+        .unwrap();
+    // A review keeps the status: the admission stands.
+    let review = SubscriptionUpdate {
+        reviewed_by: Some(operator("carol")),
+        ..transition(&m, SubscriptionStatus::Active, SubscriptionAction::Pause)
+    };
+    let review = SubscriptionUpdate {
+        new_status: SubscriptionStatus::Active,
+        ..review
+    };
+    let s = store.update_subscription(&review).await.unwrap();
+    assert!(s.org_unit_allowed_at.is_some());
+    // A pause (or any status change) clears it; so the resume asks again.
+    let s = store
+        .update_subscription(&transition(
+            &m,
+            SubscriptionStatus::Active,
+            SubscriptionAction::Pause,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(s.org_unit_allowed_at, None);
+    let s = store
+        .update_subscription(&transition(
+            &m,
+            SubscriptionStatus::Paused,
+            SubscriptionAction::Resume,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(s.org_unit_allowed_at, None);
 }

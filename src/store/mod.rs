@@ -251,13 +251,17 @@ impl Store {
         dispatch!(self, s => s.request_subscription_change(c).await)
     }
 
-    /// Records the org unit found by a Directory look-up (no event).
+    /// Records the org unit found by a Directory look-up (no event), and
+    /// whether the gate admitted the mailbox on it: `allowed` sets
+    /// `org_unit_allowed_at` to now (the gate's cached verdict), otherwise it
+    /// is cleared.
     pub async fn record_org_unit(
         &self,
         m: &MailboxAddress,
         org_unit: Option<&str>,
+        allowed: bool,
     ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.record_org_unit(m, org_unit).await)
+        dispatch!(self, s => s.record_org_unit(m, org_unit, allowed).await)
     }
 
     /// The mailbox's audit events, oldest first.
@@ -408,10 +412,14 @@ impl Store {
 
     // -- leases -------------------------------------------------------------
 
-    /// Claims up to `limit` due mailboxes (active, `next_poll_at` NULL or
-    /// past, lease free or expired), earliest `next_poll_at` first, creating
-    /// missing `sync_state` rows for active subscriptions first. Each claim
-    /// increments the mailbox's `lease_epoch`.
+    /// Claims up to `limit` due mailboxes (active, `next_poll_at` past, lease
+    /// free or expired), earliest `next_poll_at` first. Each claim increments
+    /// the mailbox's `lease_epoch`. It reads one range of the
+    /// `(next_poll_at, mailbox)` index, not every subscription: a
+    /// subscription's `sync_state` row is created, and made due, when the
+    /// subscription becomes active, and `next_poll_at` is NULL (not
+    /// scheduled) while it is not active, so its cost does not grow with the
+    /// fleet.
     pub async fn claim_due(
         &self,
         owner: &str,
@@ -446,8 +454,9 @@ impl Store {
         dispatch!(self, s => s.renew_lease(l, now, lease_for).await)
     }
 
-    /// Frees the lease and schedules the next poll, if the lease is still
-    /// ours; does nothing (and no error) otherwise.
+    /// Frees the lease and schedules the next poll (none when the
+    /// subscription is no longer active), if the lease is still ours; does
+    /// nothing (and no error) otherwise.
     pub async fn release_lease(
         &self,
         l: &Lease,
@@ -460,7 +469,9 @@ impl Store {
 
     /// Writes a batch and its checkpoint in one fenced transaction, and says
     /// what the batch changed (derived from actual changes; `api_calls` and
-    /// `quota_units` stay zero).
+    /// `quota_units` stay zero). A `quiet` batch counts a pass that changed
+    /// nothing (`sync_state.quiet_passes`) instead of a run row; one with
+    /// `release_at` frees the lease in the same transaction.
     pub async fn commit_batch(&self, l: &Lease, b: &SyncBatch) -> Result<SyncCounts, StoreError> {
         dispatch!(self, s => s.commit_batch(l, b).await)
     }

@@ -74,6 +74,11 @@ pub struct Subscription {
     /// The group subscription whose expansion requested this subscription
     /// (`subscriptions add-group`), or `None` for a mailbox added by itself.
     pub via_group: Option<String>,
+    /// When the org-unit gate last admitted the mailbox from a Directory
+    /// answer; `None` after a refusal and whenever the status changes. A
+    /// pass within `sync.org_unit_recheck_interval` of it does not ask the
+    /// Directory again (`sync::gate`).
+    pub org_unit_allowed_at: Option<DateTime<Utc>>,
 }
 
 /// A group subscription (`subscriptions add-group`): its members become
@@ -261,6 +266,11 @@ pub struct SyncState {
     /// [`Store::release_lease`](super::Store::release_lease).
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// Passes that found nothing to change since the row was created: they
+    /// write no `sync_runs` row, only this count and `last_quiet_at`.
+    pub quiet_passes: i64,
+    /// When the last quiet pass ended.
+    pub last_quiet_at: Option<DateTime<Utc>>,
 }
 
 /// A mailbox as the `status` command shows it.
@@ -279,6 +289,10 @@ pub struct MailboxStatus {
     pub lease_expires_at: Option<DateTime<Utc>>,
     /// Live (not soft-deleted) messages stored.
     pub messages: i64,
+    /// Quiet passes (nothing changed; no `sync_runs` row) so far.
+    pub quiet_passes: i64,
+    /// When the last quiet pass ended.
+    pub last_quiet_at: Option<DateTime<Utc>>,
     /// The listing in progress, if any.
     pub full_sync: Option<FullSyncProgress>,
     /// Set while the mailbox's backfill waits for the daily budget.
@@ -439,7 +453,8 @@ pub struct Checkpoint {
 ///
 /// Applied in this order: `upserts`, `label_changes`, `label_reconcile`,
 /// the scope (`enforce_scope`, `leave_scope`), `deletes`, `mark_seen`,
-/// `delete_unseen`, `labels`, then the checkpoint and `run`.
+/// `delete_unseen`, `labels`, then `run` and the checkpoint (with the quiet
+/// count and the release, if asked).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncBatch {
     pub upserts: Vec<MessageUpsert>,
@@ -465,6 +480,15 @@ pub struct SyncBatch {
     pub labels: Option<Vec<LabelRow>>,
     pub checkpoint: Checkpoint,
     pub run: Option<SyncRunRow>,
+    /// The last batch of a pass that changed nothing: no `run` row is
+    /// written; `sync_state.quiet_passes` is incremented and
+    /// `last_quiet_at` set instead.
+    pub quiet: bool,
+    /// The last batch of a pass that completed: the lease is released in
+    /// the same transaction, the mailbox due again at this time (what
+    /// [`Store::release_lease`](super::Store::release_lease) would do
+    /// after it, without a second write).
+    pub release_at: Option<DateTime<Utc>>,
 }
 
 impl SyncBatch {
@@ -482,6 +506,8 @@ impl SyncBatch {
             labels: None,
             checkpoint,
             run: None,
+            quiet: false,
+            release_at: None,
         }
     }
 }

@@ -127,29 +127,21 @@ impl PgStore {
         let now = micros(now);
         let expires = plus(now, lease_for);
         let (_turn, mut tx) = self.begin_write().await?;
-        // Rows are inserted in mailbox order so two replicas creating the
-        // same rows wait on each other in the same order (no deadlock).
-        sqlx::query(
-            "INSERT INTO sync_state (mailbox, phase, updated_at) \
-             SELECT s.mailbox, 'initial', $1 FROM subscriptions s \
-             WHERE s.status = 'active' \
-             AND NOT EXISTS (SELECT 1 FROM sync_state t WHERE t.mailbox = s.mailbox) \
-             ORDER BY s.mailbox \
-             ON CONFLICT (mailbox) DO NOTHING",
-        )
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
         // SKIP LOCKED: rows another replica is claiming (or writing under a
         // lease) are passed over instead of waited for; a row whose claim
         // committed meanwhile is re-checked against the lease condition.
+        // The scan walks `sync_state_due_idx` from the earliest due row:
+        // rows in flight and the due ones claimed are all it reads, however
+        // many mailboxes there are (unscheduled rows have NULL
+        // `next_poll_at` and lie outside the range).
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "WITH due AS ( \
-               SELECT t.mailbox FROM sync_state t JOIN subscriptions s ON s.mailbox = t.mailbox \
-               WHERE s.status = 'active' \
-               AND (t.next_poll_at IS NULL OR t.next_poll_at <= $3) \
+               SELECT t.mailbox FROM sync_state t \
+               WHERE t.next_poll_at <= $3 \
                AND (t.lease_owner IS NULL OR t.lease_expires_at IS NULL OR t.lease_expires_at <= $3) \
-               ORDER BY t.next_poll_at NULLS FIRST, t.mailbox LIMIT $4 \
+               AND EXISTS (SELECT 1 FROM subscriptions s \
+                           WHERE s.mailbox = t.mailbox AND s.status = 'active') \
+               ORDER BY t.next_poll_at, t.mailbox LIMIT $4 \
                FOR UPDATE OF t SKIP LOCKED) \
              UPDATE sync_state SET lease_owner = $1, lease_epoch = sync_state.lease_epoch + 1, \
              lease_expires_at = $2, updated_at = $3 \

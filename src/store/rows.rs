@@ -68,6 +68,7 @@ row_struct! {
         updated_at: DateTime<Utc>,
         label_scope: Option<String>,
         via_group: Option<String>,
+        org_unit_allowed_at: Option<DateTime<Utc>>,
     }
 }
 
@@ -94,6 +95,7 @@ impl TryFrom<SubscriptionRow> for Subscription {
             updated_at: r.updated_at,
             label_scope: r.label_scope.as_deref().map(parse_json_strings),
             via_group: r.via_group,
+            org_unit_allowed_at: r.org_unit_allowed_at,
         })
     }
 }
@@ -181,6 +183,8 @@ row_struct! {
         lease_epoch: i64,
         lease_expires_at: Option<DateTime<Utc>>,
         updated_at: DateTime<Utc>,
+        quiet_passes: i64,
+        last_quiet_at: Option<DateTime<Utc>>,
     }
 }
 
@@ -203,6 +207,8 @@ impl TryFrom<SyncStateRow> for SyncState {
             lease_epoch: r.lease_epoch,
             lease_expires_at: r.lease_expires_at,
             updated_at: r.updated_at,
+            quiet_passes: r.quiet_passes,
+            last_quiet_at: r.last_quiet_at,
         })
     }
 }
@@ -226,6 +232,8 @@ row_struct! {
         full_sync_estimated_total: Option<i64>,
         quota_wait_until: Option<DateTime<Utc>>,
         quota_wait_reason: Option<String>,
+        quiet_passes: i64,
+        last_quiet_at: Option<DateTime<Utc>>,
     }
 }
 
@@ -254,6 +262,8 @@ impl TryFrom<StatusRow> for MailboxStatus {
                 until,
                 reason: r.quota_wait_reason.unwrap_or_default(),
             }),
+            quiet_passes: r.quiet_passes,
+            last_quiet_at: r.last_quiet_at,
         })
     }
 }

@@ -142,26 +142,21 @@ impl SqliteStore {
         let expires = plus(now, lease_for);
         // SQLite has one writer: inside BEGIN IMMEDIATE nobody else can
         // claim between our SELECT and UPDATE, so one statement suffices.
+        // It walks `sync_state_due_idx` from the earliest due row and stops
+        // at `limit` claimable ones: rows in flight and the due ones claimed
+        // are all it reads, however many mailboxes there are (unscheduled
+        // rows have NULL `next_poll_at` and lie outside the range).
         let (_turn, mut tx) = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO sync_state (mailbox, phase, updated_at) \
-             SELECT s.mailbox, 'initial', $1 FROM subscriptions s \
-             WHERE s.status = 'active' \
-             AND NOT EXISTS (SELECT 1 FROM sync_state t WHERE t.mailbox = s.mailbox) \
-             ON CONFLICT (mailbox) DO NOTHING",
-        )
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "UPDATE sync_state SET lease_owner = $1, lease_epoch = lease_epoch + 1, \
              lease_expires_at = $2, updated_at = $3 \
              WHERE mailbox IN ( \
-               SELECT t.mailbox FROM sync_state t JOIN subscriptions s ON s.mailbox = t.mailbox \
-               WHERE s.status = 'active' \
-               AND (t.next_poll_at IS NULL OR t.next_poll_at <= $3) \
+               SELECT t.mailbox FROM sync_state t \
+               WHERE t.next_poll_at <= $3 \
                AND (t.lease_owner IS NULL OR t.lease_expires_at IS NULL OR t.lease_expires_at <= $3) \
-               ORDER BY t.next_poll_at NULLS FIRST, t.mailbox LIMIT $4) \
+               AND EXISTS (SELECT 1 FROM subscriptions s \
+                           WHERE s.mailbox = t.mailbox AND s.status = 'active') \
+               ORDER BY t.next_poll_at, t.mailbox LIMIT $4) \
              RETURNING mailbox, lease_epoch",
         )
         .bind(owner)

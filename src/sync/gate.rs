@@ -2,15 +2,31 @@
 //!
 //! Google cannot scope a domain-wide-delegation grant to an organizational
 //! unit, so we do: before a mailbox is impersonated, on every pass, the
-//! Directory must show it exists, is neither suspended nor archived, has a
-//! mailbox, and sits in (or under) one of `policy.approved_org_units`; and its
-//! domain must be allowed. A refused active subscription becomes `suspended`
-//! with the reason in `subscription_events`; a suspended one whose condition
-//! cleared comes back to `active` by itself (an event again).
+//! Directory must have shown, within `sync.org_unit_recheck_interval`, that
+//! it exists, is neither suspended nor archived, has a mailbox, and sits in
+//! (or under) one of `policy.approved_org_units`; and its domain must be
+//! allowed. A refused active subscription becomes `suspended` with the
+//! reason in `subscription_events`; a suspended one whose condition cleared
+//! comes back to `active` by itself (an event again).
+//!
+//! The verdict is cached in the database, not asked on every pass: an
+//! admission is recorded as `subscriptions.org_unit_allowed_at`, and a pass
+//! of an active subscription admitted less than the interval ago (whose
+//! recorded org unit the current policy still approves) is admitted without
+//! a Directory call ([`admitted_recently`]). Only admissions are cached: a
+//! refusal clears it (and suspends the subscription), so does every status
+//! change (an approval, a resume or a reinstatement asks the Directory
+//! again at its first pass). The scheduler's re-check (`check_all`, every
+//! interval) refreshes or clears the verdict for every subscription and
+//! suspends a refused one, whose running pass then stops
+//! (`sync::engine::standing`): a move out of the OU is caught within one
+//! interval either way.
 
 use anyhow::Context;
 
-use crate::domain::{AuthMode, MailboxAddress, Operator, SubscriptionAction, SubscriptionStatus};
+use crate::domain::{
+    AuthMode, MailboxAddress, Operator, OrgUnitPath, SubscriptionAction, SubscriptionStatus,
+};
 use crate::events;
 use crate::google::directory::DirectoryUser;
 use crate::store::SubscriptionUpdate;
@@ -79,6 +95,53 @@ pub fn evaluate_consented(
     }
 }
 
+/// Whether `sub` was admitted by a Directory answer less than `interval`
+/// before `now` and still would be on what that answer recorded: active,
+/// delegated, its domain allowed and its recorded org unit approved by the
+/// current policy (a policy change takes effect at once). A pass for which
+/// this holds is admitted without asking the Directory.
+pub fn admitted_recently(
+    policy: &crate::config::Policy,
+    sub: &crate::store::Subscription,
+    interval: std::time::Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    let Some(at) = sub.org_unit_allowed_at else {
+        return false;
+    };
+    let fresh = chrono::TimeDelta::from_std(interval)
+        .ok()
+        .is_some_and(|ttl| at <= now && now - at < ttl);
+    fresh
+        && sub.status == SubscriptionStatus::Active
+        && sub.auth_mode == AuthMode::Delegated
+        && policy.domain_allowed(&sub.mailbox)
+        && sub
+            .org_unit_seen
+            .as_deref()
+            .and_then(|ou| OrgUnitPath::parse(ou).ok())
+            .is_some_and(|ou| policy.org_unit_approved(&ou))
+}
+
+/// The gate for one pass: with `cached` (the daemon's passes), the cached
+/// admission when it is recent ([`admitted_recently`]); otherwise (a one-off
+/// `sync`, or no recent admission) [`check_subscription`].
+pub async fn check_pass(
+    ctx: &SyncContext,
+    mailbox: &MailboxAddress,
+    sub: Option<&crate::store::Subscription>,
+    cached: bool,
+) -> anyhow::Result<GateDecision> {
+    let interval = ctx.settings.sync.org_unit_recheck_interval;
+    if cached
+        && let Some(s) = sub
+        && admitted_recently(&ctx.policy, s, interval, chrono::Utc::now())
+    {
+        return Ok(GateDecision::Allowed);
+    }
+    check_subscription(ctx, mailbox, sub).await
+}
+
 /// Checks one mailbox against the Directory and applies the decision to its
 /// subscription `sub` as the caller read it (suspend / reinstate; the update
 /// is a compare-and-set, so a status changed meanwhile wins). Errors mean
@@ -98,11 +161,12 @@ pub async fn check_subscription(
     };
     let decision = evaluate(&ctx.policy, mailbox, user.as_ref());
     let org_unit = user.as_ref().map(|u| u.org_unit.to_string());
-    ctx.store
-        .record_org_unit(mailbox, org_unit.as_deref())
-        .await
-        .context("recording the org unit")?;
+    let allowed = decision == GateDecision::Allowed;
     let Some(sub) = sub else {
+        ctx.store
+            .record_org_unit(mailbox, org_unit.as_deref(), allowed)
+            .await
+            .context("recording the org unit")?;
         return Ok(decision);
     };
     let action = match (&decision, sub.status) {
@@ -148,6 +212,12 @@ pub async fn check_subscription(
             Err(e) => return Err(e).context("updating the subscription"),
         }
     }
+    // After the status change, which clears the cached admission: a
+    // reinstated mailbox keeps the admission this answer gave it.
+    ctx.store
+        .record_org_unit(mailbox, org_unit.as_deref(), allowed)
+        .await
+        .context("recording the org unit")?;
     Ok(decision)
 }
 
@@ -180,7 +250,7 @@ pub async fn check_all(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Domain, OrgUnitPath};
+    use crate::domain::Domain;
 
     fn policy() -> crate::config::Policy {
         crate::config::Policy {
@@ -199,6 +269,84 @@ mod tests {
             archived: false,
             is_mailbox_setup: true,
         }
+    }
+
+    fn subscription(ou: &str, allowed_ago: Option<i64>) -> crate::store::Subscription {
+        let now = chrono::Utc::now();
+        let op = Operator::parse("ops").unwrap();
+        crate::store::Subscription {
+            mailbox: MailboxAddress::parse("support@example.com").unwrap(),
+            status: SubscriptionStatus::Active,
+            label_filter: vec![],
+            requested_by: op.clone(),
+            requested_at: now,
+            approved_by: Some(op),
+            approved_at: Some(now),
+            last_reviewed_at: None,
+            reviewed_by: None,
+            org_unit_seen: Some(ou.to_owned()),
+            org_unit_checked_at: Some(now),
+            note: None,
+            status_reason: None,
+            auth_mode: AuthMode::Delegated,
+            created_at: now,
+            updated_at: now,
+            label_scope: Some(vec![]),
+            via_group: None,
+            org_unit_allowed_at: allowed_ago.map(|s| now - chrono::TimeDelta::seconds(s)),
+        }
+    }
+
+    #[test]
+    fn a_recent_admission_stands_for_the_recheck_interval_only() {
+        let p = policy();
+        let ttl = std::time::Duration::from_secs(900);
+        let now = chrono::Utc::now();
+        let ok = subscription("/Shared Mailboxes/EU", Some(60));
+        assert!(admitted_recently(&p, &ok, ttl, now));
+        // Older than the interval, or never admitted: ask the Directory.
+        assert!(!admitted_recently(
+            &p,
+            &subscription("/Shared Mailboxes", Some(901)),
+            ttl,
+            now
+        ));
+        assert!(!admitted_recently(
+            &p,
+            &subscription("/Shared Mailboxes", None),
+            ttl,
+            now
+        ));
+        // From the future (a clock step): not trusted.
+        assert!(!admitted_recently(
+            &p,
+            &subscription("/Shared Mailboxes", Some(-60)),
+            ttl,
+            now
+        ));
+        // Only for an active, delegated subscription.
+        for status in [SubscriptionStatus::Suspended, SubscriptionStatus::Paused] {
+            let s = crate::store::Subscription {
+                status,
+                ..ok.clone()
+            };
+            assert!(!admitted_recently(&p, &s, ttl, now), "{status}");
+        }
+        let oauth = crate::store::Subscription {
+            auth_mode: AuthMode::OAuth,
+            ..ok.clone()
+        };
+        assert!(!admitted_recently(&p, &oauth, ttl, now));
+        // The policy of now decides: an org unit no longer approved, or a
+        // domain no longer allowed, is not admitted from the cache.
+        let mut narrower = p.clone();
+        narrower.approved_org_units = vec![OrgUnitPath::parse("/Shared Mailboxes/US").unwrap()];
+        assert!(!admitted_recently(&narrower, &ok, ttl, now));
+        let mut other = p.clone();
+        other.allowed_domains = vec![Domain::parse("example.org").unwrap()];
+        assert!(!admitted_recently(&other, &ok, ttl, now));
+        // A zero interval caches nothing.
+        assert!(!admitted_recently(&p, &ok, std::time::Duration::ZERO, now));
     }
 
     #[test]

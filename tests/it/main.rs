@@ -21,6 +21,7 @@ mod emulator_read;
 mod faults;
 mod groups;
 mod helpers;
+mod idle;
 mod layers;
 mod normalize;
 mod oauth;

@@ -69,6 +69,9 @@ conformance_tests!(
     migrations_are_applied_once,
     decisions_fence_every_sync_write,
     governance_changes_compare_and_set,
+    quiet_passes_are_counted_not_rowed,
+    the_schedule_follows_the_subscription_status,
+    org_unit_admission_is_recorded_and_cleared,
 );
 
 // -- connection errors ------------------------------------------------------

@@ -188,8 +188,24 @@ both_backends!(
         let n = w.truth(&m).await.len() as u64;
         w.faults(json!({"latency_ms": [2, 4]})).await;
 
-        // Drop the pass mid-way, as a crash would.
-        let _ = tokio::time::timeout(Duration::from_millis(1500), w.sync(Some(&m))).await;
+        // Drop the pass mid-way, as a crash would: once a few batches are
+        // stored (a fixed timeout let the whole sync finish on an idle machine).
+        {
+            let pass = w.sync(Some(&m));
+            tokio::pin!(pass);
+            let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                tokio::select! {
+                    _ = &mut pass => break,
+                    () = tokio::time::sleep(Duration::from_millis(5)) => {
+                        let stored = w.ctx.store.count_messages(&m).await.unwrap();
+                        if stored >= 100 || tokio::time::Instant::now() > give_up {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
         let stored_mid = w.ctx.store.count_messages(&m).await.unwrap() as u64;
         assert!(
             stored_mid > 0 && stored_mid < n,

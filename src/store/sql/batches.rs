@@ -38,7 +38,7 @@ macro_rules! batch_statements {
             };
             use $crate::store::model::{Lease, SyncBatch};
             use $crate::store::rows::ExistingRow;
-            use $crate::store::sql::now;
+            use $crate::store::sql::{micros, now};
             use $crate::store::text::{clean, clean_opt, json_strings};
 
             impl $store {
@@ -52,16 +52,22 @@ macro_rules! batch_statements {
                     let (_turn, mut tx) = self.begin_write().await?;
                     Self::fence(&mut tx, l, now).await?;
 
-                    // The stored state the plan depends on.
-                    let mut existing = sqlx::query_as::<$db, ExistingRow>(concat!(
-                        "SELECT gmail_id, deleted_at IS NULL AS live, label_ids FROM messages \
-                         WHERE mailbox = $1 AND gmail_id",
-                        $io, "$2", $ic
-                    ))
-                    .bind(mailbox)
-                    .bind(json_strings(batch_ids(b)))
-                    .fetch_all(&mut *tx)
-                    .await?;
+                    // The stored state the plan depends on (nothing to read for
+                    // a batch that names no message, such as a quiet pass's).
+                    let ids = batch_ids(b);
+                    let mut existing = if ids.is_empty() {
+                        Vec::new()
+                    } else {
+                        sqlx::query_as::<$db, ExistingRow>(concat!(
+                            "SELECT gmail_id, deleted_at IS NULL AS live, label_ids FROM messages \
+                             WHERE mailbox = $1 AND gmail_id",
+                            $io, "$2", $ic
+                        ))
+                        .bind(mailbox)
+                        .bind(json_strings(ids))
+                        .fetch_all(&mut *tx)
+                        .await?
+                    };
                     if let Some((label, _)) = &b.label_reconcile {
                         existing.extend(
                             sqlx::query_as::<$db, ExistingRow>(
@@ -250,6 +256,11 @@ macro_rules! batch_statements {
                         .await?;
                     }
 
+                    // The run row before the checkpoint, which may release the
+                    // lease: every row of the batch is written while it is held.
+                    if let Some(r) = &b.run {
+                        Self::insert_run(&mut tx, r).await?;
+                    }
                     let c = &b.checkpoint;
                     sqlx::query::<$db>(
                         "UPDATE sync_state SET phase = $2, history_id = $3, page_token = $4, \
@@ -257,6 +268,11 @@ macro_rules! batch_statements {
                          last_success_at = CASE WHEN $7 THEN $8 ELSE last_success_at END, \
                          consecutive_failures = CASE WHEN $7 THEN 0 ELSE consecutive_failures END, \
                          last_error = CASE WHEN $7 THEN NULL ELSE last_error END, \
+                         quiet_passes = quiet_passes + CASE WHEN $10 THEN 1 ELSE 0 END, \
+                         last_quiet_at = CASE WHEN $10 THEN $8 ELSE last_quiet_at END, \
+                         lease_owner = CASE WHEN $11 IS NULL THEN lease_owner ELSE NULL END, \
+                         lease_expires_at = CASE WHEN $11 IS NULL THEN lease_expires_at ELSE NULL END, \
+                         next_poll_at = CASE WHEN $11 IS NULL THEN next_poll_at ELSE $11 END, \
                          updated_at = $8 WHERE mailbox = $1",
                     )
                     .bind(mailbox)
@@ -268,12 +284,11 @@ macro_rules! batch_statements {
                     .bind(c.success)
                     .bind(now)
                     .bind(c.applied_label_scope.as_ref().map(json_strings))
+                    .bind(b.quiet)
+                    .bind(b.release_at.map(micros))
                     .execute(&mut *tx)
                     .await?;
 
-                    if let Some(r) = &b.run {
-                        Self::insert_run(&mut tx, r).await?;
-                    }
                     tx.commit().await?;
                     Ok(stats)
                 }

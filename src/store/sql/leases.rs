@@ -12,7 +12,7 @@ macro_rules! sync_state_columns {
     () => {
         "mailbox, phase, history_id, page_token, full_sync_history_id, full_sync_generation, \
          applied_label_scope, last_success_at, next_poll_at, consecutive_failures, last_error, lease_owner, \
-         lease_epoch, lease_expires_at, updated_at"
+         lease_epoch, lease_expires_at, updated_at, quiet_passes, last_quiet_at"
     };
 }
 
@@ -75,6 +75,7 @@ macro_rules! lease_statements {
                              t.last_error, t.lease_owner, t.lease_expires_at, \
                              t.full_sync_started_at, t.full_sync_listed, t.full_sync_fetched, \
                              t.full_sync_estimated_total, t.quota_wait_until, t.quota_wait_reason, \
+                             COALESCE(t.quiet_passes, 0) AS quiet_passes, t.last_quiet_at, \
                              (SELECT COUNT(*) FROM messages m \
                               WHERE m.mailbox = s.mailbox AND m.deleted_at IS NULL) AS messages \
                              FROM subscriptions s LEFT JOIN sync_state t ON t.mailbox = s.mailbox \
@@ -83,6 +84,38 @@ macro_rules! lease_statements {
                         .fetch_all(&self.pool)
                         .await?,
                     )
+                }
+
+                /// Keeps the schedule in step with a status change, inside the
+                /// change's transaction: a subscription that becomes active gets
+                /// its `sync_state` row (created if missing) and is due at once;
+                /// one that stops being active is unscheduled (`next_poll_at`
+                /// NULL), so the due query's index range never holds it.
+                pub(crate) async fn reschedule(
+                    tx: &mut sqlx::Transaction<'static, $db>,
+                    mailbox: &str,
+                    old: &str,
+                    new: &str,
+                    now: DateTime<Utc>,
+                ) -> Result<(), StoreError> {
+                    let active = SubscriptionStatus::Active.as_str();
+                    if new == active && old != active {
+                        sqlx::query::<$db>(
+                            "INSERT INTO sync_state (mailbox, phase, next_poll_at, updated_at) \
+                             VALUES ($1, 'initial', $2, $2) \
+                             ON CONFLICT (mailbox) DO UPDATE SET next_poll_at = $2",
+                        )
+                        .bind(mailbox)
+                        .bind(now)
+                        .execute(&mut **tx)
+                        .await?;
+                    } else if old == active && new != active {
+                        sqlx::query::<$db>("UPDATE sync_state SET next_poll_at = NULL WHERE mailbox = $1")
+                            .bind(mailbox)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    Ok(())
                 }
 
                 // -- leases -------------------------------------------------------
@@ -98,8 +131,8 @@ macro_rules! lease_statements {
                     let expires = plus(now, lease_for);
                     let (_turn, mut tx) = self.begin_write().await?;
                     sqlx::query::<$db>(
-                        "INSERT INTO sync_state (mailbox, phase, updated_at) \
-                         SELECT mailbox, 'initial', $2 FROM subscriptions \
+                        "INSERT INTO sync_state (mailbox, phase, next_poll_at, updated_at) \
+                         SELECT mailbox, 'initial', $2, $2 FROM subscriptions \
                          WHERE mailbox = $1 AND status = 'active' \
                          ON CONFLICT (mailbox) DO NOTHING",
                     )
@@ -177,7 +210,10 @@ macro_rules! lease_statements {
                 ) -> Result<(), StoreError> {
                     sqlx::query::<$db>(
                         "UPDATE sync_state SET lease_owner = NULL, lease_expires_at = NULL, \
-                         next_poll_at = $4, updated_at = $5 \
+                         next_poll_at = CASE WHEN EXISTS (SELECT 1 FROM subscriptions s \
+                             WHERE s.mailbox = sync_state.mailbox AND s.status = 'active') \
+                             THEN $4 ELSE NULL END, \
+                         updated_at = $5 \
                          WHERE mailbox = $1 AND lease_owner = $2 AND lease_epoch = $3",
                     )
                     .bind(l.mailbox.as_str())

@@ -101,7 +101,8 @@ macro_rules! oauth_statements {
                     sqlx::query::<$db>(
                         "UPDATE sync_state SET next_poll_at = $2, consecutive_failures = 0 \
                          WHERE mailbox = $1 AND phase = 'auth_failed' AND EXISTS \
-                         (SELECT 1 FROM subscriptions s WHERE s.mailbox = $1 AND s.auth_mode = 'oauth')",
+                         (SELECT 1 FROM subscriptions s WHERE s.mailbox = $1 AND s.auth_mode = 'oauth' \
+                         AND s.status = 'active')",
                     )
                     .bind(mailbox)
                     .bind(now)
@@ -244,6 +245,7 @@ macro_rules! oauth_statements {
                     .bind(now)
                     .fetch_one(&mut *tx)
                     .await?;
+                    Self::reschedule(&mut tx, mailbox, &old, new, now).await?;
                     Self::insert_event(&mut tx, NewEvent {
                         mailbox,
                         at: now,

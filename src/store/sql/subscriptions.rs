@@ -11,7 +11,7 @@ macro_rules! subscription_columns {
     () => {
         "mailbox, status, label_filter, requested_by, requested_at, approved_by, approved_at, \
          last_reviewed_at, reviewed_by, org_unit_seen, org_unit_checked_at, note, status_reason, \
-         auth_mode, created_at, updated_at, label_scope, via_group"
+         auth_mode, created_at, updated_at, label_scope, via_group, org_unit_allowed_at"
     };
 }
 
@@ -179,6 +179,7 @@ macro_rules! subscription_statements {
                          org_unit_seen = COALESCE($7, org_unit_seen), \
                          org_unit_checked_at = CASE WHEN $7 IS NULL THEN org_unit_checked_at ELSE $8 END, \
                          label_scope = COALESCE($9, label_scope), \
+                         org_unit_allowed_at = CASE WHEN status <> $3 THEN NULL ELSE org_unit_allowed_at END, \
                          updated_at = $8 \
                          WHERE mailbox = $1 AND status = $2 RETURNING ",
                         subscription_columns!()
@@ -209,6 +210,8 @@ macro_rules! subscription_statements {
                             )),
                         });
                     };
+                    Self::reschedule(&mut tx, mailbox, u.expected.as_str(), u.new_status.as_str(), now)
+                        .await?;
                     Self::insert_event(&mut tx, NewEvent {
                         mailbox,
                         at: now,
@@ -277,6 +280,7 @@ macro_rules! subscription_statements {
                             )),
                         });
                     };
+                    Self::reschedule(&mut tx, mailbox, c.expected_status.as_str(), "pending", now).await?;
                     Self::insert_event(&mut tx, NewEvent {
                         mailbox,
                         at: now,
@@ -295,14 +299,17 @@ macro_rules! subscription_statements {
                     &self,
                     m: &MailboxAddress,
                     org_unit: Option<&str>,
+                    allowed: bool,
                 ) -> Result<(), StoreError> {
                     let done = sqlx::query::<$db>(
                         "UPDATE subscriptions SET org_unit_seen = $2, org_unit_checked_at = $3, \
+                         org_unit_allowed_at = CASE WHEN $4 THEN $3 ELSE NULL END, \
                          updated_at = $3 WHERE mailbox = $1",
                     )
                     .bind(m.as_str())
                     .bind(clean_opt(org_unit))
                     .bind(now())
+                    .bind(allowed)
                     .execute(&self.pool)
                     .await?;
                     if done.rows_affected() == 0 {

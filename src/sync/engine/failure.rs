@@ -95,6 +95,8 @@ pub(super) struct Run<'a> {
     pub(super) started: DateTime<Utc>,
     pub(super) report: SyncReport,
     seen: Option<Seen>,
+    /// The next poll time the pass's last batch released the lease with.
+    released_at: Option<DateTime<Utc>>,
 }
 
 impl<'a> Run<'a> {
@@ -111,8 +113,10 @@ impl<'a> Run<'a> {
                 message_gets: 0,
                 outcome: Outcome::Ok,
                 next_poll_at: None,
+                lease_released: false,
             },
             seen: None,
+            released_at: None,
         }
     }
 
@@ -145,10 +149,25 @@ impl<'a> Run<'a> {
         self.ctx.settings.sync.poll_interval
     }
 
+    /// When a pass that completes now is due again: what its last batch
+    /// releases the lease with.
+    pub(super) fn next_after_success(&self) -> DateTime<Utc> {
+        self.schedule.after_success(self.poll())
+    }
+
+    /// The last batch committed and released the lease with `at`.
+    pub(super) fn released(&mut self, at: DateTime<Utc>) {
+        self.released_at = Some(at);
+    }
+
     /// The pass completed.
     pub(super) fn completed(&mut self) {
         self.report.outcome = Outcome::Ok;
-        self.report.next_poll_at = Some(self.schedule.after_success(self.poll()));
+        self.report.lease_released = self.released_at.is_some();
+        self.report.next_poll_at = Some(
+            self.released_at
+                .unwrap_or_else(|| self.schedule.after_success(self.poll())),
+        );
     }
 
     /// The gate refused the mailbox.

@@ -272,15 +272,36 @@ impl Pass<'_> {
             enforce_scope: scoped.then(|| self.scope.clone()),
             ..empty_batch(&state, true)
         };
-        // The run row counts this batch too; it is written in the same transaction.
+        // The run row counts this batch too; it is written in the same
+        // transaction. A pass that changed nothing writes none: it is counted
+        // on `sync_state` (`quiet_passes`). The lease is released with this
+        // last checkpoint.
         let pending = SyncCounts {
             deleted: self.totals.deleted + batch.deletes.len() as u64,
             ..self.totals
         };
-        batch.run = Some(self.run_row(SyncKind::Incremental, started, &pending));
+        batch.quiet = is_quiet(&pending, &batch);
+        if !batch.quiet {
+            batch.run = Some(self.run_row(SyncKind::Incremental, started, &pending));
+        }
+        let next = self.run.next_after_success();
+        batch.release_at = Some(next);
         self.commit(&batch).await?;
+        self.run.released(next);
         Ok(state)
     }
+}
+
+/// Whether a pass whose committed batches changed `changes` and whose last
+/// batch is `last` changed nothing at all (a quiet poll).
+fn is_quiet(changes: &SyncCounts, last: &SyncBatch) -> bool {
+    changes.added == 0
+        && changes.updated == 0
+        && changes.deleted == 0
+        && changes.label_changes == 0
+        && last.deletes.is_empty()
+        && last.label_changes.is_empty()
+        && last.leave_scope.is_empty()
 }
 
 fn apply_delta(labels: &mut Vec<String>, delta: &BTreeMap<String, bool>) {

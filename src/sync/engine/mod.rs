@@ -122,6 +122,11 @@ pub struct SyncReport {
     /// lease is released with it. `None` when the lease was lost: the new
     /// owner decides, and nothing is released.
     pub next_poll_at: Option<DateTime<Utc>>,
+    /// The pass's last batch released the lease already (with
+    /// `next_poll_at`): a completed pass frees its mailbox in the
+    /// transaction of its final checkpoint, so the caller must not release
+    /// it again.
+    pub lease_released: bool,
 }
 
 impl SyncReport {
@@ -255,7 +260,10 @@ async fn run_pass(
         return run.into_report();
     }
     let calls = Arc::new(CallStats::default());
-    let (gmail, scope) = match open_gmail(ctx, &lease.mailbox, calls).await {
+    // The daemon's passes may use the gate's cached admission; a one-off
+    // `sync` asks the Directory as it is now.
+    let cached = opts.schedule == Schedule::Daemon;
+    let (gmail, scope) = match open_gmail(ctx, &lease.mailbox, calls, cached).await {
         Ok((gmail, mode, scope)) => {
             // Every write of the pass is fenced with the mode it read.
             pinned = Lease {
@@ -312,7 +320,8 @@ enum Refused {
 
 /// The approved-OU gate, then the Gmail handle as the mailbox and the
 /// label scope the pass enforces (empty: the whole mailbox). The gate runs
-/// before any impersonation, on every pass. A mailbox authorized by its
+/// before any impersonation, on every pass (for the daemon's passes
+/// (`cached`), from its admission when that is recent: `gate::check_pass`). A mailbox authorized by its
 /// owner's consent is not impersonated: the gate is the consent itself (and
 /// the allowed domains, checked again). Returns the handle and the mode it
 /// was opened in; only an active subscription gets one.
@@ -320,6 +329,7 @@ async fn open_gmail(
     ctx: &SyncContext,
     mailbox: &MailboxAddress,
     calls: Arc<CallStats>,
+    cached: bool,
 ) -> Result<(MailboxGmail, AuthMode, Vec<String>), Refused> {
     let sub = ctx.store.get_subscription(mailbox).await.map_err(|e| {
         Refused::Check(
@@ -352,7 +362,7 @@ async fn open_gmail(
     };
     let mode = sub.as_ref().map_or(AuthMode::Delegated, |s| s.auth_mode);
     let decision = match mode {
-        AuthMode::Delegated => gate::check_subscription(ctx, mailbox, sub.as_ref())
+        AuthMode::Delegated => gate::check_pass(ctx, mailbox, sub.as_ref(), cached)
             .await
             .map_err(|e| {
                 Refused::Check(
@@ -639,6 +649,8 @@ fn initial_state(lease: &Lease) -> SyncState {
         lease_epoch: lease.epoch,
         lease_expires_at: Some(lease.expires_at),
         updated_at: Utc::now(),
+        quiet_passes: 0,
+        last_quiet_at: None,
     }
 }
 
