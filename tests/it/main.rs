@@ -26,5 +26,6 @@ mod replicas;
 mod scope;
 mod security;
 mod store;
+mod stream;
 mod sync;
 mod tidy;
