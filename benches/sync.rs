@@ -19,7 +19,8 @@
 //! (120), `BENCH_CPU_MAILBOXES` (10), `BENCH_CPU_MESSAGES` (2000 per mailbox),
 //! `BENCH_MEMORY_SIZES` (`10000,100000`), `BENCH_IDLE_MAILBOXES` (10000),
 //! `BENCH_IDLE_SECONDS` (120), `BENCH_BACKLOG_ADDS` (300000), `BENCH_BACKLOG_WINDOW`
-//! (300 seconds at the quota ceiling), `BENCH_BACKLOG_MODES` (`off,ceiling`), `BENCH_PG_URL` (`postgres://postgres@127.0.0.1:5432/postgres`).
+//! (300 seconds at the quota ceiling), `BENCH_BACKLOG_MODES` (`off,ceiling`),
+//! `BENCH_BACKLOG_CHUNK` (`sync.history_chunk_messages`), `BENCH_PG_URL` (`postgres://postgres@127.0.0.1:5432/postgres`).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -824,6 +825,10 @@ async fn backlog_one(mode: &str) -> anyhow::Result<()> {
     if !ceiling {
         s.sync.user_quota_units_per_minute = 100_000_000;
     }
+    // `BENCH_BACKLOG_CHUNK=1000000` makes the whole window one chunk: history read whole
+    // before any fetch, as before chunking (the collapse stays linear).
+    let chunk = env_or("BENCH_BACKLOG_CHUNK", s.sync.history_chunk_messages as u64);
+    s.sync.history_chunk_messages = usize::try_from(chunk)?;
     let ctx = gmail_ingest::app::context(s).await?;
     let m = emulator.shared_mailboxes().await.remove(0);
     subscribe(&ctx, std::slice::from_ref(&m)).await?;
@@ -831,7 +836,7 @@ async fn backlog_one(mode: &str) -> anyhow::Result<()> {
     let t = Instant::now();
     add_backlog(&emulator, &m, adds).await?;
     say(&format!(
-        "backlog {mode}: mailbox synced ({}), {adds} adds inserted in {:.1} s; load {}",
+        "backlog {mode}: chunk {chunk}, mailbox synced ({}), {adds} adds inserted in {:.1} s; load {}",
         summary(&first),
         t.elapsed().as_secs_f64(),
         load()
