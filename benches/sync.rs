@@ -8,7 +8,7 @@
 //! cargo bench --bench sync               # every scenario (about 25 minutes)
 //! ```
 //!
-//! Scenarios: `quota`, `economy`, `many`, `cpu`, `memory`, `idle`. Each prints its
+//! Scenarios: `quota`, `economy`, `many`, `cpu`, `memory`, `idle`, `backlog`. Each prints its
 //! figures to stderr. The emulator runs as a separate process (the release binary's
 //! `emulator` command) so that the CPU and peak RSS read from `/proc/self` are the
 //! daemon's alone; the SQLite database lives in this process, PostgreSQL in its server.
@@ -21,7 +21,9 @@
 //! `BENCH_IDLE_SECONDS` (120), `BENCH_IDLE_DB` (`sqlite` or `postgres`),
 //! `BENCH_IDLE_POLL_SECONDS` (60: the poll interval; 1 saturates the daemon, every
 //! mailbox being due again at once), `BENCH_IDLE_SETTLE_SECONDS` (30),
-//! `BENCH_IDLE_CATCHUP_SECONDS` (1200), `BENCH_PG_URL`
+//! `BENCH_IDLE_CATCHUP_SECONDS` (1200), `BENCH_BACKLOG_ADDS` (300000), `BENCH_BACKLOG_WINDOW`
+//! (300 seconds at the quota ceiling), `BENCH_BACKLOG_MODES` (`off,ceiling`),
+//! `BENCH_BACKLOG_CHUNK` (`sync.history_chunk_messages`), `BENCH_PG_URL`
 //! (`postgres://postgres@127.0.0.1:5432/postgres`).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -41,7 +43,9 @@ use serde_json::{Value, json};
 use sqlx::{Connection as _, Executor as _, PgConnection};
 use tokio_util::sync::CancellationToken;
 
-const SCENARIOS: &[&str] = &["quota", "economy", "many", "cpu", "memory", "idle"];
+const SCENARIOS: &[&str] = &[
+    "quota", "economy", "many", "cpu", "memory", "idle", "backlog",
+];
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -758,6 +762,155 @@ async fn memory_one(size: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Scenario 7, an incremental backlog: `BENCH_BACKLOG_ADDS` messages added to a synced
+/// mailbox's history window (an outage on a busy mailbox), then one incremental pass; each
+/// mode in a fresh child process (`backlog-one MODE`) so its peak RSS is that pass's alone.
+/// `off`: quota off, a window of the pass (CPU and peak RSS of reading, collapsing and
+/// streaming, rows per second).
+/// `ceiling`: the 2026 per-user ceiling enforced (6,000 units/min), a window of
+/// `BENCH_BACKLOG_WINDOW` seconds: units/min against the ceiling and RSS over time.
+fn backlog() -> anyhow::Result<()> {
+    let modes = std::env::var("BENCH_BACKLOG_MODES").unwrap_or_else(|_| "off,ceiling".into());
+    for mode in modes.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let status = Command::new(std::env::current_exe()?)
+            .args(["backlog-one", mode])
+            .status()?;
+        if !status.success() {
+            bail!("backlog-one {mode} failed: {status}");
+        }
+    }
+    Ok(())
+}
+
+/// Adds `n` small messages to `m`'s history: in bulk when the emulator takes `count`, one
+/// request each otherwise (an emulator from before it did).
+async fn add_backlog(
+    emulator: &EmulatorProcess,
+    m: &MailboxAddress,
+    n: usize,
+) -> anyhow::Result<()> {
+    let raw = BASE64_URL_SAFE_NO_PAD.encode(format!(
+        "From: Busy <busy@outside.example>\r\nTo: {m}\r\nSubject: Backlog\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nOne of a backlog of {n}.\r\n"
+    ));
+    let url = emulator.url(&format!("users/{m}/messages"));
+    let probe = emulator
+        .http
+        .post(&url)
+        .json(&json!({"raw": raw, "label_ids": ["INBOX"], "count": 1}))
+        .send()
+        .await?;
+    let bulk = probe.status().is_success();
+    let mut added = usize::from(bulk);
+    while added < n {
+        let count = if bulk { (n - added).min(50_000) } else { 1 };
+        let body = if bulk {
+            json!({"raw": raw, "label_ids": ["INBOX"], "count": count})
+        } else {
+            json!({"raw": raw, "label_ids": ["INBOX"]})
+        };
+        let r = emulator.http.post(&url).json(&body).send().await?;
+        if !r.status().is_success() {
+            bail!("inserting the backlog: {}", r.status());
+        }
+        added += count;
+    }
+    Ok(())
+}
+
+async fn backlog_one(mode: &str) -> anyhow::Result<()> {
+    let adds = env_or("BENCH_BACKLOG_ADDS", 300_000) as usize;
+    let window = env_or("BENCH_BACKLOG_WINDOW", 300);
+    let ceiling = mode == "ceiling";
+    let dir = tempfile::tempdir()?;
+    let emulator = EmulatorProcess::start(dir.path(), 3, 200).await?;
+    emulator.quota(json!({"enforce": false})).await;
+    let url = database(&Db::Sqlite, dir.path()).await?;
+    let mut s = settings(&emulator, &url)?;
+    if !ceiling {
+        s.sync.user_quota_units_per_minute = 100_000_000;
+    }
+    // `BENCH_BACKLOG_CHUNK=1000000` makes the whole window one chunk: history read whole
+    // before any fetch, as before chunking (the collapse stays linear).
+    let chunk = env_or("BENCH_BACKLOG_CHUNK", s.sync.history_chunk_messages as u64);
+    s.sync.history_chunk_messages = usize::try_from(chunk)?;
+    let ctx = gmail_ingest::app::context(s).await?;
+    let m = emulator.shared_mailboxes().await.remove(0);
+    subscribe(&ctx, std::slice::from_ref(&m)).await?;
+    let first = sync(&ctx, Some(&m), &CancellationToken::new()).await?;
+    let t = Instant::now();
+    add_backlog(&emulator, &m, adds).await?;
+    say(&format!(
+        "backlog {mode}: chunk {chunk}, mailbox synced ({}), {adds} adds inserted in {:.1} s; load {}",
+        summary(&first),
+        t.elapsed().as_secs_f64(),
+        load()
+    ));
+    if ceiling {
+        emulator
+            .quota(json!({"enforce": true, "user_units_per_minute": 6000, "project_units_per_minute": 1_200_000, "max_concurrent_per_user": 10}))
+            .await;
+    }
+    // Reset the peak to the current RSS, so that it measures the pass.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let base = status_kib("VmRSS");
+    let before = emulator.stats().await;
+    let cpu0 = self_cpu();
+    let cancel = CancellationToken::new();
+    let started = Instant::now();
+    let pass = {
+        let (ctx, cancel, m) = (ctx.clone(), cancel.clone(), m.clone());
+        tokio::spawn(async move { sync(&ctx, Some(&m), &cancel).await })
+    };
+    let every = if ceiling { 30 } else { 5 };
+    let mut samples = Vec::new();
+    let mut last_units = before.units(Some(&m));
+    let deadline = started + Duration::from_secs(window);
+    while !pass.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(every)).await;
+        let units = emulator.stats().await.units(Some(&m));
+        let stored = ctx.store.count_messages(&m).await.unwrap_or(0);
+        samples.push(format!(
+            "{:.0}s {:.1}MiB {}u/min {stored}rows",
+            started.elapsed().as_secs_f64(),
+            mib(status_kib("VmRSS")),
+            (units - last_units) * 60 / every
+        ));
+        last_units = units;
+    }
+    let window_secs = started.elapsed().as_secs_f64();
+    let after = emulator.stats().await;
+    let cpu = self_cpu() - cpu0;
+    cancel.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(300), pass).await;
+    let units = after.units(Some(&m)) - before.units(Some(&m));
+    let (all, throttled) = after.requests();
+    let (all0, throttled0) = before.requests();
+    match result {
+        Ok(Ok(Ok(reports))) => say(&format!("  {}", summary(&reports))),
+        Ok(Ok(Err(e))) => say(&format!("  sync ended with an error: {e:#}")),
+        Ok(Err(e)) => say(&format!("  sync task failed: {e}")),
+        Err(_) => say("  the cancelled sync did not end within 300 s"),
+    }
+    let stored = ctx.store.count_messages(&m).await.unwrap_or(0);
+    say(&format!(
+        "  {window_secs:.1} s: {units} units = {:.0} u/min ({:.3} of 6,000); {} requests, {} throttled; \
+         {stored} rows stored; daemon CPU {cpu:.1} s; peak RSS {:.1} MiB (RSS {:.1} MiB before the pass); load {}",
+        units as f64 * 60.0 / window_secs,
+        units as f64 * 60.0 / window_secs / 6000.0,
+        all - all0,
+        throttled - throttled0,
+        mib(status_kib("VmHWM")),
+        mib(base),
+        load()
+    ));
+    say(&format!(
+        "  samples (time RSS units/min rows): {}",
+        samples.join(" | ")
+    ));
+    ctx.store.close().await;
+    Ok(())
+}
+
 /// Scenario 6, idle cost: many quiet subscribed mailboxes polled by the real daemon.
 /// The figure is the daemon's CPU per quiet poll actually made in a steady window
 /// (polls counted by the emulator's `history.list` answers), beside the polls a
@@ -915,6 +1068,10 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if args.first().map(String::as_str) == Some("backlog-one") {
+        let mode = args.get(1).cloned().unwrap_or_else(|| "off".into());
+        return runtime.block_on(backlog_one(&mode));
+    }
     if args.first().map(String::as_str) == Some("memory-one") {
         let size = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10_000);
         return runtime.block_on(memory_one(size));
@@ -942,6 +1099,7 @@ fn main() -> anyhow::Result<()> {
             "many" => runtime.block_on(many())?,
             "cpu" => runtime.block_on(cpu())?,
             "memory" => memory()?,
+            "backlog" => backlog()?,
             _ => runtime.block_on(idle())?,
         }
         say(&format!(

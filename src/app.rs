@@ -192,6 +192,7 @@ pub async fn context(settings: Settings) -> anyhow::Result<SyncContext> {
     Ok(SyncContext {
         store,
         google,
+        memory_budget: crate::sync::context::memory_budget(&settings),
         settings: Arc::new(settings),
         policy,
         replica: replica_id(),

@@ -280,6 +280,17 @@ pub struct SyncSettings {
     pub history_window_alert: Duration,
     /// Messages written per database transaction during a full sync.
     pub batch_size: usize,
+    /// A batch is also cut once the fetched messages it holds reach this
+    /// many bytes (raw message plus decoded bodies), whichever comes first.
+    pub batch_max_bytes: usize,
+    /// Fetched message bytes held in memory by the whole replica, across
+    /// every mailbox syncing at once, before they are committed; a message
+    /// larger than the budget takes all of it.
+    pub memory_budget_bytes: usize,
+    /// An incremental pass reads history pages until the records hold this
+    /// many distinct messages, then fetches and commits that chunk (with
+    /// the history position of its last record) before reading on.
+    pub history_chunk_messages: usize,
     /// `sync_runs` rows older than this are deleted by the hourly
     /// housekeeping; zero keeps them forever.
     #[serde(with = "humantime_serde", default = "default_run_retention")]
@@ -536,6 +547,14 @@ impl Settings {
             bail!(
                 "configuration: sync.daily_incremental_reserve_fraction must be between 0 and 1 (got {reserve})"
             );
+        }
+        if self.sync.batch_max_bytes == 0 || self.sync.memory_budget_bytes == 0 {
+            bail!(
+                "configuration: sync.batch_max_bytes and sync.memory_budget_bytes must be at least 1"
+            );
+        }
+        if self.sync.history_chunk_messages == 0 {
+            bail!("configuration: sync.history_chunk_messages must be at least 1");
         }
         if self.google.max_attempts == 0 {
             bail!("configuration: google.max_attempts must be at least 1");

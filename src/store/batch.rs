@@ -307,13 +307,7 @@ pub(crate) fn messages_json(plan: &Plan<'_>) -> String {
                 .as_deref()
                 .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
                 .map(|d| ts_text(d.with_timezone(&Utc)));
-            let raw_hex = u.raw.as_deref().map(|bytes| {
-                let mut s = String::with_capacity(bytes.len() * 2);
-                for b in bytes {
-                    s.push_str(&format!("{b:02x}"));
-                }
-                s
-            });
+            let raw_hex = u.raw.as_deref().map(hex);
             serde_json::json!([
                 meta.gmail_id.as_str(),
                 clean(&meta.thread_id),
@@ -338,6 +332,18 @@ pub(crate) fn messages_json(plan: &Plan<'_>) -> String {
         })
         .collect();
     serde_json::Value::Array(rows).to_string()
+}
+
+/// Lower-case hex of `bytes`, which the bulk upsert turns back into bytes.
+/// A table lookup, not `format!` per byte: raw messages run to tens of MB.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 /// `[gmail_id, label_ids JSON]` for each label-only rewrite.
@@ -413,4 +419,15 @@ pub(crate) fn label_rows_json(rows: &[LabelRow]) -> String {
             .collect(),
     )
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hex;
+
+    #[test]
+    fn hex_is_two_lower_case_digits_per_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(hex(&[]), "");
+    }
 }

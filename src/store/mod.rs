@@ -115,6 +115,39 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl StoreError {
+    /// Whether the database refused the data of the write itself (a row too
+    /// long for SQLite's `SQLITE_MAX_LENGTH`, a constraint or trigger, a
+    /// value PostgreSQL will not take), so that the same write would be
+    /// refused again, while writes of other rows go through. Not when the
+    /// database is unreachable, busy, out of resources or in a serialization
+    /// conflict: those say nothing about the rows.
+    pub fn is_data_refusal(&self) -> bool {
+        match self {
+            StoreError::Other(sqlx::Error::Encode(_)) => true,
+            StoreError::Other(sqlx::Error::Database(e)) => {
+                let code = e.code();
+                let code = code.as_deref().unwrap_or("");
+                if let Ok(n) = code.parse::<u32>() {
+                    // SQLite's (extended) result code: BUSY 5, LOCKED 6,
+                    // NOMEM 7, READONLY 8, INTERRUPT 9, IOERR 10, CORRUPT 11,
+                    // FULL 13, CANTOPEN 14, PROTOCOL 15 are about the database.
+                    !matches!(n & 0xff, 5..=11 | 13..=15)
+                } else {
+                    // PostgreSQL's SQLSTATE: connection (08), transaction
+                    // rollback (40), insufficient resources (53), operator
+                    // intervention (57), system (58) and internal (XX) errors
+                    // are about the server, anything else about the data.
+                    !["08", "40", "53", "57", "58", "XX"]
+                        .iter()
+                        .any(|class| code.starts_with(class))
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The store: one API, two backends. Cheap to clone (the pools are shared).
 #[derive(Debug, Clone)]
 pub enum Store {

@@ -23,6 +23,22 @@ pub struct SyncContext {
     pub replica: String,
     /// Per-mailbox OAuth consent, when `oauth.enabled`.
     pub oauth: Option<Arc<crate::oauth::OAuthService>>,
+    /// The replica's byte budget for fetched messages not yet committed
+    /// (`sync.memory_budget_bytes`), shared by every mailbox syncing at once:
+    /// one permit per KiB ([`BUDGET_UNIT_BYTES`]). A pass takes permits for a
+    /// fetched message before it joins a batch and drops them when the batch
+    /// is committed (or dropped); a pass that must wait holds none.
+    pub memory_budget: Arc<tokio::sync::Semaphore>,
+}
+
+/// The bytes one permit of [`SyncContext::memory_budget`] stands for.
+pub const BUDGET_UNIT_BYTES: usize = 1024;
+
+/// The replica's byte budget for `settings`, in permits of [`BUDGET_UNIT_BYTES`].
+pub fn memory_budget(settings: &Settings) -> Arc<tokio::sync::Semaphore> {
+    let permits = (settings.sync.memory_budget_bytes / BUDGET_UNIT_BYTES)
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    Arc::new(tokio::sync::Semaphore::new(permits))
 }
 
 impl SyncContext {

@@ -32,6 +32,7 @@ mod replicas;
 mod scope;
 mod security;
 mod store;
+mod stream;
 mod surfaces;
 mod sync;
 mod tidy;

@@ -297,7 +297,13 @@ struct NewMessage {
     raw: String,
     /// Absent: `INBOX` + `UNREAD`, like newly arrived mail.
     label_ids: Option<Vec<String>>,
+    /// Insert this many copies (each a new message and history record,
+    /// sharing one body in memory); absent: one.
+    count: Option<u32>,
 }
+
+/// Copies one `POST /users/{email}/messages` inserts, at most.
+const MAX_INSERT_COPIES: u32 = 1_000_000;
 
 async fn insert_message(
     State(shared): State<Arc<Shared>>,
@@ -325,12 +331,30 @@ async fn insert_message(
         },
     };
     let index = user.index;
-    let (id, thread, history) = user.mailbox.insert(seed, index, &domain, now, raw, labels);
-    world.notify_change(&email, labels, history, now);
+    let count = new.count.unwrap_or(1);
+    if count == 0 || count > MAX_INSERT_COPIES {
+        return bad_request(format!("count must be 1 to {MAX_INSERT_COPIES}"));
+    }
+    let raw: Arc<[u8]> = raw.into();
+    let mut last = (0, 0, 0);
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        last = user
+            .mailbox
+            .insert(seed, index, &domain, now, raw.clone(), labels);
+        if count > 1 {
+            ids.push(format!("{:016x}", last.0));
+        }
+    }
+    // One notification for the lot, as Gmail's limit of one a second would leave it.
+    world.notify_change(&email, labels, last.2, now);
     drop(world);
-    ok(
-        &json!({"id": format!("{id:016x}"), "threadId": format!("{thread:016x}"), "historyId": history.to_string()}),
-    )
+    let (id, thread, history) = last;
+    let mut answer = json!({"id": format!("{id:016x}"), "threadId": format!("{thread:016x}"), "historyId": history.to_string()});
+    if count > 1 {
+        answer["ids"] = json!(ids);
+    }
+    ok(&answer)
 }
 
 async fn ground_truth(State(shared): State<Arc<Shared>>, Path(email): Path<String>) -> Response {

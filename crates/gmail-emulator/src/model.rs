@@ -352,7 +352,7 @@ impl Mailbox {
         user: u32,
         domain: &str,
         now_ms: i64,
-        raw: Vec<u8>,
+        raw: Arc<[u8]>,
         labels: LabelMask,
     ) -> (u64, u64, u64) {
         let headers = thread_headers(&raw);
@@ -376,7 +376,7 @@ impl Mailbox {
             self.message_ids.insert(message_id, thread_id);
         }
         let body = BodyRef::Inserted(u32::try_from(self.inserted.len()).unwrap_or(u32::MAX));
-        self.inserted.push(raw.into());
+        self.inserted.push(raw);
         let history_id = self.next_history_id();
         self.push(Msg {
             id,
@@ -1472,7 +1472,7 @@ mod tests {
             1,
             "example.com",
             1_800_000_000_000,
-            b"Subject: x\r\n\r\nhi".to_vec(),
+            b"Subject: x\r\n\r\nhi".to_vec().into(),
             INBOX,
         );
         let (_, relabelled) = mb.relabel(id, STARRED, INBOX).unwrap();

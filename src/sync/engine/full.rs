@@ -19,14 +19,14 @@
 //! scope: one mailbox-wide ID listing (5 units per 500 IDs) tells them
 //! apart, and it is made only when such rows exist.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use chrono::{DateTime, Utc};
 
 use super::fetch::Misses;
-use super::{Pass, PassError, Progress, SyncKind, checkpoint, empty_batch};
+use super::{Pass, PassError, Progress, SyncKind, empty_batch};
 use crate::domain::{GmailMessageId, HistoryId, SyncPhase};
 use crate::events;
 use crate::google::daily::{BackfillVerdict, Purpose};
@@ -258,8 +258,9 @@ impl Pass<'_> {
     }
 
     /// Fetches and stores what one listed page holds that is not stored yet,
-    /// in batches; the page token moves past the page (to `next_token`, the
-    /// stored form of the next cursor) only with its last batch, and never
+    /// in batches bounded by count and bytes that keep the page token where
+    /// it was; then one batch marks the page seen and moves the token past
+    /// the page (to `next_token`, the stored form of the next cursor), never
     /// past a page that still misses a message.
     async fn sync_page(
         &mut self,
@@ -280,57 +281,36 @@ impl Pass<'_> {
             .filter(|id| !known.contains(*id))
             .cloned()
             .collect();
-        let batch_size = self.ctx().settings.sync.batch_size.max(1);
-        let chunks: Vec<Vec<GmailMessageId>> = new.chunks(batch_size).map(<[_]>::to_vec).collect();
-        if chunks.is_empty() {
-            // Nothing new on this page: mark it seen and advance.
-            if listing.resume_from.is_none() {
-                state.page_token = next_token;
-            }
-            let batch = SyncBatch {
-                mark_seen: ids,
-                ..empty_batch(state, false)
-            };
-            self.commit(&batch).await?;
-            self.show_progress(listing).await?;
-            return Ok(());
-        }
-        let n_chunks = chunks.len();
-        let mut page_failed = false;
         let history_id = state.full_sync_history_id.unwrap_or(HistoryId::ZERO);
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            let (upserts, missed) = self
-                .fetch_chunk(chunk, &mut listing.misses, |id| {
-                    let thread = page
-                        .messages
-                        .iter()
-                        .find(|m| &m.id == id)
-                        .map(|m| m.thread_id.clone());
-                    (thread, history_id)
-                })
-                .await?;
-            page_failed |= missed;
-            listing.progress.fetched += upserts.len() as u64;
-            let mut batch = SyncBatch {
-                upserts,
-                ..empty_batch(state, false)
-            };
-            if i + 1 == n_chunks {
-                batch.mark_seen = ids.clone();
-                if page_failed && listing.resume_from.is_none() {
-                    listing.resume_from = Some(listing.cursor.encode());
-                }
-                state.page_token = match &listing.resume_from {
-                    Some(t) => t.clone(),
-                    None => next_token.clone(),
-                };
-            }
-            batch.checkpoint = checkpoint(state, false);
-            self.commit(&batch).await?;
-            self.show_progress(listing).await?;
-            self.check_cancel()?;
+        let threads: HashMap<&GmailMessageId, &str> = page
+            .messages
+            .iter()
+            .map(|m| (&m.id, m.thread_id.as_str()))
+            .collect();
+        let stored = self
+            .fetch_and_store(
+                new,
+                state,
+                &mut listing.misses,
+                |id| (threads.get(id).map(|t| (*t).to_owned()), history_id),
+                |_| true,
+            )
+            .await?;
+        listing.progress.fetched += stored.stored;
+        if stored.missed && listing.resume_from.is_none() {
+            listing.resume_from = Some(listing.cursor.encode());
         }
-        Ok(())
+        state.page_token = match &listing.resume_from {
+            Some(t) => t.clone(),
+            None => next_token,
+        };
+        let batch = SyncBatch {
+            mark_seen: ids,
+            ..empty_batch(state, false)
+        };
+        self.commit(&batch).await?;
+        self.show_progress(listing).await?;
+        self.check_cancel()
     }
 
     /// Shows the listing's progress on a terminal, if someone watches, and

@@ -1,15 +1,33 @@
-//! Incremental sync: replay the mailbox's history from the stored historyId,
-//! collapsed to its net effect, and commit the new historyId with the last
-//! batch.
+//! Incremental sync: replay the mailbox's history from the stored historyId
+//! in chunks, each collapsed to its net effect, fetched and committed before
+//! the next is read, so memory stays flat and a failure repeats one chunk.
 //!
-//! This module must not move `history_id` in any batch but the last one,
-//! which also carries the deletes, the label changes and the run row.
+//! A chunk is the history pages read until their records name
+//! `sync.history_chunk_messages` distinct messages (never part of a page).
+//! Its new messages are stored in batches that keep the chunk's starting
+//! checkpoint; then one batch applies the chunk's deletes, label changes and
+//! scope departures and moves `history_id` to the id of the chunk's last
+//! record. That intermediate position is safe to resume from: `history.list`
+//! returns the records *after* its `startHistoryId`, every record up to it
+//! was on a page wholly applied in the same transaction (fetched messages
+//! before it, in batches that are idempotent to repeat: stored IDs are not
+//! fetched again, label deltas are set-valued), so a restart reads exactly
+//! the records not yet applied. Nothing after the chunk is assumed: a
+//! message fetched in it carries its labels at fetch time with the chunk's
+//! delta applied, and the later chunks' deltas and deletes then apply to
+//! its row like any stored one. The last chunk moves `history_id` to the
+//! mailbox's current historyId (the last page's), with the run row.
+//!
+//! This module must not move `history_id` past a record whose chunk is not
+//! wholly committed: a chunk that misses a message (not yet given up on)
+//! fails the pass before its last batch.
 //!
 //! With a label scope, what to fetch is decided from the `labelIds` the
 //! history records carry, without a fetch: a message added outside the
 //! scope costs nothing; one that gains a scope label and is not live is
 //! fetched and enters; a live one left with no scope label leaves the live
-//! rows (`left_scope`) in the last batch.
+//! rows (`left_scope`) in the chunk's last batch (and enters again, fetched,
+//! if a later chunk brings a scope label back).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -26,6 +44,8 @@ use crate::store::{LabelChange, SyncBatch, SyncState};
 struct Collapsed {
     /// Messages to fetch, in first-seen order.
     added: Vec<GmailMessageId>,
+    /// The same IDs as `added`, for a constant-time membership test.
+    added_set: HashSet<GmailMessageId>,
     deleted: BTreeSet<GmailMessageId>,
     /// Net label delta per message: label -> true (present at the end) / false (absent).
     labels: HashMap<GmailMessageId, BTreeMap<String, bool>>,
@@ -36,10 +56,10 @@ struct Collapsed {
 impl Collapsed {
     fn apply(&mut self, rec: HistoryRecord) {
         for (id, labels) in rec.added {
-            self.current.insert(id.clone(), labels);
-            if !self.deleted.contains(&id) && !self.added.contains(&id) {
-                self.added.push(id);
+            if !self.deleted.contains(&id) && self.added_set.insert(id.clone()) {
+                self.added.push(id.clone());
             }
+            self.current.insert(id, labels);
         }
         for (id, labels) in rec.message_labels {
             self.current.insert(id, labels);
@@ -59,6 +79,12 @@ impl Collapsed {
         for id in rec.deleted {
             self.deleted.insert(id);
         }
+    }
+
+    /// How many messages the records named (an upper bound: a message can
+    /// be counted once per kind of change).
+    fn size(&self) -> usize {
+        self.added.len() + self.deleted.len() + self.labels.len()
     }
 
     /// Whether `id` carries a label of `scope` at the end of the history
@@ -88,8 +114,18 @@ impl Collapsed {
     }
 }
 
+/// One chunk of history: its net effect and where it ends.
+struct Chunk {
+    collapsed: Collapsed,
+    /// The history position to commit with the chunk: the id of its last
+    /// record, or for the last chunk the mailbox's current historyId.
+    position: HistoryId,
+    /// The history listing ended with this chunk.
+    last: bool,
+}
+
 impl Pass<'_> {
-    /// Incremental pass from the stored historyId over all history pages;
+    /// Incremental pass from the stored historyId, chunk by chunk;
     /// `started` is when the run recorded by its last batch began.
     pub(super) async fn incremental(
         &mut self,
@@ -99,46 +135,68 @@ impl Pass<'_> {
         self.gmail
             .stats()
             .set_purpose(crate::google::daily::Purpose::Incremental);
-        let Some(start) = state.history_id else {
+        if state.history_id.is_none() {
             return Err(PassError::Incomplete(
                 "no history position to continue from".to_owned(),
             ));
-        };
+        }
         self.retry_placeholders(state).await?;
-        let (collapsed, newest) = self.collect_history(start).await?;
-        let to_fetch = self.not_stored(&collapsed).await?;
-        let fetched = self
-            .fetch_added(state, &collapsed, to_fetch, newest)
-            .await?;
-        self.commit_history(state.clone(), &collapsed, &fetched, newest, started)
-            .await
+        let mut state = state.clone();
+        let mut misses = Misses::new(&state);
+        let limit = self.ctx().settings.sync.history_chunk_messages.max(1);
+        loop {
+            let from = state.history_id.unwrap_or(HistoryId::ZERO);
+            let chunk = self.read_chunk(from, limit).await?;
+            let to_fetch = self.not_stored(&chunk.collapsed).await?;
+            let fetched = self
+                .fetch_added(&state, &chunk.collapsed, to_fetch, &mut misses)
+                .await?;
+            // A missed message keeps the checkpoint before the chunk.
+            misses.check()?;
+            state = self.commit_chunk(state, &chunk, &fetched, started).await?;
+            if chunk.last {
+                return Ok(state);
+            }
+            self.check_cancel()?;
+        }
     }
 
-    /// Reads every history page from `start`; returns the net effect and the
-    /// newest history position seen.
-    async fn collect_history(&self, start: HistoryId) -> Result<(Collapsed, HistoryId), PassError> {
+    /// Reads history pages from `start` until they name `limit` messages
+    /// (cut only after a page with records) or the listing ends.
+    async fn read_chunk(&self, start: HistoryId, limit: usize) -> Result<Chunk, PassError> {
         let mut collapsed = Collapsed::default();
         let mut token: Option<String> = None;
-        let mut newest = start;
+        let mut last_record = start;
         loop {
             self.check_standing().await?;
             let page = self.gmail.list_history(start, token.as_deref()).await?;
+            let had_records = !page.records.is_empty();
             for rec in page.records {
                 if let Some(id) = rec.id {
-                    newest = newest.max(id);
+                    last_record = last_record.max(id);
                 }
                 collapsed.apply(rec);
             }
-            if let Some(h) = page.history_id {
-                newest = newest.max(h);
-            }
             // An empty page that carries a token is not the end.
             match page.next_page_token {
+                Some(_) if had_records && collapsed.size() >= limit && last_record > start => {
+                    return Ok(Chunk {
+                        collapsed,
+                        position: last_record,
+                        last: false,
+                    });
+                }
                 Some(t) => token = Some(t),
-                None => break,
+                None => {
+                    let current = page.history_id.unwrap_or(last_record);
+                    return Ok(Chunk {
+                        collapsed,
+                        position: last_record.max(current),
+                        last: true,
+                    });
+                }
             }
         }
-        Ok((collapsed, newest))
     }
 
     /// What was added and is not deleted since and not stored already; with
@@ -152,12 +210,10 @@ impl Pass<'_> {
             .cloned()
             .collect();
         if !self.scope.is_empty() {
-            // A set, not `Vec::contains`: a backlog can hold many thousands of adds.
-            let added: HashSet<&GmailMessageId> = collapsed.added.iter().collect();
             let mut relabeled: Vec<GmailMessageId> = collapsed
                 .labels
                 .keys()
-                .filter(|id| !collapsed.deleted.contains(*id) && !added.contains(*id))
+                .filter(|id| !collapsed.deleted.contains(*id) && !collapsed.added_set.contains(*id))
                 .cloned()
                 .collect();
             relabeled.sort();
@@ -175,59 +231,51 @@ impl Pass<'_> {
             .collect())
     }
 
-    /// Fetches `to_fetch` in batches with the history's label deltas applied;
-    /// intermediate batches keep the old checkpoint (upserts are idempotent
-    /// and already-stored IDs are skipped on a retry). Returns what was stored.
+    /// Fetches `to_fetch` in batches with the chunk's label deltas applied;
+    /// the batches keep the checkpoint before the chunk (upserts are
+    /// idempotent and already-stored IDs are skipped on a retry). Returns
+    /// what was fetched.
     async fn fetch_added(
         &mut self,
         state: &SyncState,
         collapsed: &Collapsed,
         to_fetch: Vec<GmailMessageId>,
-        newest: HistoryId,
-    ) -> Result<BTreeSet<GmailMessageId>, PassError> {
-        let batch_size = self.ctx().settings.sync.batch_size.max(1);
-        let mut misses = Misses::new(state);
-        let chunks: Vec<Vec<GmailMessageId>> =
-            to_fetch.chunks(batch_size).map(<[_]>::to_vec).collect();
-        let mut fetched: BTreeSet<GmailMessageId> = BTreeSet::new();
-        for chunk in chunks {
-            let (mut upserts, _) = self
-                .fetch_chunk(chunk, &mut misses, |_| (None, newest))
-                .await?;
-            for u in &mut upserts {
-                fetched.insert(u.meta.gmail_id.clone());
-                // The fetched labels already reflect the history's net delta up to
-                // the fetch; apply it anyway (idempotent) for what came between.
-                if let Some(delta) = collapsed.labels.get(&u.meta.gmail_id) {
-                    apply_delta(&mut u.meta.label_ids, delta);
-                }
-            }
-            // Left the scope between the history read and the fetch: not stored.
-            if !self.scope.is_empty() {
-                let scope = &self.scope;
-                upserts.retain(|u| u.meta.label_ids.iter().any(|l| scope.contains(l)));
-            }
-            let batch = SyncBatch {
-                upserts,
-                ..empty_batch(state, false)
-            };
-            self.commit(&batch).await?;
-            self.check_cancel()?;
-        }
-        misses.check()?;
-        Ok(fetched)
+        misses: &mut Misses,
+    ) -> Result<HashSet<GmailMessageId>, PassError> {
+        let scope = self.scope.clone();
+        let placed_at = state.history_id.unwrap_or(HistoryId::ZERO);
+        let stored = self
+            .fetch_and_store(
+                to_fetch,
+                state,
+                misses,
+                |_| (None, placed_at),
+                |u| {
+                    // The fetched labels already reflect the history's net delta up
+                    // to the fetch; apply it anyway (idempotent) for what came between.
+                    if let Some(delta) = collapsed.labels.get(&u.meta.gmail_id) {
+                        apply_delta(&mut u.meta.label_ids, delta);
+                    }
+                    // Left the scope between the history read and the fetch: not stored.
+                    scope.is_empty() || u.meta.label_ids.iter().any(|l| scope.contains(l))
+                },
+            )
+            .await?;
+        Ok(stored.fetched.into_iter().collect())
     }
 
-    /// The last batch: deletes, label changes of messages not refetched, the
-    /// new historyId and the run row, in one transaction.
-    async fn commit_history(
+    /// The chunk's last batch: deletes, label changes of messages not
+    /// refetched, scope departures and the chunk's history position; for
+    /// the last chunk also the run row, in one transaction.
+    async fn commit_chunk(
         &mut self,
         mut state: SyncState,
-        collapsed: &Collapsed,
-        fetched: &BTreeSet<GmailMessageId>,
-        newest: HistoryId,
+        chunk: &Chunk,
+        fetched: &HashSet<GmailMessageId>,
         started: DateTime<Utc>,
     ) -> Result<SyncState, PassError> {
+        let collapsed = &chunk.collapsed;
+        let position = chunk.position;
         let label_changes: Vec<LabelChange> = collapsed
             .labels
             .iter()
@@ -244,16 +292,16 @@ impl Pass<'_> {
                     .filter(|(_, on)| !**on)
                     .map(|(l, _)| l.clone())
                     .collect(),
-                history_id: Some(newest),
+                history_id: Some(position),
             })
             .collect();
         let deletes: Vec<(GmailMessageId, Option<HistoryId>)> = collapsed
             .deleted
             .iter()
-            .map(|id| (id.clone(), Some(newest)))
+            .map(|id| (id.clone(), Some(position)))
             .collect();
 
-        state.history_id = Some(newest);
+        state.history_id = Some(position);
         state.phase = SyncPhase::Incremental;
         let scoped = !self.scope.is_empty();
         let leave_scope = if scoped {
@@ -270,24 +318,30 @@ impl Pass<'_> {
             label_changes,
             leave_scope,
             enforce_scope: scoped.then(|| self.scope.clone()),
-            ..empty_batch(&state, true)
+            ..empty_batch(&state, chunk.last)
         };
-        // The run row counts this batch too; it is written in the same
-        // transaction. A pass that changed nothing writes none: it is counted
-        // on `sync_state` (`quiet_passes`). The lease is released with this
-        // last checkpoint.
-        let pending = SyncCounts {
-            deleted: self.totals.deleted + batch.deletes.len() as u64,
-            ..self.totals
-        };
-        batch.quiet = is_quiet(&pending, &batch);
-        if !batch.quiet {
-            batch.run = Some(self.run_row(SyncKind::Incremental, started, &pending));
+        let mut released = None;
+        if chunk.last {
+            // The run row counts this batch too; it is written in the same
+            // transaction. A pass that changed nothing writes none: it is
+            // counted on `sync_state` (`quiet_passes`). The lease is released
+            // with this last checkpoint.
+            let pending = SyncCounts {
+                deleted: self.totals.deleted + batch.deletes.len() as u64,
+                ..self.totals
+            };
+            batch.quiet = is_quiet(&pending, &batch);
+            if !batch.quiet {
+                batch.run = Some(self.run_row(SyncKind::Incremental, started, &pending));
+            }
+            let next = self.run.next_after_success();
+            batch.release_at = Some(next);
+            released = Some(next);
         }
-        let next = self.run.next_after_success();
-        batch.release_at = Some(next);
         self.commit(&batch).await?;
-        self.run.released(next);
+        if let Some(next) = released {
+            self.run.released(next);
+        }
         Ok(state)
     }
 }

@@ -7,9 +7,11 @@
 //! releases a lease: `daemon::lease::run_leased` does, with the next poll
 //! time the engine computed. Invariants:
 //!
-//! - `sync_state.history_id` never moves ahead of committed data: the new
-//!   historyId of an incremental pass is written with the pass's last batch,
-//!   and a full sync stores the historyId read *before* listing only when the
+//! - `sync_state.history_id` never moves ahead of committed data: an
+//!   incremental pass moves it once per history chunk, to the id of the
+//!   chunk's last record (the mailbox's current historyId for the last
+//!   chunk), in the batch that applies the chunk's deletes and label changes
+//!   after its fetched messages are committed; and a full sync stores the historyId read *before* listing only when the
 //!   listing is complete.
 //! - The full-sync page token only advances past a page once every message of
 //!   that page is stored, so a restart resumes without refetching and without
@@ -528,6 +530,13 @@ impl Pass<'_> {
                     history_id: state.history_id.map_or(0, HistoryId::get),
                 }
                 .emit();
+                // Earlier chunks of this pass may have moved the checkpoint.
+                let state = self
+                    .ctx()
+                    .store
+                    .sync_state(self.mailbox())
+                    .await?
+                    .unwrap_or(state);
                 let span = tracing::info_span!("resync", reason = "history_expired");
                 self.full_then_incremental(&state, SyncKind::Resync, true)
                     .instrument(span)
