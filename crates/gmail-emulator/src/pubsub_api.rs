@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, put};
 use base64::Engine as _;
@@ -53,7 +53,7 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         )
         .route(
             "/emulator/v1/pubsub/projects/{project}/topics/{topic}/publishers/{member}",
-            put(grant_publisher).delete(revoke_publisher),
+            put(publisher).delete(publisher),
         )
         .route(
             "/emulator/v1/pubsub/projects/{project}/subscriptions/{sub}",
@@ -61,7 +61,7 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         )
         .route(
             "/emulator/v1/pubsub/projects/{project}/subscriptions/{sub}/subscribers/{member}",
-            put(grant_subscriber).delete(revoke_subscriber),
+            put(subscriber).delete(subscriber),
         )
 }
 
@@ -471,20 +471,15 @@ async fn delete_topic(
     control(shared.lock().pubsub.delete_topic(&full))
 }
 
-async fn grant_publisher(
+/// `PUT` grants `roles/pubsub.publisher` on the topic to the member, `DELETE` revokes it.
+async fn publisher(
     State(shared): State<Arc<Shared>>,
+    method: Method,
     Path((project, topic, member)): Path<(String, String, String)>,
 ) -> Response {
     let full = format!("projects/{project}/topics/{topic}");
-    control(shared.lock().pubsub.set_publisher(&full, &member, true))
-}
-
-async fn revoke_publisher(
-    State(shared): State<Arc<Shared>>,
-    Path((project, topic, member)): Path<(String, String, String)>,
-) -> Response {
-    let full = format!("projects/{project}/topics/{topic}");
-    control(shared.lock().pubsub.set_publisher(&full, &member, false))
+    let granted = method == Method::PUT;
+    control(shared.lock().pubsub.set_publisher(&full, &member, granted))
 }
 
 #[derive(Deserialize)]
@@ -526,18 +521,14 @@ async fn delete_subscription(
     control(shared.lock().pubsub.delete_subscription(&full))
 }
 
-async fn grant_subscriber(
+/// `PUT` grants `roles/pubsub.subscriber` on the subscription to the member, `DELETE`
+/// revokes it.
+async fn subscriber(
     State(shared): State<Arc<Shared>>,
+    method: Method,
     Path((project, sub, member)): Path<(String, String, String)>,
 ) -> Response {
     let full = format!("projects/{project}/subscriptions/{sub}");
-    control(shared.lock().pubsub.set_subscriber(&full, &member, true))
-}
-
-async fn revoke_subscriber(
-    State(shared): State<Arc<Shared>>,
-    Path((project, sub, member)): Path<(String, String, String)>,
-) -> Response {
-    let full = format!("projects/{project}/subscriptions/{sub}");
-    control(shared.lock().pubsub.set_subscriber(&full, &member, false))
+    let granted = method == Method::PUT;
+    control(shared.lock().pubsub.set_subscriber(&full, &member, granted))
 }
