@@ -120,6 +120,8 @@ pub(crate) struct PrivateCluster {
     dir: PathBuf,
     pg_ctl: PathBuf,
     port: u16,
+    /// Run as root: the server's commands run as `postgres`.
+    as_root: bool,
 }
 
 impl PrivateCluster {
@@ -138,8 +140,13 @@ impl PrivateCluster {
             .local_addr()
             .ok()?
             .port();
-        let cluster = PrivateCluster { dir, pg_ctl, port };
-        if as_root() {
+        let cluster = PrivateCluster {
+            dir,
+            pg_ctl,
+            port,
+            as_root: as_root(),
+        };
+        if cluster.as_root {
             // The server refuses to run as root; its files must be its own.
             let _ = Command::new("chown")
                 .args(["-R", "postgres", path(&cluster.dir)])
@@ -227,7 +234,7 @@ impl PrivateCluster {
     }
 
     fn run(&self, program: &Path, args: &[&str]) -> bool {
-        let mut cmd = if as_root() {
+        let mut cmd = if self.as_root {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(program);
             c

@@ -280,8 +280,8 @@ impl PubSub {
             .filter(|(_, s)| s.topic == topic)
             .map(|(n, _)| n.clone())
             .collect();
+        let faults = self.faults.clone();
         for name in names {
-            let faults = self.faults.clone();
             if faults.drop_rate > 0.0 && self.rng.unit() < faults.drop_rate {
                 self.stats.dropped += 1;
                 continue;

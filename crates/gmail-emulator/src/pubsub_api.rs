@@ -121,13 +121,18 @@ fn api(
     project: &str,
     call: impl FnOnce(&str) -> Result<Response, GoogleError>,
 ) -> Response {
-    let result = member(shared, headers).and_then(|member| {
-        if project != PROJECT {
-            return Err(denied());
-        }
-        call(&member)
-    });
-    result.unwrap_or_else(axum::response::IntoResponse::into_response)
+    caller(shared, headers, project)
+        .and_then(|member| call(&member))
+        .unwrap_or_else(axum::response::IntoResponse::into_response)
+}
+
+/// The caller's IAM member, for a call on this project's resources.
+fn caller(shared: &Shared, headers: &HeaderMap, project: &str) -> Result<String, GoogleError> {
+    let member = member(shared, headers)?;
+    if project != PROJECT {
+        return Err(denied());
+    }
+    Ok(member)
 }
 
 async fn topic_get(
@@ -310,10 +315,7 @@ async fn pull(
     full: &str,
     body: &[u8],
 ) -> Response {
-    let checked = member(shared, headers).and_then(|member| {
-        if project != PROJECT {
-            return Err(denied());
-        }
+    let checked = caller(shared, headers, project).and_then(|member| {
         let request: PullBody = parse(body)?;
         if request.max_messages <= 0 {
             return Err(GoogleError::invalid_argument(
