@@ -917,21 +917,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_password_file_others_can_read_is_refused() {
+    /// Settings whose `database.password_file` holds `s3cret` with `mode`.
+    fn with_password_file(dir: &Path, mode: u32) -> Settings {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let pw = dir.path().join("pw");
+        let pw = dir.join("pw");
         std::fs::write(&pw, "s3cret\n").unwrap();
-        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let s = load(
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(mode)).unwrap();
+        load(
             &format!(
                 "[database]\nurl = \"postgres://app@db/mail\"\npassword_file = {:?}\n",
                 pw.display().to_string()
             ),
             &[],
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_password_file_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = with_password_file(dir.path(), 0o640);
         let err = format!("{:#}", s.database.connect_url().unwrap_err());
         assert!(
             err.contains("database.password_file") && err.contains("chmod 600"),
@@ -943,20 +948,7 @@ mod tests {
     #[test]
     fn password_file_replaces_the_url_password() {
         let dir = tempfile::tempdir().unwrap();
-        let pw = dir.path().join("pw");
-        std::fs::write(&pw, "s3cret\n").unwrap();
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
-        let s = load(
-            &format!(
-                "[database]\nurl = \"postgres://app@db/mail\"\npassword_file = {:?}\n",
-                pw.display().to_string()
-            ),
-            &[],
-        )
-        .unwrap();
+        let s = with_password_file(dir.path(), 0o600);
         assert_eq!(
             s.database.connect_url().unwrap().expose(),
             "postgres://app:s3cret@db/mail"
