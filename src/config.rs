@@ -35,6 +35,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub integration: IntegrationSettings,
     pub oauth: OAuthSettings,
+    pub push: PushSettings,
     pub log: LogSettings,
 }
 
@@ -311,6 +312,10 @@ pub struct MethodCosts {
     pub messages_list: u32,
     pub messages_get: u32,
     pub attachments_get: u32,
+    /// `users.watch` (Gmail push).
+    pub watch: u32,
+    /// `users.stop`.
+    pub stop: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -424,6 +429,109 @@ impl OAuthSettings {
             shutdown_grace,
         }
     }
+}
+
+/// Gmail push through Cloud Pub/Sub: watches on the mailboxes, pulled
+/// notifications that make a mailbox due, polling kept as the safety net.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushSettings {
+    pub enabled: bool,
+    /// `projects/P/topics/T`; P must be the service account's project.
+    pub topic: String,
+    /// `projects/P/subscriptions/S`, a pull subscription on `topic`.
+    pub subscription: String,
+    /// How often a mailbox's watch is renewed (Google: daily; it lapses after 7 days).
+    #[serde(with = "humantime_serde")]
+    pub renew_interval: Duration,
+    /// With push on, a watched mailbox is still polled this often.
+    #[serde(with = "humantime_serde")]
+    pub fallback_poll_interval: Duration,
+    /// Empty = Google; the emulator's base URL in tests and the demo.
+    pub pubsub_base_url: String,
+}
+
+/// Google's limit on one watch's life: a watch not renewed within it lapses.
+pub const WATCH_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl PushSettings {
+    /// The project of `topic` (`projects/P/topics/T` → P), once validated.
+    pub fn topic_project(&self) -> Option<&str> {
+        resource_name(&self.topic, "topics").map(|(p, _)| p)
+    }
+
+    fn validate(&self, service_account_key_file: &std::path::Path) -> anyhow::Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.topic.trim().is_empty() {
+            bail!("configuration: push.topic must be set when push.enabled is true");
+        }
+        if self.subscription.trim().is_empty() {
+            bail!("configuration: push.subscription must be set when push.enabled is true");
+        }
+        let Some((topic_project, _)) = resource_name(&self.topic, "topics") else {
+            bail!(
+                "configuration: push.topic {:?} is not of the form projects/PROJECT/topics/TOPIC",
+                self.topic
+            );
+        };
+        let Some((sub_project, _)) = resource_name(&self.subscription, "subscriptions") else {
+            bail!(
+                "configuration: push.subscription {:?} is not of the form projects/PROJECT/subscriptions/SUBSCRIPTION",
+                self.subscription
+            );
+        };
+        if topic_project != sub_project {
+            bail!(
+                "configuration: push.topic is in project {topic_project:?} but push.subscription in {sub_project:?}: Gmail publishes only to topics of the calling project, pulled by its own subscriptions"
+            );
+        }
+        if service_account_key_file.as_os_str().is_empty() {
+            bail!(
+                "configuration: push.enabled needs google.service_account_key_file: the daemon pulls Pub/Sub as the service account itself"
+            );
+        }
+        if self.renew_interval < Duration::from_secs(60) || self.renew_interval >= WATCH_LIFETIME {
+            bail!(
+                "configuration: push.renew_interval must be at least 1m and under 7d (a watch lapses after 7 days)"
+            );
+        }
+        if self.fallback_poll_interval < Duration::from_secs(1) {
+            bail!("configuration: push.fallback_poll_interval must be at least 1s");
+        }
+        if !self.pubsub_base_url.trim().is_empty() {
+            let u = url::Url::parse(self.pubsub_base_url.trim()).map_err(|e| {
+                anyhow::anyhow!("configuration: push.pubsub_base_url is not a URL: {e}")
+            })?;
+            if !matches!(u.scheme(), "https" | "http") || u.host_str().is_none() {
+                bail!("configuration: push.pubsub_base_url must be an http(s) URL with a host");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `projects/P/<kind>/N` → (P, N), each non-empty and made of the characters
+/// Google allows in project IDs and resource names.
+fn resource_name<'a>(name: &'a str, kind: &str) -> Option<(&'a str, &'a str)> {
+    let mut parts = name.split('/');
+    let (Some("projects"), Some(project), Some(k), Some(id), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '+' | '%' | ':')
+            })
+    };
+    (k == kind && ok(project) && ok(id)).then_some((project, id))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -605,6 +713,7 @@ impl Settings {
                 "configuration: google.service_account_key_file must be set (it may be empty only when oauth.enabled is true)"
             );
         }
+        self.push.validate(&self.google.service_account_key_file)?;
         if !self.google.admin_subject.is_empty() {
             MailboxAddress::parse(&self.google.admin_subject)
                 .map_err(|e| anyhow::anyhow!("configuration: google.admin_subject: {e}"))?;
@@ -738,6 +847,77 @@ mod tests {
         assert_eq!(s.sync.method_costs.messages_get, 20);
         assert_eq!(s.http.shutdown_grace, Duration::from_secs(30));
         assert!(s.policy.four_eyes);
+    }
+
+    #[test]
+    fn push_is_refused_by_name_when_incomplete_or_malformed() {
+        let ok = "[push]\nenabled = true\ntopic = \"projects/p-1/topics/gmail\"\n\
+                  subscription = \"projects/p-1/subscriptions/ingest\"\n";
+        let s = load(ok, &[]).unwrap();
+        assert_eq!(s.push.topic_project(), Some("p-1"));
+        assert_eq!(s.push.renew_interval, Duration::from_secs(24 * 3600));
+        assert_eq!(s.push.fallback_poll_interval, Duration::from_secs(15 * 60));
+        assert_eq!(s.sync.method_costs.watch, 100);
+        assert_eq!(s.sync.method_costs.stop, 50);
+        // Off, nothing else is needed.
+        assert!(load("[push]\nenabled = false\n", &[]).is_ok());
+        for (broken, named) in [
+            (
+                ok.replace("topic = \"projects/p-1/topics/gmail\"", ""),
+                "push.topic must be set",
+            ),
+            (
+                ok.replace("subscription = \"projects/p-1/subscriptions/ingest\"", ""),
+                "push.subscription must be set",
+            ),
+            (
+                ok.replace("projects/p-1/topics/gmail", "gmail"),
+                "push.topic \"gmail\" is not of the form",
+            ),
+            (
+                ok.replace("topics/gmail", "subscriptions/gmail"),
+                "push.topic",
+            ),
+            (
+                ok.replace(
+                    "projects/p-1/subscriptions/ingest",
+                    "projects/p-1/subscriptions/",
+                ),
+                "push.subscription",
+            ),
+            (
+                ok.replace("projects/p-1/subscriptions", "projects/p-2/subscriptions"),
+                "in project \"p-1\" but push.subscription in \"p-2\"",
+            ),
+            (
+                format!("{ok}renew_interval = \"7d\"\n"),
+                "push.renew_interval",
+            ),
+            (
+                format!("{ok}renew_interval = \"10s\"\n"),
+                "push.renew_interval",
+            ),
+            (
+                format!("{ok}fallback_poll_interval = \"0s\"\n"),
+                "push.fallback_poll_interval",
+            ),
+            (
+                format!("{ok}pubsub_base_url = \"ftp://x\"\n"),
+                "push.pubsub_base_url",
+            ),
+            (
+                format!(
+                    "[google]\nservice_account_key_file = \"\"\n[oauth]\nenabled = true\nclient_id = \"1\"\n\
+                      client_secret_file = \"/s\"\ntoken_encryption_key_file = \"/k\"\n\
+                      public_base_url = \"https://i.example.com\"\n{ok}"
+                ),
+                "push.enabled needs google.service_account_key_file",
+            ),
+        ] {
+            let err = load(&broken, &[]).unwrap_err().to_string();
+            assert!(err.contains(named), "{named:?} not in {err:?}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
     }
 
     #[test]

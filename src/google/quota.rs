@@ -35,6 +35,8 @@ pub enum Method {
     MessagesList,
     MessagesGet,
     AttachmentsGet,
+    Watch,
+    Stop,
 }
 
 impl Method {
@@ -46,6 +48,8 @@ impl Method {
             Self::MessagesList => "gmail.users.messages.list",
             Self::MessagesGet => "gmail.users.messages.get",
             Self::AttachmentsGet => "gmail.users.messages.attachments.get",
+            Self::Watch => "gmail.users.watch",
+            Self::Stop => "gmail.users.stop",
         }
     }
 
@@ -57,6 +61,8 @@ impl Method {
             Self::MessagesList => costs.messages_list,
             Self::MessagesGet => costs.messages_get,
             Self::AttachmentsGet => costs.attachments_get,
+            Self::Watch => costs.watch,
+            Self::Stop => costs.stop,
         }
     }
 }
