@@ -997,6 +997,41 @@ struct StatusRow {
     /// Passes that found nothing to change (they write no `sync_runs` row).
     quiet_passes: i64,
     last_quiet_at: Option<DateTime<Utc>>,
+    /// The Gmail push watch.
+    watch: WatchView,
+}
+
+/// A mailbox's push watch as `status` shows it.
+#[derive(Serialize)]
+struct WatchView {
+    /// `live`, `lapsed`, `failed` or `none`.
+    state: crate::store::WatchState,
+    expires_at: Option<DateTime<Utc>>,
+    /// Why the last `users.watch` or `users.stop` failed.
+    error: Option<String>,
+    failed_at: Option<DateTime<Utc>>,
+}
+
+impl WatchView {
+    fn new(s: &crate::store::MailboxStatus, now: DateTime<Utc>) -> WatchView {
+        WatchView {
+            state: crate::store::WatchState::of(s.watch_expires_at, s.watch_error.as_deref(), now),
+            expires_at: s.watch_expires_at,
+            error: s.watch_error.clone(),
+            failed_at: s.watch_failed_at,
+        }
+    }
+
+    /// The WATCH cell: `until <time>`, `lapsed <time>`, `failed: <why>` or `-`.
+    fn cell(&self) -> String {
+        use crate::store::WatchState;
+        match (self.state, &self.error) {
+            (WatchState::Failed, Some(e)) => format!("failed: {e}"),
+            (WatchState::Live, _) => format!("until {}", fmt_time(self.expires_at)),
+            (WatchState::Lapsed, _) => format!("lapsed {}", fmt_time(self.expires_at)),
+            _ => "-".to_owned(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -1014,6 +1049,7 @@ async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
         .await?
         .into_iter()
         .map(|s| StatusRow {
+            watch: WatchView::new(&s, now),
             mailbox: s.mailbox.to_string(),
             subscription: s.status,
             phase: s.phase.map(|p| p.to_string()),
@@ -1074,6 +1110,7 @@ async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
                     "QUIET PASSES",
                     "FAILURES",
                     "LAST ERROR",
+                    "WATCH",
                     "BACKFILL",
                 ],
                 &report
@@ -1095,6 +1132,7 @@ async fn status(settings: Settings, format: Format) -> anyhow::Result<u8> {
                             r.quiet_passes.to_string(),
                             r.consecutive_failures.to_string(),
                             r.last_error.clone().unwrap_or_default(),
+                            r.watch.cell(),
                             backfill_cell(r),
                         ]
                     })

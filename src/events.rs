@@ -139,6 +139,18 @@ pub const METRICS: &[(&str, &str)] = &[
         "gmail_ingest_backfills_paced_total",
         "Backfill passes that stopped to wait for the daily budget, by kind.",
     ),
+    (
+        "gmail_ingest_watch_calls_total",
+        "Gmail push watch calls (users.watch, users.stop), by call and outcome class.",
+    ),
+    (
+        "gmail_ingest_watches_lapsed_total",
+        "Push watches found expired before they were renewed.",
+    ),
+    (
+        "gmail_ingest_watches",
+        "Subscribed mailboxes by push watch state (live, lapsed, failed, none).",
+    ),
 ];
 
 /// Registers the help texts (called once when the recorder is installed).
@@ -627,6 +639,99 @@ impl Reminder {
                 count = self.history_window_at_risk,
                 "Mailboxes have not synced for days and approach the history window; check `status`."
             );
+        }
+    }
+}
+
+/// One `users.watch` or `users.stop` call answered (after its retries).
+pub struct WatchCall {
+    /// `watch` or `stop`.
+    pub call: &'static str,
+    /// `ok` or an [`ErrorClass`] label.
+    pub outcome: &'static str,
+}
+
+impl WatchCall {
+    pub fn emit(&self) {
+        counter!("gmail_ingest_watch_calls_total", "call" => self.call, "outcome" => self.outcome)
+            .increment(1);
+    }
+}
+
+/// A pass made or renewed a mailbox's push watch.
+pub struct WatchMade<'a> {
+    pub mailbox: &'a MailboxAddress,
+    /// Why: `missing`, `lapsed`, `renewal`, `scope_changed` or `retry`.
+    pub reason: &'static str,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl WatchMade<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            mailbox = %self.mailbox,
+            reason = self.reason,
+            expires_at = %self.expires_at,
+            "Push watch made."
+        );
+    }
+}
+
+/// A mailbox's push watch had expired before it was renewed: its changes
+/// were not notified meanwhile (the fallback poll still read them).
+pub struct WatchLapsed<'a> {
+    pub mailbox: &'a MailboxAddress,
+}
+
+impl WatchLapsed<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(mailbox = %self.mailbox, "Push watch had lapsed; renewing it.");
+        counter!("gmail_ingest_watches_lapsed_total").increment(1);
+    }
+}
+
+/// A `users.watch` or `users.stop` failed: the mailbox is polled as
+/// without push meanwhile, and `status` says why.
+pub struct WatchFailed<'a> {
+    pub mailbox: &'a MailboxAddress,
+    /// `watch` or `stop`.
+    pub call: &'static str,
+    pub error: &'a str,
+}
+
+impl WatchFailed<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            mailbox = %self.mailbox,
+            call = self.call,
+            error = self.error,
+            "Push watch call failed; the mailbox is polled meanwhile."
+        );
+    }
+}
+
+/// A mailbox no longer active had its push watch stopped.
+pub struct WatchStopped<'a> {
+    pub mailbox: &'a MailboxAddress,
+    /// The subscription's status that called for it.
+    pub status: &'static str,
+}
+
+impl WatchStopped<'_> {
+    pub fn emit(&self) {
+        tracing::info!(mailbox = %self.mailbox, status = self.status, "Push watch stopped.");
+    }
+}
+
+/// Subscribed (active) mailboxes by push watch state, from the fleet snapshot.
+pub struct WatchGauge<'a> {
+    pub by_state: &'a [(&'static str, u64)],
+}
+
+impl WatchGauge<'_> {
+    pub fn emit(&self) {
+        for (state, n) in self.by_state {
+            gauge!("gmail_ingest_watches", "state" => *state).set(*n as f64);
         }
     }
 }

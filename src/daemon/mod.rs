@@ -10,6 +10,7 @@
 pub mod lease;
 pub mod notify;
 pub mod scheduler;
+pub mod watches;
 pub mod worker;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use self::worker::{Pool, ResyncRequests};
 use crate::domain::{MailboxAddress, SubscriptionStatus, SyncPhase};
 use crate::events;
 use crate::http::Health;
+use crate::store::WatchState;
 use crate::sync::context::SyncContext;
 use crate::sync::gate;
 
@@ -232,6 +234,23 @@ async fn handle_tick(tick: Tick, pool: &Pool, health: &Health, tracker: &TaskTra
                 }
             });
         }
+        Tick::WatchStop => {
+            if !health.integration_enabled {
+                return;
+            }
+            let ctx = pool.ctx.clone();
+            let token = pool.shutdown.clone();
+            tracker.spawn(async move {
+                tokio::select! {
+                    () = token.cancelled() => {}
+                    r = watches::stop_unadmitted(&ctx) => {
+                        if let Err(e) = r {
+                            tracing::warn!(error = %format!("{e:#}"), "Stopping push watches failed; retrying at the next tick.");
+                        }
+                    }
+                }
+            });
+        }
         Tick::Fleet | Tick::Reminder => match fleet_snapshot(&pool.ctx).await {
             Ok(f) if tick == Tick::Reminder => {
                 health.auth_failed.store(f.auth_failed, Ordering::Relaxed);
@@ -308,6 +327,7 @@ async fn fleet_snapshot(ctx: &SyncContext) -> anyhow::Result<Fleet> {
     let mut by_phase: Vec<(SyncPhase, u64)> = SyncPhase::ALL.iter().map(|p| (*p, 0)).collect();
     let mut oldest: Option<chrono::Duration> = None;
     let mut at_risk = 0u64;
+    let mut watches: Vec<(WatchState, u64)> = WatchState::ALL.iter().map(|w| (*w, 0)).collect();
     let window = chrono::Duration::from_std(ctx.settings.sync.history_window_alert)
         .unwrap_or_else(|_| chrono::Duration::days(5));
     // A set, not a scan of `subs` per state: at 10,000 mailboxes that was
@@ -322,6 +342,10 @@ async fn fleet_snapshot(ctx: &SyncContext) -> anyhow::Result<Fleet> {
             continue;
         }
         if let Some(e) = by_phase.iter_mut().find(|(p, _)| *p == st.phase) {
+            e.1 += 1;
+        }
+        let watch = st.watch_state(now);
+        if let Some(e) = watches.iter_mut().find(|(w, _)| *w == watch) {
             e.1 += 1;
         }
         if let Some(t) = st.last_success_at {
@@ -341,6 +365,12 @@ async fn fleet_snapshot(ctx: &SyncContext) -> anyhow::Result<Fleet> {
         oldest_lag: oldest.and_then(|d| d.to_std().ok()),
         reviews_overdue: overdue,
         history_window_at_risk: at_risk,
+    }
+    .emit();
+    let by_state: Vec<(&'static str, u64)> =
+        watches.iter().map(|(w, n)| (w.as_str(), *n)).collect();
+    events::WatchGauge {
+        by_state: &by_state,
     }
     .emit();
     let auth_failed = by_phase

@@ -29,6 +29,8 @@ pub enum Tick {
     Reminder,
     /// Delete `sync_runs` past `sync.run_retention` and old quota windows.
     Housekeeping,
+    /// Stop the push watches of mailboxes no longer active (with push on).
+    WatchStop,
 }
 
 /// How often the dispatcher looks for due mailboxes: a tenth of the poll
@@ -75,6 +77,11 @@ pub async fn start(settings: &Settings, tx: mpsc::Sender<Tick>) -> anyhow::Resul
     sched
         .add(repeated(Duration::from_secs(30), &tx, Tick::Fleet)?)
         .await?;
+    if settings.push.enabled {
+        sched
+            .add(repeated(super::watches::STOP_TICK, &tx, Tick::WatchStop)?)
+            .await?;
+    }
     sched
         .add(repeated(Duration::from_secs(3600), &tx, Tick::Reminder)?)
         .await?;

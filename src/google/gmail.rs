@@ -132,6 +132,15 @@ pub struct HistoryPage {
     pub history_id: Option<HistoryId>,
 }
 
+/// A push watch Google made (`users.watch`): the mailbox's history position
+/// when it was made and when Gmail stops publishing for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watch {
+    pub history_id: HistoryId,
+    /// From the response's `expiration` (epoch milliseconds).
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
 #[derive(Debug, Clone)]
 pub struct LabelInfo {
     pub id: String,
@@ -515,5 +524,65 @@ impl MailboxGmail {
                 })
             })
             .collect())
+    }
+
+    /// `users.watch`: asks Gmail to publish the mailbox's changes to `topic`
+    /// (`projects/P/topics/T`), only those touching `label_ids`
+    /// (`labelFilterBehavior` "include") when there are any. Replaces any
+    /// watch the mailbox had.
+    pub async fn watch(&self, topic: &str, label_ids: &[String]) -> Result<Watch, GoogleError> {
+        let m = Method::Watch;
+        let request = google_gmail1::api::WatchRequest {
+            topic_name: Some(topic.to_owned()),
+            label_ids: (!label_ids.is_empty()).then(|| label_ids.to_vec()),
+            label_filter_behavior: (!label_ids.is_empty()).then(|| "include".to_owned()),
+            label_filter_action: None,
+        };
+        let resp = self
+            .call(m, |hub, scopes| {
+                let request = request.clone();
+                async move {
+                    let mut cap = Capture::default();
+                    let mut call = hub.users().watch(request, "me").delegate(&mut cap);
+                    for s in &scopes {
+                        call = call.add_scope(s);
+                    }
+                    let r = call.doit().await.map(|(_, p)| p);
+                    (cap, r)
+                }
+            })
+            .await?;
+        let malformed = |what: &str| {
+            GoogleError::new(
+                ErrorClass::Fatal,
+                m.id(),
+                format!("malformed response: {what}"),
+            )
+        };
+        let history_id =
+            history_id(m.id(), resp.history_id)?.ok_or_else(|| malformed("no historyId"))?;
+        let expires_at = resp
+            .expiration
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .ok_or_else(|| malformed("no valid expiration"))?;
+        Ok(Watch {
+            history_id,
+            expires_at,
+        })
+    }
+
+    /// `users.stop`: ends the mailbox's watch (Gmail answers the same whether
+    /// or not there was one). Reads nothing.
+    pub async fn stop(&self) -> Result<(), GoogleError> {
+        self.call(Method::Stop, |hub, scopes| async move {
+            let mut cap = Capture::default();
+            let mut call = hub.users().stop("me").delegate(&mut cap);
+            for s in &scopes {
+                call = call.add_scope(s);
+            }
+            let r = call.doit().await.map(|_| ());
+            (cap, r)
+        })
+        .await
     }
 }

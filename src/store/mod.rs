@@ -25,7 +25,7 @@
 //! - `text.rs`: NUL stripping, JSON string arrays, full-text search words.
 //! - `sql/`: the statements both backends share, one file per concern
 //!   (`subscriptions`, `oauth`, `leases`, `batches`, `runs`, `messages`,
-//!   `quota`, `housekeeping`), each a macro the backends expand.
+//!   `quota`, `housekeeping`, `watches`), each a macro the backends expand.
 //! - `sqlite.rs`, `postgres.rs`: the backends and their dialect SQL; neither
 //!   imports the other.
 //! - `migrations.rs`: sqlx's `Migrator` for each dialect.
@@ -77,7 +77,7 @@ pub use model::{
     MailboxStatus, MembershipChanges, MessageChange, MessageUpsert, NewSubscription, OAuthConsent,
     OAuthToken, Pruned, PurgeCounts, QuotaWait, ReviewSnapshot, SearchHit, Subscription,
     SubscriptionChange, SubscriptionEvent, SubscriptionUpdate, SyncBatch, SyncRunRow, SyncState,
-    UNFETCHED_PREFIX,
+    UNFETCHED_PREFIX, WatchState, WatchToStop,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -676,6 +676,71 @@ impl Store {
         run: &SyncRunRow,
     ) -> Result<(), StoreError> {
         dispatch!(self, s => s.record_quota_wait(l, until, reason, run).await)
+    }
+
+    // -- push watches -------------------------------------------------------
+
+    /// Records the watch a pass made (`users.watch`): its expiry, `now` as
+    /// its renewal, the label scope it was made for, and no error. Fenced by
+    /// the lease alone, like [`Store::record_stop`]: not a checkpoint
+    /// ([`StoreError::LeaseLost`] otherwise).
+    pub async fn record_watch(
+        &self,
+        l: &Lease,
+        expires_at: DateTime<Utc>,
+        label_scope: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.record_watch(l, expires_at, label_scope, now).await)
+    }
+
+    /// Records why the pass's `users.watch` failed, at `now` (the watch
+    /// columns are kept: a watch made before may still be live). Fenced by
+    /// the lease alone.
+    pub async fn record_watch_failure(
+        &self,
+        l: &Lease,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.record_watch_failure(l, error, now).await)
+    }
+
+    /// Up to `limit` watches to end with `users.stop`: mailboxes whose
+    /// subscription is pending, paused, suspended or removed and whose
+    /// watch expires after `now`, by mailbox. (A mailbox in `auth_failed`
+    /// is still active and keeps its watch.) Reads from the subscriptions
+    /// that are not active, never the active fleet.
+    pub async fn watches_to_stop(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<WatchToStop>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        dispatch!(self, s => s.watches_to_stop(now, limit).await)
+    }
+
+    /// Claims the stop of `w`: clears the watch columns if the stored expiry
+    /// is still `w.expires_at` and the subscription still not active.
+    /// Returns whether this caller won (then it, and only it, calls
+    /// `users.stop`).
+    pub async fn take_watch_to_stop(
+        &self,
+        w: &WatchToStop,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.take_watch_to_stop(w, now).await)
+    }
+
+    /// Records why a `users.stop` taken with [`Store::take_watch_to_stop`]
+    /// failed; not when a new watch was recorded since.
+    pub async fn record_watch_stop_failure(
+        &self,
+        m: &MailboxAddress,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.record_watch_stop_failure(m, error, now).await)
     }
 
     /// Runs a read-only analyst query and returns how many rows it produced

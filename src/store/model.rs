@@ -271,6 +271,84 @@ pub struct SyncState {
     pub quiet_passes: i64,
     /// When the last quiet pass ended.
     pub last_quiet_at: Option<DateTime<Utc>>,
+    /// When the mailbox's push watch (`users.watch`) expires, as Google
+    /// said; `None` when it has none (never made, or stopped).
+    pub watch_expires_at: Option<DateTime<Utc>>,
+    /// When the watch was last made or renewed.
+    pub watch_renewed_at: Option<DateTime<Utc>>,
+    /// The label scope (IDs) the watch was made for, so that a scope change
+    /// renews it.
+    pub watch_label_scope: Option<Vec<String>>,
+    /// Why the last `users.watch` or `users.stop` failed (`None` once one
+    /// succeeds), and when.
+    pub watch_error: Option<String>,
+    pub watch_failed_at: Option<DateTime<Utc>>,
+    /// The highest historyId a push notification named, and when it came.
+    pub notified_history_id: Option<HistoryId>,
+    pub notified_at: Option<DateTime<Utc>>,
+}
+
+impl SyncState {
+    /// Where the mailbox's push watch stands at `now`.
+    pub fn watch_state(&self, now: DateTime<Utc>) -> WatchState {
+        WatchState::of(self.watch_expires_at, self.watch_error.as_deref(), now)
+    }
+}
+
+/// Where a mailbox's push watch stands (the `state` label of the watch
+/// gauge, and what `status` shows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchState {
+    /// Google publishes its changes: it expires in the future and the last
+    /// watch call succeeded. Only then is it polled at
+    /// `push.fallback_poll_interval` instead of `sync.poll_interval`.
+    Live,
+    /// It had a watch that expired without being renewed.
+    Lapsed,
+    /// The last `users.watch` or `users.stop` failed (`watch_error` says why).
+    Failed,
+    /// It has no watch.
+    None,
+}
+
+impl WatchState {
+    pub const ALL: &'static [WatchState] = &[
+        WatchState::Live,
+        WatchState::Lapsed,
+        WatchState::Failed,
+        WatchState::None,
+    ];
+
+    pub fn of(expires_at: Option<DateTime<Utc>>, error: Option<&str>, now: DateTime<Utc>) -> Self {
+        match (error, expires_at) {
+            (Some(_), _) => WatchState::Failed,
+            (None, Some(t)) if t > now => WatchState::Live,
+            (None, Some(_)) => WatchState::Lapsed,
+            (None, None) => WatchState::None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchState::Live => "live",
+            WatchState::Lapsed => "lapsed",
+            WatchState::Failed => "failed",
+            WatchState::None => "none",
+        }
+    }
+}
+
+/// A push watch to end with `users.stop`: the mailbox's subscription is no
+/// longer active, and the watch has not expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchToStop {
+    pub mailbox: MailboxAddress,
+    /// Through whose credentials `users.stop` is called.
+    pub auth_mode: AuthMode,
+    pub status: SubscriptionStatus,
+    /// The stored expiry: what the compare-and-set that claims the stop matches.
+    pub expires_at: DateTime<Utc>,
 }
 
 /// A mailbox as the `status` command shows it.
@@ -297,6 +375,10 @@ pub struct MailboxStatus {
     pub full_sync: Option<FullSyncProgress>,
     /// Set while the mailbox's backfill waits for the daily budget.
     pub quota_wait: Option<QuotaWait>,
+    /// The push watch's expiry, and why its last call failed, if it did.
+    pub watch_expires_at: Option<DateTime<Utc>>,
+    pub watch_error: Option<String>,
+    pub watch_failed_at: Option<DateTime<Utc>>,
 }
 
 /// Where a full sync (or resync) stands, kept in `sync_state` for `status`.

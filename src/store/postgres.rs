@@ -215,6 +215,7 @@ sql::message_statements!(
 sql::quota_statements!(PgStore, Postgres);
 sql::budget_statements!(PgStore, Postgres);
 sql::housekeeping_statements!(PgStore, Postgres);
+sql::watch_statements!(PgStore, Postgres);
 
 /// A connection failure in one short clause, without the URL or password.
 fn describe(e: &sqlx::Error) -> String {

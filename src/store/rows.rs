@@ -185,6 +185,13 @@ row_struct! {
         updated_at: DateTime<Utc>,
         quiet_passes: i64,
         last_quiet_at: Option<DateTime<Utc>>,
+        watch_expires_at: Option<DateTime<Utc>>,
+        watch_renewed_at: Option<DateTime<Utc>>,
+        watch_label_scope: Option<String>,
+        watch_error: Option<String>,
+        watch_failed_at: Option<DateTime<Utc>>,
+        notified_history_id: Option<i64>,
+        notified_at: Option<DateTime<Utc>>,
     }
 }
 
@@ -209,6 +216,13 @@ impl TryFrom<SyncStateRow> for SyncState {
             updated_at: r.updated_at,
             quiet_passes: r.quiet_passes,
             last_quiet_at: r.last_quiet_at,
+            watch_expires_at: r.watch_expires_at,
+            watch_renewed_at: r.watch_renewed_at,
+            watch_label_scope: r.watch_label_scope.as_deref().map(parse_json_strings),
+            watch_error: r.watch_error,
+            watch_failed_at: r.watch_failed_at,
+            notified_history_id: history(r.notified_history_id)?,
+            notified_at: r.notified_at,
         })
     }
 }
@@ -234,6 +248,9 @@ row_struct! {
         quota_wait_reason: Option<String>,
         quiet_passes: i64,
         last_quiet_at: Option<DateTime<Utc>>,
+        watch_expires_at: Option<DateTime<Utc>>,
+        watch_error: Option<String>,
+        watch_failed_at: Option<DateTime<Utc>>,
     }
 }
 
@@ -264,6 +281,9 @@ impl TryFrom<StatusRow> for MailboxStatus {
             }),
             quiet_passes: r.quiet_passes,
             last_quiet_at: r.last_quiet_at,
+            watch_expires_at: r.watch_expires_at,
+            watch_error: r.watch_error,
+            watch_failed_at: r.watch_failed_at,
         })
     }
 }

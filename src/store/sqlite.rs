@@ -217,6 +217,7 @@ sql::message_statements!(
 sql::quota_statements!(SqliteStore, Sqlite);
 sql::budget_statements!(SqliteStore, Sqlite);
 sql::housekeeping_statements!(SqliteStore, Sqlite);
+sql::watch_statements!(SqliteStore, Sqlite);
 
 #[cfg(test)]
 mod tests {

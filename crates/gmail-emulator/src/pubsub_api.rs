@@ -417,6 +417,8 @@ async fn state(State(shared): State<Arc<Shared>>) -> Response {
                     "topic": w.topic,
                     "expiration_ms": w.expiration_ms,
                     "live": w.expiration_ms > now,
+                    "label_ids": u.mailbox.label_names_of(w.labels),
+                    "label_filter_behavior": if w.include { "include" } else { "exclude" },
                 })
             })
         })

@@ -12,7 +12,9 @@ macro_rules! sync_state_columns {
     () => {
         "mailbox, phase, history_id, page_token, full_sync_history_id, full_sync_generation, \
          applied_label_scope, last_success_at, next_poll_at, consecutive_failures, last_error, lease_owner, \
-         lease_epoch, lease_expires_at, updated_at, quiet_passes, last_quiet_at"
+         lease_epoch, lease_expires_at, updated_at, quiet_passes, last_quiet_at, \
+         watch_expires_at, watch_renewed_at, watch_label_scope, watch_error, watch_failed_at, \
+         notified_history_id, notified_at"
     };
 }
 
@@ -76,6 +78,7 @@ macro_rules! lease_statements {
                              t.full_sync_started_at, t.full_sync_listed, t.full_sync_fetched, \
                              t.full_sync_estimated_total, t.quota_wait_until, t.quota_wait_reason, \
                              COALESCE(t.quiet_passes, 0) AS quiet_passes, t.last_quiet_at, \
+                             t.watch_expires_at, t.watch_error, t.watch_failed_at, \
                              (SELECT COUNT(*) FROM messages m \
                               WHERE m.mailbox = s.mailbox AND m.deleted_at IS NULL) AS messages \
                              FROM subscriptions s LEFT JOIN sync_state t ON t.mailbox = s.mailbox \

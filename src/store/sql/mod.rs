@@ -36,6 +36,7 @@ mod oauth;
 mod quota;
 mod runs;
 mod subscriptions;
+mod watches;
 
 pub(crate) use batches::batch_statements;
 pub(crate) use budget::budget_statements;
@@ -47,6 +48,7 @@ pub(crate) use oauth::oauth_statements;
 pub(crate) use quota::quota_statements;
 pub(crate) use runs::run_statements;
 pub(crate) use subscriptions::{subscription_columns, subscription_statements};
+pub(crate) use watches::watch_statements;
 
 /// Timestamps are kept at microsecond precision (PostgreSQL's), so a value
 /// read back equals the value written on both backends.

@@ -97,6 +97,9 @@ pub(super) struct Run<'a> {
     seen: Option<Seen>,
     /// The next poll time the pass's last batch released the lease with.
     released_at: Option<DateTime<Utc>>,
+    /// The mailbox has a live push watch (set by the pass's watch step):
+    /// a completed pass is due again after `push.fallback_poll_interval`.
+    pub(super) watch_live: bool,
 }
 
 impl<'a> Run<'a> {
@@ -117,6 +120,7 @@ impl<'a> Run<'a> {
             },
             seen: None,
             released_at: None,
+            watch_live: false,
         }
     }
 
@@ -149,10 +153,21 @@ impl<'a> Run<'a> {
         self.ctx.settings.sync.poll_interval
     }
 
+    /// The poll interval after a completed pass: `push.fallback_poll_interval`
+    /// while the mailbox has a live push watch (its notifications make it
+    /// due sooner), else `sync.poll_interval`.
+    fn poll_after_success(&self) -> Duration {
+        if self.watch_live {
+            self.ctx.settings.push.fallback_poll_interval
+        } else {
+            self.poll()
+        }
+    }
+
     /// When a pass that completes now is due again: what its last batch
     /// releases the lease with.
     pub(super) fn next_after_success(&self) -> DateTime<Utc> {
-        self.schedule.after_success(self.poll())
+        self.schedule.after_success(self.poll_after_success())
     }
 
     /// The last batch committed and released the lease with `at`.
@@ -166,7 +181,7 @@ impl<'a> Run<'a> {
         self.report.lease_released = self.released_at.is_some();
         self.report.next_poll_at = Some(
             self.released_at
-                .unwrap_or_else(|| self.schedule.after_success(self.poll())),
+                .unwrap_or_else(|| self.schedule.after_success(self.poll_after_success())),
         );
     }
 

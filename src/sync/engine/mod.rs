@@ -22,7 +22,8 @@
 //! choice between full and incremental; `full` lists the mailbox, `incremental`
 //! replays history, `fetch` is the one fetch-with-give-up policy (and the
 //! placeholders), `failure` records a failed pass and its backoff,
-//! `standing` stops a pass the moment a decision no longer admits it.
+//! `standing` stops a pass the moment a decision no longer admits it,
+//! `watch` keeps the mailbox's Gmail push watch when push is on.
 //!
 //! Decisions take effect during a pass: it starts only for an active
 //! subscription while `integration.enabled`, pins the `auth_mode` it read on
@@ -35,6 +36,7 @@ mod fetch;
 mod full;
 mod incremental;
 mod standing;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use self::failure::{ErrorType, failure_backoff};
+pub use self::watch::WATCH_RETRY_AFTER;
 use self::failure::{Failure, Run};
 use self::standing::{Stop, Watch};
 use crate::domain::{
@@ -523,6 +526,7 @@ impl Pass<'_> {
         tracing::Span::current().record("phase", SyncKind::Incremental.as_str());
         self.run.report.kinds.push(SyncKind::Incremental);
         let started = self.run.started;
+        self.keep_watch(&state).await?;
         match self.incremental(&state, started).await {
             Err(PassError::Google(e)) if e.class == ErrorClass::HistoryExpired => {
                 events::HistoryExpired {
@@ -557,6 +561,7 @@ impl Pass<'_> {
         self.run.report.kinds.push(kind);
         let state = self.full_sync(state, kind, Utc::now(), fresh).await?;
         self.run.report.kinds.push(SyncKind::Incremental);
+        self.keep_watch(&state).await?;
         self.incremental(&state, Utc::now()).await.map(|_| ())
     }
 
@@ -660,6 +665,13 @@ fn initial_state(lease: &Lease) -> SyncState {
         updated_at: Utc::now(),
         quiet_passes: 0,
         last_quiet_at: None,
+        watch_expires_at: None,
+        watch_renewed_at: None,
+        watch_label_scope: None,
+        watch_error: None,
+        watch_failed_at: None,
+        notified_history_id: None,
+        notified_at: None,
     }
 }
 
