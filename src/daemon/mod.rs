@@ -87,6 +87,9 @@ pub async fn run(
     let _ = tx.try_send(Tick::Fleet);
     let _ = tx.try_send(Tick::Housekeeping);
     let _ = tx.try_send(Tick::GroupRecheck);
+    if settings.push.enabled {
+        let _ = tx.try_send(Tick::WatchStop);
+    }
 
     let pool = Pool {
         ctx: ctx.clone(),

@@ -2408,3 +2408,129 @@ pub async fn org_unit_admission_is_recorded_and_cleared(store: &Store) {
         .unwrap();
     assert_eq!(s.org_unit_allowed_at, None);
 }
+
+/// A pass's watch records are fenced by its lease alone (a stale lease is
+/// refused, a paused subscription is not); the mailboxes to stop are those
+/// not active with a watch that has not expired, and the compare-and-set
+/// hands each stop to one caller only; a stop's failure is recorded.
+pub async fn push_watches_are_recorded_and_stopped_once(store: &Store) {
+    let m = mailbox("watch@example.com");
+    active_subscription(store, &m).await;
+    let l = lease(store, &m).await;
+    let t0 = now();
+    let expires = t0 + TimeDelta::days(7);
+    let scope = vec!["INBOX".to_owned()];
+    store.record_watch(&l, expires, &scope, t0).await.unwrap();
+    let st = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(st.watch_expires_at, Some(expires));
+    assert_eq!(st.watch_renewed_at, Some(t0));
+    assert_eq!(st.watch_label_scope, Some(scope.clone()));
+    assert_eq!(st.watch_state(t0), super::WatchState::Live);
+    assert_eq!(
+        st.watch_state(expires + TimeDelta::seconds(1)),
+        super::WatchState::Lapsed
+    );
+    let status = store.mailbox_statuses().await.unwrap();
+    assert_eq!(status[0].watch_expires_at, Some(expires));
+
+    // A failure keeps the watch columns and says why; a success clears it.
+    store
+        .record_watch_failure(&l, "users.watch failed: no grant", t0)
+        .await
+        .unwrap();
+    let st = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(st.watch_error.as_deref(), Some("users.watch failed: no grant"));
+    assert_eq!(st.watch_failed_at, Some(t0));
+    assert_eq!(st.watch_expires_at, Some(expires));
+    assert_eq!(st.watch_state(t0), super::WatchState::Failed);
+    store.record_watch(&l, expires, &scope, t0).await.unwrap();
+    let st = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!((st.watch_error, st.watch_failed_at), (None, None));
+
+    // A stale lease is refused.
+    let stale = Lease {
+        epoch: l.epoch - 1,
+        ..l.clone()
+    };
+    assert!(matches!(
+        store.record_watch(&stale, expires, &scope, t0).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        store.record_watch_failure(&stale, "x", t0).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+
+    // Active: nothing to stop.
+    assert!(store.watches_to_stop(t0, 10).await.unwrap().is_empty());
+
+    // Paused: the lease still records (not a checkpoint), and the watch is listed.
+    store
+        .update_subscription(&transition(
+            &m,
+            SubscriptionStatus::Active,
+            SubscriptionAction::Pause,
+        ))
+        .await
+        .unwrap();
+    store.record_watch(&l, expires, &scope, t0).await.unwrap();
+    let other = mailbox("expired-watch@example.com");
+    active_subscription(store, &other).await;
+    let lo = lease(store, &other).await;
+    store
+        .record_watch(&lo, t0 - TimeDelta::seconds(1), &[], t0)
+        .await
+        .unwrap();
+    store
+        .update_subscription(&transition(
+            &other,
+            SubscriptionStatus::Active,
+            SubscriptionAction::Pause,
+        ))
+        .await
+        .unwrap();
+    let due = store.watches_to_stop(t0, 10).await.unwrap();
+    assert_eq!(due.len(), 1, "an expired watch needs no stop: {due:?}");
+    assert_eq!(due[0].mailbox, m);
+    assert_eq!(due[0].status, SubscriptionStatus::Paused);
+    assert_eq!(due[0].auth_mode, AuthMode::Delegated);
+    assert_eq!(due[0].expires_at, expires);
+
+    // One caller wins the stop.
+    assert!(store.take_watch_to_stop(&due[0], t0).await.unwrap());
+    assert!(!store.take_watch_to_stop(&due[0], t0).await.unwrap());
+    let st = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(st.watch_expires_at, None);
+    assert_eq!(st.watch_state(t0), super::WatchState::None);
+    assert!(store.watches_to_stop(t0, 10).await.unwrap().is_empty());
+    store
+        .record_watch_stop_failure(&m, "users.stop failed: x; the watch lapses at y", t0)
+        .await
+        .unwrap();
+    let st = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(
+        st.watch_error.as_deref(),
+        Some("users.stop failed: x; the watch lapses at y")
+    );
+
+    // A stop is not taken once the subscription is active again.
+    store
+        .update_subscription(&transition(
+            &m,
+            SubscriptionStatus::Paused,
+            SubscriptionAction::Resume,
+        ))
+        .await
+        .unwrap();
+    let l = lease(store, &m).await;
+    store.record_watch(&l, expires, &scope, t0).await.unwrap();
+    let stale_claim = super::WatchToStop {
+        expires_at: expires,
+        ..due[0].clone()
+    };
+    assert!(!store.take_watch_to_stop(&stale_claim, t0).await.unwrap());
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().watch_expires_at,
+        Some(expires)
+    );
+}

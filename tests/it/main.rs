@@ -28,6 +28,7 @@ mod oauth;
 mod outage;
 mod pg;
 mod push_helpers;
+mod push_watch;
 mod replica_helpers;
 mod replicas;
 mod scope;

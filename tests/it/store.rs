@@ -72,6 +72,7 @@ conformance_tests!(
     quiet_passes_are_counted_not_rowed,
     the_schedule_follows_the_subscription_status,
     org_unit_admission_is_recorded_and_cleared,
+    push_watches_are_recorded_and_stopped_once,
 );
 
 // -- connection errors ------------------------------------------------------
