@@ -2439,7 +2439,10 @@ pub async fn push_watches_are_recorded_and_stopped_once(store: &Store) {
         .await
         .unwrap();
     let st = store.sync_state(&m).await.unwrap().unwrap();
-    assert_eq!(st.watch_error.as_deref(), Some("users.watch failed: no grant"));
+    assert_eq!(
+        st.watch_error.as_deref(),
+        Some("users.watch failed: no grant")
+    );
     assert_eq!(st.watch_failed_at, Some(t0));
     assert_eq!(st.watch_expires_at, Some(expires));
     assert_eq!(st.watch_state(t0), super::WatchState::Failed);
@@ -2530,7 +2533,12 @@ pub async fn push_watches_are_recorded_and_stopped_once(store: &Store) {
     };
     assert!(!store.take_watch_to_stop(&stale_claim, t0).await.unwrap());
     assert_eq!(
-        store.sync_state(&m).await.unwrap().unwrap().watch_expires_at,
+        store
+            .sync_state(&m)
+            .await
+            .unwrap()
+            .unwrap()
+            .watch_expires_at,
         Some(expires)
     );
 }

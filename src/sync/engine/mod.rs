@@ -47,9 +47,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use self::failure::{ErrorType, failure_backoff};
-pub use self::watch::WATCH_RETRY_AFTER;
 use self::failure::{Failure, Run};
 use self::standing::{Stop, Watch};
+pub use self::watch::WATCH_RETRY_AFTER;
 use crate::domain::{
     AuthMode, HistoryId, MailboxAddress, StopDecision, SubscriptionStatus, SyncPhase,
 };
