@@ -217,6 +217,7 @@ sql::message_statements!(
 sql::quota_statements!(SqliteStore, Sqlite);
 sql::budget_statements!(SqliteStore, Sqlite);
 sql::housekeeping_statements!(SqliteStore, Sqlite);
+sql::push_statements!(SqliteStore, Sqlite, share_lock(""), row_lock(""));
 
 #[cfg(test)]
 mod tests {

@@ -72,6 +72,8 @@ conformance_tests!(
     quiet_passes_are_counted_not_rowed,
     the_schedule_follows_the_subscription_status,
     org_unit_admission_is_recorded_and_cleared,
+    notifications_make_an_idle_mailbox_behind_them_due,
+    a_notification_that_arrives_mid_pass_is_not_lost,
 );
 
 // -- connection errors ------------------------------------------------------
