@@ -909,7 +909,8 @@ pub async fn check(settings: &Settings, only: Option<&MailboxAddress>) -> anyhow
     }
 
     // Gmail push: what the admin must have created and granted in Pub/Sub.
-    if let Some(pubsub) = crate::google::pubsub::PubSub::from_settings(google.clone(), &settings.push)
+    if let Some(pubsub) =
+        crate::google::pubsub::PubSub::from_settings(google.clone(), &settings.push)
     {
         for line in pubsub.check().await {
             report(line.ok, line.text);

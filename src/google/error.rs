@@ -433,7 +433,11 @@ mod tests {
 
     #[test]
     fn pubsub_refusals_are_the_service_accounts_not_a_mailboxs() {
-        let b = body(403, "forbidden", "User not authorized to perform this action.");
+        let b = body(
+            403,
+            "forbidden",
+            "User not authorized to perform this action.",
+        );
         let e = classify_http(
             "pubsub.projects.subscriptions.pull",
             Some(403),

@@ -463,12 +463,12 @@ mod tests {
 
     #[test]
     fn a_notification_names_a_mailbox_and_a_history_id_as_number_or_string() {
-        let n = Notification::decode(br#"{"emailAddress":"a@example.com","historyId":1234}"#)
-            .unwrap();
+        let n =
+            Notification::decode(br#"{"emailAddress":"a@example.com","historyId":1234}"#).unwrap();
         assert_eq!(n.mailbox.as_str(), "a@example.com");
         assert_eq!(n.history_id.get(), 1234);
-        let s = Notification::decode(br#"{"emailAddress":"a@example.com","historyId":"99"}"#)
-            .unwrap();
+        let s =
+            Notification::decode(br#"{"emailAddress":"a@example.com","historyId":"99"}"#).unwrap();
         assert_eq!(s.history_id.get(), 99);
     }
 
@@ -477,11 +477,23 @@ mod tests {
         for (data, want) in [
             (&b"SECRETSECRET"[..], "not JSON"),
             (br#"{"historyId":1}"#, "no emailAddress"),
-            (br#"{"emailAddress":"not an address","historyId":1}"#, "emailAddress is invalid"),
+            (
+                br#"{"emailAddress":"not an address","historyId":1}"#,
+                "emailAddress is invalid",
+            ),
             (br#"{"emailAddress":"a@example.com"}"#, "no historyId"),
-            (br#"{"emailAddress":"a@example.com","historyId":-1}"#, "historyId"),
-            (br#"{"emailAddress":"a@example.com","historyId":"12x"}"#, "historyId is invalid"),
-            (br#"{"emailAddress":"a@example.com","historyId":1.5}"#, "historyId"),
+            (
+                br#"{"emailAddress":"a@example.com","historyId":-1}"#,
+                "historyId",
+            ),
+            (
+                br#"{"emailAddress":"a@example.com","historyId":"12x"}"#,
+                "historyId is invalid",
+            ),
+            (
+                br#"{"emailAddress":"a@example.com","historyId":1.5}"#,
+                "historyId",
+            ),
             (br#"[1,2]"#, "no emailAddress"),
             (b"", "not JSON"),
         ] {

@@ -2436,7 +2436,10 @@ pub async fn notifications_make_an_idle_mailbox_behind_them_due(store: &Store) {
     let m = mailbox("pushed@example.com");
     active_subscription(store, &m).await;
     // Before its first full sync: recorded, nothing more.
-    assert_eq!(store.mark_notified(&m, hid(5), now()).await.unwrap(), Recorded);
+    assert_eq!(
+        store.mark_notified(&m, hid(5), now()).await.unwrap(),
+        Recorded
+    );
     let l = lease(store, &m).await;
     let later = now() + TimeDelta::hours(1);
     let release = SyncBatch {
@@ -2445,21 +2448,37 @@ pub async fn notifications_make_an_idle_mailbox_behind_them_due(store: &Store) {
     };
     store.commit_batch(&l, &release).await.unwrap();
     let state = store.sync_state(&m).await.unwrap().unwrap();
-    assert_eq!(state.next_poll_at, Some(later), "5 is behind the pass: not due");
+    assert_eq!(
+        state.next_poll_at,
+        Some(later),
+        "5 is behind the pass: not due"
+    );
 
     // Current: recorded, not due.
-    assert_eq!(store.mark_notified(&m, hid(10), now()).await.unwrap(), Recorded);
-    assert_eq!(store.sync_state(&m).await.unwrap().unwrap().next_poll_at, Some(later));
+    assert_eq!(
+        store.mark_notified(&m, hid(10), now()).await.unwrap(),
+        Recorded
+    );
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        Some(later)
+    );
     assert_eq!(notified(store, &m).await, Some(10));
 
     // Behind: due at once, and claimable.
     let at = now();
     assert_eq!(store.mark_notified(&m, hid(12), at).await.unwrap(), Due);
-    assert_eq!(store.sync_state(&m).await.unwrap().unwrap().next_poll_at, Some(at));
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        Some(at)
+    );
     // A late, older notification moves neither the mark nor the time back.
     assert_eq!(store.mark_notified(&m, hid(11), now()).await.unwrap(), Due);
     assert_eq!(notified(store, &m).await, Some(12));
-    assert_eq!(store.sync_state(&m).await.unwrap().unwrap().next_poll_at, Some(at));
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        Some(at)
+    );
     let claimed = store
         .claim_due("replica", now(), Duration::from_secs(60), 10)
         .await
@@ -2467,7 +2486,10 @@ pub async fn notifications_make_an_idle_mailbox_behind_them_due(store: &Store) {
     assert_eq!(claimed.len(), 1);
 
     // Leased: recorded only (the pass's end decides).
-    assert_eq!(store.mark_notified(&m, hid(13), now()).await.unwrap(), Recorded);
+    assert_eq!(
+        store.mark_notified(&m, hid(13), now()).await.unwrap(),
+        Recorded
+    );
     assert_eq!(notified(store, &m).await, Some(13));
     store.release_lease(&claimed[0], later).await.unwrap();
     // (that release left it due: 10 is behind 13; see the end-of-pass test)
@@ -2477,11 +2499,19 @@ pub async fn notifications_make_an_idle_mailbox_behind_them_due(store: &Store) {
         ..SyncBatch::new(checkpoint(13))
     };
     store.commit_batch(&l, &caught_up).await.unwrap();
-    assert_eq!(store.sync_state(&m).await.unwrap().unwrap().next_poll_at, Some(later));
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        Some(later)
+    );
 
     // An expired lease holds nothing: due.
     let stale = store
-        .claim_mailbox(&m, "gone", now() - TimeDelta::minutes(10), Duration::from_secs(60))
+        .claim_mailbox(
+            &m,
+            "gone",
+            now() - TimeDelta::minutes(10),
+            Duration::from_secs(60),
+        )
         .await
         .unwrap()
         .expect("claimable");
@@ -2504,14 +2534,23 @@ pub async fn notifications_make_an_idle_mailbox_behind_them_due(store: &Store) {
         .await
         .unwrap();
     store.release_lease(&l, backoff).await.unwrap();
-    assert_eq!(store.mark_notified(&m, hid(30), now()).await.unwrap(), Recorded);
+    assert_eq!(
+        store.mark_notified(&m, hid(30), now()).await.unwrap(),
+        Recorded
+    );
     let state = store.sync_state(&m).await.unwrap().unwrap();
     assert_eq!(state.next_poll_at, Some(backoff));
     assert_eq!(notified(store, &m).await, Some(30));
 
     // Unknown: nothing, not even a row.
     let stranger = mailbox("stranger@example.com");
-    assert_eq!(store.mark_notified(&stranger, hid(99), now()).await.unwrap(), NotActive);
+    assert_eq!(
+        store
+            .mark_notified(&stranger, hid(99), now())
+            .await
+            .unwrap(),
+        NotActive
+    );
     assert!(store.sync_state(&stranger).await.unwrap().is_none());
 
     // Paused: nothing recorded, still unscheduled.
@@ -2521,8 +2560,14 @@ pub async fn notifications_make_an_idle_mailbox_behind_them_due(store: &Store) {
     store.commit_batch(&l, &release).await.unwrap();
     let pause = transition(&p, SubscriptionStatus::Active, SubscriptionAction::Pause);
     store.update_subscription(&pause).await.unwrap();
-    assert_eq!(store.mark_notified(&p, hid(50), now()).await.unwrap(), NotActive);
-    assert_eq!(store.sync_state(&p).await.unwrap().unwrap().next_poll_at, None);
+    assert_eq!(
+        store.mark_notified(&p, hid(50), now()).await.unwrap(),
+        NotActive
+    );
+    assert_eq!(
+        store.sync_state(&p).await.unwrap().unwrap().next_poll_at,
+        None
+    );
     assert_eq!(notified(store, &p).await, None);
 }
 
@@ -2550,7 +2595,10 @@ pub async fn a_notification_that_arrives_mid_pass_is_not_lost(store: &Store) {
     store.commit_batch(&l, &last).await.unwrap();
     let state = store.sync_state(&m).await.unwrap().unwrap();
     assert_eq!(state.lease_owner, None);
-    assert!(due_now(&state) && state.next_poll_at >= Some(before), "{state:?}");
+    assert!(
+        due_now(&state) && state.next_poll_at >= Some(before),
+        "{state:?}"
+    );
     // Caught up: the computed time.
     let l = lease(store, &m).await;
     let last = SyncBatch {
@@ -2558,7 +2606,10 @@ pub async fn a_notification_that_arrives_mid_pass_is_not_lost(store: &Store) {
         ..SyncBatch::new(checkpoint(15))
     };
     store.commit_batch(&l, &last).await.unwrap();
-    assert_eq!(store.sync_state(&m).await.unwrap().unwrap().next_poll_at, Some(later));
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        Some(later)
+    );
 
     // `release_lease` (a full sync's end, an interrupted pass): the same.
     let l = lease(store, &m).await;
@@ -2571,13 +2622,19 @@ pub async fn a_notification_that_arrives_mid_pass_is_not_lost(store: &Store) {
         .await
         .unwrap();
     store.release_lease(&l, later).await.unwrap();
-    assert_eq!(store.sync_state(&m).await.unwrap().unwrap().next_poll_at, Some(later));
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        Some(later)
+    );
     // An earlier computed time is kept (the rule only brings it forward).
     let l = lease(store, &m).await;
     store.mark_notified(&m, hid(21), now()).await.unwrap();
     let past = now() - TimeDelta::minutes(5);
     store.release_lease(&l, past).await.unwrap();
-    assert_eq!(store.sync_state(&m).await.unwrap().unwrap().next_poll_at, Some(past));
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        Some(past)
+    );
 
     // A failure: its backoff stands, notification or not.
     let l = lease(store, &m).await;
@@ -2596,7 +2653,10 @@ pub async fn a_notification_that_arrives_mid_pass_is_not_lost(store: &Store) {
         .await
         .unwrap();
     store.release_lease(&l, backoff).await.unwrap();
-    assert_eq!(store.sync_state(&m).await.unwrap().unwrap().next_poll_at, Some(backoff));
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        Some(backoff)
+    );
 
     // A paced backfill (phase full_sync): it waits for the budget.
     let b = mailbox("paced-push@example.com");
@@ -2622,7 +2682,10 @@ pub async fn a_notification_that_arrives_mid_pass_is_not_lost(store: &Store) {
         .await
         .unwrap();
     store.release_lease(&l, until).await.unwrap();
-    assert_eq!(store.sync_state(&b).await.unwrap().unwrap().next_poll_at, Some(until));
+    assert_eq!(
+        store.sync_state(&b).await.unwrap().unwrap().next_poll_at,
+        Some(until)
+    );
 
     // Paused mid-pass: the release unschedules it whatever was notified.
     let l = lease(store, &m).await;
@@ -2634,5 +2697,8 @@ pub async fn a_notification_that_arrives_mid_pass_is_not_lost(store: &Store) {
     let pause = transition(&m, SubscriptionStatus::Active, SubscriptionAction::Pause);
     store.update_subscription(&pause).await.unwrap();
     store.release_lease(&l, later).await.unwrap();
-    assert_eq!(store.sync_state(&m).await.unwrap().unwrap().next_poll_at, None);
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        None
+    );
 }

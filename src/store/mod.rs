@@ -75,10 +75,9 @@ pub use model::{
     Checkpoint, ConnectOptions, ConsentRemoval, ConsentWrite, DailyQuotaUsage, FailureRecord,
     FullSyncProgress, GroupMemberRow, GroupSubscription, LabelChange, LabelRow, Lease, LiveMessage,
     MailboxStatus, MembershipChanges, MessageChange, MessageUpsert, NewSubscription, NotifyOutcome,
-    OAuthConsent,
-    OAuthToken, Pruned, PurgeCounts, QuotaWait, ReviewSnapshot, SearchHit, Subscription,
-    SubscriptionChange, SubscriptionEvent, SubscriptionUpdate, SyncBatch, SyncRunRow, SyncState,
-    UNFETCHED_PREFIX,
+    OAuthConsent, OAuthToken, Pruned, PurgeCounts, QuotaWait, ReviewSnapshot, SearchHit,
+    Subscription, SubscriptionChange, SubscriptionEvent, SubscriptionUpdate, SyncBatch, SyncRunRow,
+    SyncState, UNFETCHED_PREFIX,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

@@ -27,6 +27,7 @@ mod normalize;
 mod oauth;
 mod outage;
 mod pg;
+mod push;
 mod push_helpers;
 mod replica_helpers;
 mod replicas;
