@@ -446,3 +446,46 @@ both_backends!(
         );
     }
 );
+
+/// The database down between pull and commit: the notification stays
+/// unacknowledged (its mark cannot commit), and once the database is back
+/// its redelivery is marked and the mail lands. PostgreSQL on a private
+/// cluster the test may stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_pulled_while_the_database_is_down_lands_once_it_is_back() {
+    let Some(cluster) = crate::pg::PrivateCluster::start() else {
+        assert!(
+            std::env::var("GMAIL_INGEST_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "GMAIL_INGEST_REQUIRE_POSTGRES=1 but a private PostgreSQL cluster could not be started"
+        );
+        return;
+    };
+    let url = cluster.fresh_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = crate::helpers::world_at(Backend::Postgres, url, dir, small(1, 5), push_only).await;
+    w.set_up_pubsub(10).await;
+    let m = synced_and_watched(&w).await;
+    let daemon = Running::start(&w).await;
+
+    // Act: the database goes down, then a message arrives.
+    cluster.stop_fast();
+    let id = w.insert_message(&m, "during the outage", &["INBOX"]).await;
+    eventually("the daemon pulls the notification", LANDS_WITHIN, || async {
+        w.pubsub().await["stats"]["delivered"].as_u64() >= Some(1)
+    })
+    .await;
+    let stats = w.pubsub().await["stats"].clone();
+    assert_eq!(stats["acknowledged"], 0, "acknowledged without a mark: {stats}");
+
+    // The database is back; the ack deadline passes.
+    cluster.start_again();
+    advance_emulator_clock(&w, 11).await;
+
+    // Assert
+    eventually("the message lands after the outage", LANDS_WITHIN * 2, || {
+        lands(&w, &m, &id)
+    })
+    .await;
+    eventually("the redelivery is acknowledged", LANDS_WITHIN, || drained(&w)).await;
+    daemon.stop().await;
+}
