@@ -470,22 +470,98 @@ async fn a_notification_pulled_while_the_database_is_down_lands_once_it_is_back(
     // Act: the database goes down, then a message arrives.
     cluster.stop_fast();
     let id = w.insert_message(&m, "during the outage", &["INBOX"]).await;
-    eventually("the daemon pulls the notification", LANDS_WITHIN, || async {
-        w.pubsub().await["stats"]["delivered"].as_u64() >= Some(1)
-    })
+    eventually(
+        "the daemon pulls the notification",
+        LANDS_WITHIN,
+        || async { w.pubsub().await["stats"]["delivered"].as_u64() >= Some(1) },
+    )
     .await;
     let stats = w.pubsub().await["stats"].clone();
-    assert_eq!(stats["acknowledged"], 0, "acknowledged without a mark: {stats}");
+    assert_eq!(
+        stats["acknowledged"], 0,
+        "acknowledged without a mark: {stats}"
+    );
 
     // The database is back; the ack deadline passes.
     cluster.start_again();
     advance_emulator_clock(&w, 11).await;
 
     // Assert
-    eventually("the message lands after the outage", LANDS_WITHIN * 2, || {
-        lands(&w, &m, &id)
+    eventually(
+        "the message lands after the outage",
+        LANDS_WITHIN * 2,
+        || lands(&w, &m, &id),
+    )
+    .await;
+    eventually("the redelivery is acknowledged", LANDS_WITHIN, || {
+        drained(&w)
     })
     .await;
-    eventually("the redelivery is acknowledged", LANDS_WITHIN, || drained(&w)).await;
     daemon.stop().await;
+}
+
+/// Two replicas pulling one subscription (PostgreSQL): notifications go to
+/// either, both mark, and a mailbox is still synced by one lease holder at
+/// a time — no write under a lease the writer did not hold, no two runs of
+/// one mailbox overlapping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_pulling_one_subscription_never_sync_a_mailbox_twice_at_once() {
+    use crate::replica_helpers::{AUDIT_SQL, Replica, overlapping_runs, pg, stale_writes};
+    use sqlx::Executor;
+
+    let Some(w) = world_with(Backend::Postgres, small(5, 5), push_only).await else {
+        return;
+    };
+    w.set_up_pubsub(10).await;
+    let mailboxes: Vec<MailboxAddress> = w.shared_mailboxes().await.into_iter().take(3).collect();
+    for m in &mailboxes {
+        w.subscribe(m).await;
+    }
+    w.sync(None).await;
+    for m in &mailboxes {
+        watch(&w, m).await;
+    }
+    let mut db = pg(&w).await;
+    db.execute(AUDIT_SQL)
+        .await
+        .expect("audit triggers installed");
+    let push = format!(
+        "[push]\nenabled = true\ntopic = {TOPIC:?}\nsubscription = {SUBSCRIPTION:?}\npubsub_base_url = {:?}\n",
+        w.settings.push.pubsub_base_url
+    );
+    let mut replicas = Vec::new();
+    for name in ["replica1", "replica2"] {
+        replicas.push(Replica::spawn_with(&w, name, 4, Duration::from_secs(5), &push).await);
+    }
+
+    // Act: changes in every mailbox, in rounds past the one-per-second limit.
+    for round in 0..3 {
+        for m in &mailboxes {
+            w.insert_message(m, &format!("round {round}"), &["INBOX"])
+                .await;
+        }
+        advance_emulator_clock(&w, 2).await;
+    }
+
+    // Assert
+    eventually("every mailbox converges", LANDS_WITHIN * 2, || async {
+        for m in &mailboxes {
+            if w.db(m).await != w.truth(m).await {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    eventually("every notification is acknowledged", LANDS_WITHIN, || {
+        drained(&w)
+    })
+    .await;
+    for r in &mut replicas {
+        r.terminate().await;
+    }
+    let violations = stale_writes(&mut db).await;
+    assert!(violations.is_empty(), "{violations:#?}");
+    let overlaps = overlapping_runs(&w, &mailboxes).await;
+    assert!(overlaps.is_empty(), "{overlaps:#?}");
 }
