@@ -908,6 +908,15 @@ pub async fn check(settings: &Settings, only: Option<&MailboxAddress>) -> anyhow
         }
     }
 
+    // Gmail push: what the admin must have created and granted in Pub/Sub.
+    if let Some(pubsub) =
+        crate::google::pubsub::PubSub::from_settings(google.clone(), &settings.push)
+    {
+        for line in pubsub.check().await {
+            report(line.ok, line.text);
+        }
+    }
+
     let Some(store) = store else { return Ok(1) };
     let subs = store.list_subscriptions().await?;
     let approved: Vec<String> = policy

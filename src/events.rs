@@ -151,6 +151,18 @@ pub const METRICS: &[(&str, &str)] = &[
         "gmail_ingest_watches",
         "Subscribed mailboxes by push watch state (live, lapsed, failed, none).",
     ),
+    (
+        "gmail_ingest_push_notifications_total",
+        "Pulled Gmail push notifications, by outcome (due, recorded, not_subscribed, malformed, store_error).",
+    ),
+    (
+        "gmail_ingest_push_pull_errors_total",
+        "Failed pulls of the Pub/Sub subscription, by error type.",
+    ),
+    (
+        "gmail_ingest_push_acked_total",
+        "Pub/Sub messages acknowledged (after their mark committed, or malformed or not subscribed).",
+    ),
 ];
 
 /// Registers the help texts (called once when the recorder is installed).
@@ -733,5 +745,83 @@ impl WatchGauge<'_> {
         for (state, n) in self.by_state {
             gauge!("gmail_ingest_watches", "state" => *state).set(*n as f64);
         }
+    }
+}
+
+/// One pulled notification, by what became of it: `due`, `recorded`,
+/// `not_subscribed`, `malformed` or `store_error` (left unacknowledged).
+pub struct PushNotification<'a> {
+    pub outcome: &'static str,
+    /// The mailbox it named, when it named a valid one.
+    pub mailbox: Option<&'a MailboxAddress>,
+    /// Why it is malformed (one line, none of its data).
+    pub detail: Option<&'a str>,
+}
+
+impl PushNotification<'_> {
+    pub fn emit(&self) {
+        tracing::debug!(
+            outcome = self.outcome,
+            mailbox = self.mailbox.map(|m| m.as_str()),
+            detail = self.detail,
+            "Push notification handled."
+        );
+        counter!("gmail_ingest_push_notifications_total", "outcome" => self.outcome).increment(1);
+    }
+}
+
+/// A pull of the Pub/Sub subscription failed (after the retry loop); the
+/// loop waits `delay` before the next. WARN once per streak of failures.
+pub struct PushPullFailed<'a> {
+    pub error: &'a GoogleError,
+    /// Failures in a row, this one included.
+    pub streak: u32,
+    pub delay: Duration,
+}
+
+impl PushPullFailed<'_> {
+    pub fn emit(&self) {
+        if self.streak == 1 {
+            tracing::warn!(
+                error = %self.error,
+                error_type = self.error.class.as_str(),
+                delay_ms = self.delay.as_millis() as u64,
+                "Pulling Gmail push notifications failed; retrying with backoff, mailboxes are still polled."
+            );
+        } else {
+            tracing::debug!(
+                error = %self.error,
+                streak = self.streak,
+                delay_ms = self.delay.as_millis() as u64,
+                "Pulling Gmail push notifications failed again."
+            );
+        }
+        counter!("gmail_ingest_push_pull_errors_total", "error_type" => self.error.class.as_str())
+            .increment(1);
+    }
+}
+
+/// A pull succeeded after `failures` failed ones.
+pub struct PushPullRecovered {
+    pub failures: u32,
+}
+
+impl PushPullRecovered {
+    pub fn emit(&self) {
+        tracing::info!(
+            failures = self.failures,
+            "Pulling Gmail push notifications works again."
+        );
+    }
+}
+
+/// Messages acknowledged to Pub/Sub.
+pub struct PushAcked {
+    pub count: usize,
+}
+
+impl PushAcked {
+    pub fn emit(&self) {
+        counter!("gmail_ingest_push_acked_total").increment(self.count as u64);
     }
 }

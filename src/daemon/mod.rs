@@ -1,4 +1,5 @@
-//! The long-running service: scheduler, worker pool, HTTP endpoints.
+//! The long-running service: scheduler, worker pool, the Gmail push pull
+//! loop (with `push.enabled`), HTTP endpoints.
 //!
 //! [`run`] owns the one `CancellationToken` and the one `TaskTracker`; it is
 //! the only place that spawns long-lived tasks. On shutdown it stops the
@@ -9,6 +10,7 @@
 
 pub mod lease;
 pub mod notify;
+pub mod push;
 pub mod scheduler;
 pub mod watches;
 pub mod worker;
@@ -99,6 +101,18 @@ pub async fn run(
         resync: Arc::new(ResyncRequests::default()),
         wake: tx.clone(),
     };
+    // Gmail push: notifications make mailboxes due and wake the dispatcher.
+    if settings.integration.enabled
+        && let Some(pubsub) =
+            crate::google::pubsub::PubSub::from_settings(ctx.google.clone(), &settings.push)
+    {
+        tracker.spawn(push::run(
+            Arc::new(pubsub),
+            ctx.store.clone(),
+            tx.clone(),
+            token.clone(),
+        ));
+    }
     tracing::info!(replica = %ctx.replica, backend = ctx.store.backend(), "Daemon started.");
     notify::notify("READY=1");
 

@@ -3,7 +3,8 @@
 //! The service-account key is read once. Each mailbox gets its own cached
 //! yup-oauth2 authenticator (`subject` = the mailbox) built over one shared
 //! HTTP client, so a thousand mailboxes share one connection pool. Tokens are
-//! requested for the configured scopes explicitly. Nothing here logs a token
+//! requested for the configured scopes explicitly. The service account's own
+//! authenticator (no `subject`, for Cloud Pub/Sub) is cached apart. Nothing here logs a token
 //! or the key: [`ServiceAccount`]'s `Debug` shows only the public identity.
 
 use std::collections::HashMap;
@@ -118,6 +119,9 @@ pub struct TokenSource {
     http: yup_oauth2::HttpClient<Connector>,
     scopes: Vec<String>,
     cache: Mutex<HashMap<String, Arc<MailboxAuthenticator>>>,
+    /// The service account as itself (no `sub`): Pub/Sub's caller. Apart
+    /// from `cache`, whose keys are impersonated mailboxes.
+    own: tokio::sync::OnceCell<Arc<MailboxAuthenticator>>,
 }
 
 impl fmt::Debug for TokenSource {
@@ -148,6 +152,7 @@ impl TokenSource {
             http,
             scopes,
             cache: Mutex::new(HashMap::new()),
+            own: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -185,6 +190,31 @@ impl TokenSource {
             .entry(subject.to_owned())
             .or_insert(built)
             .clone())
+    }
+
+    /// The cached authenticator of the service account as itself, without
+    /// impersonating anyone (no `subject`, so no domain-wide delegation is
+    /// involved): what Cloud Pub/Sub is called with.
+    pub async fn own_authenticator(&self) -> Result<Arc<MailboxAuthenticator>, GoogleError> {
+        self.own
+            .get_or_try_init(|| async {
+                ServiceAccountAuthenticator::with_client(
+                    self.account.key.clone(),
+                    self.http.clone(),
+                )
+                .build()
+                .await
+                .map(Arc::new)
+                .map_err(|e| {
+                    GoogleError::new(
+                        ErrorClass::Fatal,
+                        TOKEN_METHOD,
+                        format!("building authenticator: {e}"),
+                    )
+                })
+            })
+            .await
+            .cloned()
     }
 
     /// Forgets `subject`'s authenticator (after a 401 or a revocation), so the

@@ -244,6 +244,9 @@ pub fn classify_http(
         (Some(403), _) if lower.contains("quota exceeded") || lower.contains("rate limit") => {
             (ErrorClass::RateLimited, None)
         }
+        // Pub/Sub refuses the service account itself, not a mailbox: an IAM
+        // grant is missing (the admin's to add; `check` names it).
+        (Some(403), _) if method.starts_with("pubsub.") => (ErrorClass::Fatal, None),
         (Some(404), _) if is_history => (ErrorClass::HistoryExpired, None),
         (Some(404), _) => (ErrorClass::NotFound, None),
         (Some(401), _) => (ErrorClass::Retryable, None),
@@ -411,10 +414,44 @@ pub fn classify_gmail_error(
     }
 }
 
+/// Classifies a google-pubsub1 error: the same generated family and error
+/// type as google-gmail1, so the same rules, under a `pubsub.` method id
+/// (a 403 is a missing IAM grant of the service account, not a mailbox's).
+pub fn classify_pubsub_error(
+    method: &'static str,
+    e: &google_pubsub1::Error,
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+) -> GoogleError {
+    classify_gmail_error(method, e, status, retry_after)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn pubsub_refusals_are_the_service_accounts_not_a_mailboxs() {
+        let b = body(
+            403,
+            "forbidden",
+            "User not authorized to perform this action.",
+        );
+        let e = classify_http(
+            "pubsub.projects.subscriptions.pull",
+            Some(403),
+            Some(&b),
+            None,
+        );
+        assert_eq!(e.class, ErrorClass::Fatal);
+        assert_eq!(e.auth_cause, None);
+        let b = body(404, "notFound", "Resource not found");
+        let e = classify_http("pubsub.projects.topics.get", Some(404), Some(&b), None);
+        assert_eq!(e.class, ErrorClass::NotFound);
+        let e = classify_http("pubsub.projects.subscriptions.pull", Some(503), None, None);
+        assert_eq!(e.class, ErrorClass::Retryable);
+    }
 
     fn body(code: u16, reason: &str, message: &str) -> Value {
         json!({"error": {"code": code, "message": message,

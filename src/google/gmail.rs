@@ -60,10 +60,11 @@ impl CallStats {
 
 /// Captures what google-gmail1 hides from its error values: the HTTP status
 /// and the `Retry-After` header of a failed response.
+/// Pub/Sub's hub (the same generated family) uses it too.
 #[derive(Default)]
-struct Capture {
-    status: Option<u16>,
-    retry_after: Option<Duration>,
+pub(super) struct Capture {
+    pub(super) status: Option<u16>,
+    pub(super) retry_after: Option<Duration>,
 }
 
 impl Delegate for Capture {

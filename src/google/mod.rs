@@ -1,6 +1,6 @@
 //! Everything that talks to Google: the DWD token source, the Gmail and
-//! Directory clients, error classification, the retry loop and the quota
-//! limiters.
+//! Directory clients, the Pub/Sub client Gmail push is pulled with, error
+//! classification, the retry loop and the quota limiters.
 //!
 //! [`Google`] is built once per process and shared by every worker: one HTTP
 //! connection pool, one token cache, one set of limiters. It never touches
@@ -11,6 +11,7 @@ pub mod daily;
 pub mod directory;
 pub mod error;
 pub mod gmail;
+pub mod pubsub;
 pub mod quota;
 pub mod retry;
 

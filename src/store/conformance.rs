@@ -2542,3 +2542,297 @@ pub async fn push_watches_are_recorded_and_stopped_once(store: &Store) {
         Some(expires)
     );
 }
+
+/// `notified_history_id` and `next_poll_at` of `m`, read in SQL (the
+/// `SyncState` struct does not carry the notification columns).
+async fn notified(store: &Store, m: &MailboxAddress) -> Option<i64> {
+    store
+        .query_first_column(&format!(
+            "SELECT CAST(notified_history_id AS TEXT) FROM sync_state \
+             WHERE mailbox = '{m}' AND notified_history_id IS NOT NULL"
+        ))
+        .await
+        .expect("read notified_history_id")
+        .first()
+        .map(|h| h.parse().expect("an integer"))
+}
+
+fn due_now(state: &super::SyncState) -> bool {
+    state.next_poll_at.is_some_and(|t| t <= now())
+}
+
+/// A notification makes an idle incremental mailbox behind it due at once,
+/// and only that one: a current, leased, failing or not-yet-synced mailbox
+/// records it without becoming due; an unknown or not-active one changes
+/// nothing. `notified_history_id` only grows.
+pub async fn notifications_make_an_idle_mailbox_behind_them_due(store: &Store) {
+    use super::NotifyOutcome::{Due, NotActive, Recorded};
+    let m = mailbox("pushed@example.com");
+    active_subscription(store, &m).await;
+    // Before its first full sync: recorded, nothing more.
+    assert_eq!(
+        store.mark_notified(&m, hid(5), now()).await.unwrap(),
+        Recorded
+    );
+    let l = lease(store, &m).await;
+    let later = now() + TimeDelta::hours(1);
+    let release = SyncBatch {
+        release_at: Some(later),
+        ..SyncBatch::new(checkpoint(10))
+    };
+    store.commit_batch(&l, &release).await.unwrap();
+    let state = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(
+        state.next_poll_at,
+        Some(later),
+        "5 is behind the pass: not due"
+    );
+
+    // Current: recorded, not due.
+    assert_eq!(
+        store.mark_notified(&m, hid(10), now()).await.unwrap(),
+        Recorded
+    );
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        Some(later)
+    );
+    assert_eq!(notified(store, &m).await, Some(10));
+
+    // Behind: due at once, and claimable.
+    let at = now();
+    assert_eq!(store.mark_notified(&m, hid(12), at).await.unwrap(), Due);
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        Some(at)
+    );
+    // A late, older notification moves neither the mark nor the time back.
+    assert_eq!(store.mark_notified(&m, hid(11), now()).await.unwrap(), Due);
+    assert_eq!(notified(store, &m).await, Some(12));
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        Some(at)
+    );
+    let claimed = store
+        .claim_due("replica", now(), Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+
+    // Leased: recorded only (the pass's end decides).
+    assert_eq!(
+        store.mark_notified(&m, hid(13), now()).await.unwrap(),
+        Recorded
+    );
+    assert_eq!(notified(store, &m).await, Some(13));
+    store.release_lease(&claimed[0], later).await.unwrap();
+    // (that release left it due: 10 is behind 13; see the end-of-pass test)
+    let l = lease(store, &m).await;
+    let caught_up = SyncBatch {
+        release_at: Some(later),
+        ..SyncBatch::new(checkpoint(13))
+    };
+    store.commit_batch(&l, &caught_up).await.unwrap();
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        Some(later)
+    );
+
+    // An expired lease holds nothing: due.
+    let stale = store
+        .claim_mailbox(
+            &m,
+            "gone",
+            now() - TimeDelta::minutes(10),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+        .expect("claimable");
+    assert!(stale.expires_at < now());
+    assert_eq!(store.mark_notified(&m, hid(14), now()).await.unwrap(), Due);
+
+    // In a failure backoff: recorded, the backoff stands.
+    let l = lease(store, &m).await;
+    let backoff = now() + TimeDelta::minutes(30);
+    store
+        .record_failure(
+            &l,
+            &FailureRecord {
+                phase: SyncPhase::Error,
+                error: "boom".into(),
+                next_poll_at: backoff,
+                run: None,
+            },
+        )
+        .await
+        .unwrap();
+    store.release_lease(&l, backoff).await.unwrap();
+    assert_eq!(
+        store.mark_notified(&m, hid(30), now()).await.unwrap(),
+        Recorded
+    );
+    let state = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(state.next_poll_at, Some(backoff));
+    assert_eq!(notified(store, &m).await, Some(30));
+
+    // Unknown: nothing, not even a row.
+    let stranger = mailbox("stranger@example.com");
+    assert_eq!(
+        store
+            .mark_notified(&stranger, hid(99), now())
+            .await
+            .unwrap(),
+        NotActive
+    );
+    assert!(store.sync_state(&stranger).await.unwrap().is_none());
+
+    // Paused: nothing recorded, still unscheduled.
+    let p = mailbox("paused-push@example.com");
+    active_subscription(store, &p).await;
+    let l = lease(store, &p).await;
+    store.commit_batch(&l, &release).await.unwrap();
+    let pause = transition(&p, SubscriptionStatus::Active, SubscriptionAction::Pause);
+    store.update_subscription(&pause).await.unwrap();
+    assert_eq!(
+        store.mark_notified(&p, hid(50), now()).await.unwrap(),
+        NotActive
+    );
+    assert_eq!(
+        store.sync_state(&p).await.unwrap().unwrap().next_poll_at,
+        None
+    );
+    assert_eq!(notified(store, &p).await, None);
+}
+
+/// The end-of-pass rule: every statement that ends a pass leaves the mailbox
+/// due at once instead of at its computed time when a notification named a
+/// historyId beyond the one the pass leaves, except after a failure (the
+/// backoff stands) and for a paced backfill (the budget decides).
+pub async fn a_notification_that_arrives_mid_pass_is_not_lost(store: &Store) {
+    let m = mailbox("midpass@example.com");
+    active_subscription(store, &m).await;
+    let later = now() + TimeDelta::hours(1);
+    let l = lease(store, &m).await;
+    store
+        .commit_batch(&l, &SyncBatch::new(checkpoint(10)))
+        .await
+        .unwrap();
+
+    // The final checkpoint's release: behind the notification → due now.
+    store.mark_notified(&m, hid(15), now()).await.unwrap();
+    let before = now();
+    let last = SyncBatch {
+        release_at: Some(later),
+        ..SyncBatch::new(checkpoint(14))
+    };
+    store.commit_batch(&l, &last).await.unwrap();
+    let state = store.sync_state(&m).await.unwrap().unwrap();
+    assert_eq!(state.lease_owner, None);
+    assert!(
+        due_now(&state) && state.next_poll_at >= Some(before),
+        "{state:?}"
+    );
+    // Caught up: the computed time.
+    let l = lease(store, &m).await;
+    let last = SyncBatch {
+        release_at: Some(later),
+        ..SyncBatch::new(checkpoint(15))
+    };
+    store.commit_batch(&l, &last).await.unwrap();
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        Some(later)
+    );
+
+    // `release_lease` (a full sync's end, an interrupted pass): the same.
+    let l = lease(store, &m).await;
+    store.mark_notified(&m, hid(20), now()).await.unwrap();
+    store.release_lease(&l, later).await.unwrap();
+    assert!(due_now(&store.sync_state(&m).await.unwrap().unwrap()));
+    let l = lease(store, &m).await;
+    store
+        .commit_batch(&l, &SyncBatch::new(checkpoint(20)))
+        .await
+        .unwrap();
+    store.release_lease(&l, later).await.unwrap();
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        Some(later)
+    );
+    // An earlier computed time is kept (the rule only brings it forward).
+    let l = lease(store, &m).await;
+    store.mark_notified(&m, hid(21), now()).await.unwrap();
+    let past = now() - TimeDelta::minutes(5);
+    store.release_lease(&l, past).await.unwrap();
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        Some(past)
+    );
+
+    // A failure: its backoff stands, notification or not.
+    let l = lease(store, &m).await;
+    store.mark_notified(&m, hid(30), now()).await.unwrap();
+    let backoff = now() + TimeDelta::minutes(30);
+    store
+        .record_failure(
+            &l,
+            &FailureRecord {
+                phase: SyncPhase::Error,
+                error: "boom".into(),
+                next_poll_at: backoff,
+                run: None,
+            },
+        )
+        .await
+        .unwrap();
+    store.release_lease(&l, backoff).await.unwrap();
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        Some(backoff)
+    );
+
+    // A paced backfill (phase full_sync): it waits for the budget.
+    let b = mailbox("paced-push@example.com");
+    active_subscription(store, &b).await;
+    let l = lease(store, &b).await;
+    let listing = SyncBatch::new(Checkpoint {
+        phase: SyncPhase::FullSync,
+        history_id: Some(hid(40)),
+        page_token: Some("page-2".into()),
+        full_sync_history_id: Some(hid(40)),
+        ..checkpoint(40)
+    });
+    store.commit_batch(&l, &listing).await.unwrap();
+    store.mark_notified(&b, hid(45), now()).await.unwrap();
+    let until = now() + TimeDelta::hours(3);
+    let run = SyncRunRow {
+        kind: SyncKind::Full,
+        outcome: RunOutcome::QuotaWait,
+        ..run_row(&b)
+    };
+    store
+        .record_quota_wait(&l, until, "kept for incremental passes", &run)
+        .await
+        .unwrap();
+    store.release_lease(&l, until).await.unwrap();
+    assert_eq!(
+        store.sync_state(&b).await.unwrap().unwrap().next_poll_at,
+        Some(until)
+    );
+
+    // Paused mid-pass: the release unschedules it whatever was notified.
+    let l = lease(store, &m).await;
+    store
+        .commit_batch(&l, &SyncBatch::new(checkpoint(31)))
+        .await
+        .unwrap();
+    store.mark_notified(&m, hid(40), now()).await.unwrap();
+    let pause = transition(&m, SubscriptionStatus::Active, SubscriptionAction::Pause);
+    store.update_subscription(&pause).await.unwrap();
+    store.release_lease(&l, later).await.unwrap();
+    assert_eq!(
+        store.sync_state(&m).await.unwrap().unwrap().next_poll_at,
+        None
+    );
+}

@@ -25,7 +25,7 @@
 //! - `text.rs`: NUL stripping, JSON string arrays, full-text search words.
 //! - `sql/`: the statements both backends share, one file per concern
 //!   (`subscriptions`, `oauth`, `leases`, `batches`, `runs`, `messages`,
-//!   `quota`, `housekeeping`, `watches`), each a macro the backends expand.
+//!   `quota`, `housekeeping`, `watches`, `push`), each a macro the backends expand.
 //! - `sqlite.rs`, `postgres.rs`: the backends and their dialect SQL; neither
 //!   imports the other.
 //! - `migrations.rs`: sqlx's `Migrator` for each dialect.
@@ -74,10 +74,10 @@ mod text;
 pub use model::{
     Checkpoint, ConnectOptions, ConsentRemoval, ConsentWrite, DailyQuotaUsage, FailureRecord,
     FullSyncProgress, GroupMemberRow, GroupSubscription, LabelChange, LabelRow, Lease, LiveMessage,
-    MailboxStatus, MembershipChanges, MessageChange, MessageUpsert, NewSubscription, OAuthConsent,
-    OAuthToken, Pruned, PurgeCounts, QuotaWait, ReviewSnapshot, SearchHit, Subscription,
-    SubscriptionChange, SubscriptionEvent, SubscriptionUpdate, SyncBatch, SyncRunRow, SyncState,
-    UNFETCHED_PREFIX, WatchState, WatchToStop,
+    MailboxStatus, MembershipChanges, MessageChange, MessageUpsert, NewSubscription, NotifyOutcome,
+    OAuthConsent, OAuthToken, Pruned, PurgeCounts, QuotaWait, ReviewSnapshot, SearchHit,
+    Subscription, SubscriptionChange, SubscriptionEvent, SubscriptionUpdate, SyncBatch, SyncRunRow,
+    SyncState, UNFETCHED_PREFIX, WatchState, WatchToStop,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -496,6 +496,28 @@ impl Store {
         next_poll_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         dispatch!(self, s => s.release_lease(l, next_poll_at).await)
+    }
+
+    /// Records a Gmail push notification for `m` (one transaction; the
+    /// caller acknowledges the Pub/Sub message only after this returned
+    /// `Ok`). For an active subscription: `notified_history_id` becomes the
+    /// larger of itself and `history_id`, `notified_at` becomes `now`, and
+    /// when the mailbox is in phase `incremental`, not leased (or its lease
+    /// expired), not in a failure backoff (`consecutive_failures = 0`) and
+    /// its stored `history_id` is behind `history_id`, it is due at once
+    /// (`next_poll_at = min(next_poll_at, now)`): [`NotifyOutcome::Due`].
+    /// Otherwise nothing else changes ([`NotifyOutcome::Recorded`]); a pass
+    /// in flight ends due at once if it leaves `history_id` behind the
+    /// notified one (the end-of-pass rule of [`Store::commit_batch`] and
+    /// [`Store::release_lease`]). An unknown or not-active subscription
+    /// changes nothing: [`NotifyOutcome::NotActive`].
+    pub async fn mark_notified(
+        &self,
+        m: &MailboxAddress,
+        history_id: crate::domain::HistoryId,
+        now: DateTime<Utc>,
+    ) -> Result<NotifyOutcome, StoreError> {
+        dispatch!(self, s => s.mark_notified(m, history_id, now).await)
     }
 
     // -- fenced sync writes -------------------------------------------------

@@ -394,6 +394,31 @@ pub struct FullSyncProgress {
     pub estimated_total: i64,
 }
 
+/// What [`super::Store::mark_notified`] did with one notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NotifyOutcome {
+    /// The mailbox became due now (or already was): a dispatcher may claim it.
+    Due,
+    /// Recorded (`notified_history_id`, `notified_at`), not made due now: a
+    /// pass holds its lease (it ends due at once if it ends behind), it is in
+    /// a failure backoff, its stored history is already there, or its first
+    /// full sync is not done.
+    Recorded,
+    /// No active subscription for the address: nothing changed.
+    NotActive,
+}
+
+impl NotifyOutcome {
+    /// Bounded label for metrics (`outcome`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Due => "due",
+            Self::Recorded => "recorded",
+            Self::NotActive => "not_subscribed",
+        }
+    }
+}
+
 /// Why a backfill waits for the daily budget, and until when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct QuotaWait {

@@ -216,6 +216,12 @@ sql::quota_statements!(PgStore, Postgres);
 sql::budget_statements!(PgStore, Postgres);
 sql::housekeeping_statements!(PgStore, Postgres);
 sql::watch_statements!(PgStore, Postgres);
+sql::push_statements!(
+    PgStore,
+    Postgres,
+    share_lock(" FOR SHARE"),
+    row_lock(" FOR UPDATE")
+);
 
 /// A connection failure in one short clause, without the URL or password.
 fn describe(e: &sqlx::Error) -> String {

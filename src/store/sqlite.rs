@@ -218,6 +218,7 @@ sql::quota_statements!(SqliteStore, Sqlite);
 sql::budget_statements!(SqliteStore, Sqlite);
 sql::housekeeping_statements!(SqliteStore, Sqlite);
 sql::watch_statements!(SqliteStore, Sqlite);
+sql::push_statements!(SqliteStore, Sqlite, share_lock(""), row_lock(""));
 
 #[cfg(test)]
 mod tests {

@@ -27,6 +27,7 @@ mod normalize;
 mod oauth;
 mod outage;
 mod pg;
+mod push;
 mod push_helpers;
 mod push_watch;
 mod replica_helpers;

@@ -31,8 +31,20 @@ impl Replica {
         max_concurrent: usize,
         lease: Duration,
     ) -> Replica {
+        Self::spawn_with(w, name, max_concurrent, lease, "").await
+    }
+
+    /// [`Replica::spawn`] with `extra` appended to its config (whole
+    /// sections, e.g. `[push]`).
+    pub(crate) async fn spawn_with(
+        w: &World,
+        name: &str,
+        max_concurrent: usize,
+        lease: Duration,
+        extra: &str,
+    ) -> Replica {
         let config = w.dir.path().join(format!("{name}.toml"));
-        write_replica_config(w, &config, name, max_concurrent, lease);
+        write_replica_config(w, &config, name, max_concurrent, lease, extra);
         let log = w.dir.path().join(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(binary())
@@ -150,6 +162,7 @@ fn write_replica_config(
     name: &str,
     max_concurrent: usize,
     lease: Duration,
+    extra: &str,
 ) {
     let s = &w.settings;
     let toml = format!(
@@ -182,6 +195,8 @@ user_quota_units_per_minute = 100000000
 [log]
 format = "json"
 level = "info"
+
+{extra}
 "#,
         db = s.database.url.expose(),
         app = if s.database.url.expose().starts_with("postgres") {
@@ -200,7 +215,10 @@ level = "info"
 /// The audit: statement triggers that record, for each write a replica
 /// makes, the lease owner its transaction sees. A fenced write locks its
 /// mailbox's `sync_state` row while checking that the lease is its own, so
-/// a correct replica always sees itself as the owner.
+/// a correct replica always sees itself as the owner. A Gmail push mark
+/// (`Store::mark_notified`) is no sync write: it changes only
+/// `notified_history_id`, `notified_at` and `next_poll_at`, under no lease,
+/// and is not recorded.
 pub(crate) const AUDIT_SQL: &str = r#"
 CREATE TABLE fence_audit (
     id bigserial PRIMARY KEY,
@@ -230,7 +248,9 @@ BEGIN
         INSERT INTO fence_audit (writer, tbl, mailbox, owner_before, owner_after)
         SELECT current_setting('application_name'), TG_TABLE_NAME, o.mailbox,
                o.lease_owner, n.lease_owner
-        FROM old_rows o JOIN new_rows n ON n.mailbox = o.mailbox;
+        FROM old_rows o JOIN new_rows n ON n.mailbox = o.mailbox
+        WHERE to_jsonb(o) - 'notified_history_id' - 'notified_at' - 'next_poll_at'
+              IS DISTINCT FROM to_jsonb(n) - 'notified_history_id' - 'notified_at' - 'next_poll_at';
     END IF;
     RETURN NULL;
 END $$;

@@ -73,6 +73,8 @@ conformance_tests!(
     the_schedule_follows_the_subscription_status,
     org_unit_admission_is_recorded_and_cleared,
     push_watches_are_recorded_and_stopped_once,
+    notifications_make_an_idle_mailbox_behind_them_due,
+    a_notification_that_arrives_mid_pass_is_not_lost,
 );
 
 // -- connection errors ------------------------------------------------------

@@ -258,6 +258,10 @@ macro_rules! batch_statements {
 
                     // The run row before the checkpoint, which may release the
                     // lease: every row of the batch is written while it is held.
+                    // A release leaves the mailbox due now instead of at
+                    // `release_at` when a notification named a historyId
+                    // beyond the one written (it arrived mid-pass, or the
+                    // change it announces came after the pass's last read).
                     if let Some(r) = &b.run {
                         Self::insert_run(&mut tx, r).await?;
                     }
@@ -272,7 +276,9 @@ macro_rules! batch_statements {
                          last_quiet_at = CASE WHEN $10 THEN $8 ELSE last_quiet_at END, \
                          lease_owner = CASE WHEN $11 IS NULL THEN lease_owner ELSE NULL END, \
                          lease_expires_at = CASE WHEN $11 IS NULL THEN lease_expires_at ELSE NULL END, \
-                         next_poll_at = CASE WHEN $11 IS NULL THEN next_poll_at ELSE $11 END, \
+                         next_poll_at = CASE WHEN $11 IS NULL THEN next_poll_at \
+                             WHEN $2 = 'incremental' AND $7 AND notified_history_id > COALESCE($3, 0) \
+                             AND $11 > $8 THEN $8 ELSE $11 END, \
                          updated_at = $8 WHERE mailbox = $1",
                     )
                     .bind(mailbox)

@@ -124,6 +124,11 @@ macro_rules! budget_statements {
                     }))
                 }
 
+                /// Schedules a paced backfill at `until` whatever was notified:
+                /// the day's budget, not news, decides when it resumes, and the
+                /// history a backfill has not replayed yet is read when it
+                /// completes (the end-of-pass rule of `release_lease` applies to
+                /// phase `incremental` only).
                 pub(crate) async fn record_quota_wait(
                     &self,
                     l: &Lease,

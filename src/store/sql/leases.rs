@@ -206,6 +206,15 @@ macro_rules! lease_statements {
                     Ok(Lease { expires_at: expires, ..l.clone() })
                 }
 
+                /// Frees the lease. The end-of-pass rule of Gmail push: a
+                /// mailbox left in phase `incremental` with no failure streak
+                /// and a `history_id` behind `notified_history_id` is due now
+                /// rather than at `next_poll_at` (a notification arrived while
+                /// the pass ran). Never after a failure (its backoff stands,
+                /// `consecutive_failures` > 0, as `mark_notified` refuses
+                /// then too) nor for a paced backfill (phase `full_sync`: the
+                /// day's budget, not news, decides when it resumes, and the
+                /// history it has not replayed yet is read when it completes).
                 pub(crate) async fn release_lease(
                     &self,
                     l: &Lease,
@@ -213,9 +222,11 @@ macro_rules! lease_statements {
                 ) -> Result<(), StoreError> {
                     sqlx::query::<$db>(
                         "UPDATE sync_state SET lease_owner = NULL, lease_expires_at = NULL, \
-                         next_poll_at = CASE WHEN EXISTS (SELECT 1 FROM subscriptions s \
-                             WHERE s.mailbox = sync_state.mailbox AND s.status = 'active') \
-                             THEN $4 ELSE NULL END, \
+                         next_poll_at = CASE WHEN NOT EXISTS (SELECT 1 FROM subscriptions s \
+                             WHERE s.mailbox = sync_state.mailbox AND s.status = 'active') THEN NULL \
+                             WHEN phase = 'incremental' AND consecutive_failures = 0 \
+                             AND notified_history_id > COALESCE(history_id, 0) AND $4 > $5 THEN $5 \
+                             ELSE $4 END, \
                          updated_at = $5 \
                          WHERE mailbox = $1 AND lease_owner = $2 AND lease_epoch = $3",
                     )

@@ -50,6 +50,11 @@ macro_rules! run_statements {
                     Ok(())
                 }
 
+                /// Writes the failure's backoff as `next_poll_at` as it is: a
+                /// notification never shortens a failure backoff (the end-of-pass
+                /// rule of `release_lease` skips a mailbox with a failure streak,
+                /// and `mark_notified` makes none due), or a failing mailbox
+                /// would be retried at every change instead of backing off.
                 pub(crate) async fn record_failure(
                     &self,
                     l: &Lease,
