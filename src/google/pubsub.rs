@@ -153,6 +153,17 @@ impl PubSub {
         &self.topic
     }
 
+    /// How long one pull may wait for a message: a second less than
+    /// `google.request_timeout` (at least a second), so that the retry
+    /// loop's timeout never fires on a quiet subscription.
+    pub fn long_poll(&self) -> std::time::Duration {
+        let timeout = self.google.retry.request_timeout;
+        timeout
+            .saturating_sub(std::time::Duration::from_secs(1))
+            .max(std::time::Duration::from_secs(1))
+            .min(timeout)
+    }
+
     async fn hub(&self) -> Result<Arc<Pubsub<Connector>>, GoogleError> {
         self.hub
             .get_or_try_init(|| async {
@@ -201,9 +212,13 @@ impl PubSub {
 
     /// Up to `max` messages, waiting (`returnImmediately` false) until the
     /// server has one or gives up; each already decoded. An empty answer is
-    /// not an error.
+    /// not an error, and neither is a long poll the server holds past
+    /// [`Self::long_poll`]: it is ended and counts as an empty answer (what
+    /// Pub/Sub had assigned to it is delivered again after the ack
+    /// deadline), so an idle subscription never looks like a failing one.
     pub async fn pull(&self, max: i32) -> Result<Vec<Received>, GoogleError> {
         let sub = self.subscription.as_str();
+        let wait = self.long_poll();
         let resp = self
             .call(PULL, |hub| async move {
                 let mut cap = Capture::default();
@@ -211,14 +226,16 @@ impl PubSub {
                     max_messages: Some(max),
                     return_immediately: Some(false),
                 };
-                let r = hub
+                let call = hub
                     .projects()
                     .subscriptions_pull(request, sub)
                     .add_scope(PUBSUB_SCOPE)
                     .delegate(&mut cap)
-                    .doit()
-                    .await
-                    .map(|(_, r)| r);
+                    .doit();
+                let r = match tokio::time::timeout(wait, call).await {
+                    Ok(r) => r.map(|(_, r)| r),
+                    Err(_) => Ok(google_pubsub1::api::PullResponse::default()),
+                };
                 (cap, r)
             })
             .await?;
