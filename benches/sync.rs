@@ -423,6 +423,19 @@ async fn subscribe(ctx: &SyncContext, mailboxes: &[MailboxAddress]) -> anyhow::R
     Ok(())
 }
 
+/// [`subscribe`] from 8 tasks at once (PostgreSQL: one at a time costs ~10 ms a mailbox).
+async fn subscribe_parallel(ctx: &SyncContext, mailboxes: &[MailboxAddress]) -> anyhow::Result<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in mailboxes.chunks(mailboxes.len().div_ceil(8).max(1)) {
+        let (ctx, chunk) = (ctx.clone(), chunk.to_vec());
+        tasks.spawn(async move { subscribe(&ctx, &chunk).await });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
 async fn sync(
     ctx: &SyncContext,
     only: Option<&MailboxAddress>,
@@ -556,10 +569,7 @@ impl DaemonProcess {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(status) = d.child.try_wait()? {
-                bail!(
-                    "daemon {name} exited at start ({status}): {}",
-                    d.log_tail()
-                );
+                bail!("daemon {name} exited at start ({status}): {}", d.log_tail());
             }
             if let Ok(r) = d
                 .http
@@ -571,7 +581,10 @@ impl DaemonProcess {
                 return Ok(d);
             }
             if Instant::now() > deadline {
-                bail!("daemon {name} did not answer /healthz in 120 s: {}", d.log_tail());
+                bail!(
+                    "daemon {name} did not answer /healthz in 120 s: {}",
+                    d.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -635,7 +648,10 @@ impl DaemonProcess {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        say(&format!("  {} did not stop within 30 s of SIGTERM; killed", self.name));
+        say(&format!(
+            "  {} did not stop within 30 s of SIGTERM; killed",
+            self.name
+        ));
     }
 }
 
@@ -1392,7 +1408,7 @@ async fn idle_replicas(
         s.log.level = "warn".into();
         let ctx = gmail_ingest::app::context(s).await?;
         let t = Instant::now();
-        subscribe(&ctx, &mailboxes).await?;
+        subscribe_parallel(&ctx, &mailboxes).await?;
         say(&format!(
             "idle: {} subscriptions added and approved in {:.1} s (PostgreSQL, poll interval {poll} s, {replicas} replicas as child processes)",
             mailboxes.len(),
@@ -1430,7 +1446,11 @@ async fn idle_replicas(
         }
         for d in &mut daemons {
             if !matches!(d.child.try_wait(), Ok(None)) {
-                bail!("daemon {} exited during the initial syncs: {}", d.name, d.log_tail());
+                bail!(
+                    "daemon {} exited during the initial syncs: {}",
+                    d.name,
+                    d.log_tail()
+                );
             }
         }
         if Instant::now() > deadline {
@@ -1534,7 +1554,11 @@ async fn idle_replicas(
             d.pid(),
             cpu * 100.0 / secs,
             polls / secs,
-            if polls > 0.0 { cpu * 1000.0 / polls } else { f64::NAN },
+            if polls > 0.0 {
+                cpu * 1000.0 / polls
+            } else {
+                f64::NAN
+            },
             d.rss_mib(),
             d.peak_mib(),
         ));
@@ -1546,14 +1570,22 @@ async fn idle_replicas(
          {late_count_max}, largest lateness {late_max:.1} s",
         cpu_total * 100.0 / secs,
         emulator_polls as f64 / secs,
-        if polls_total > 0.0 { cpu_total * 1000.0 / polls_total } else { f64::NAN },
+        if polls_total > 0.0 {
+            cpu_total * 1000.0 / polls_total
+        } else {
+            f64::NAN
+        },
         tokens(&after) - tokens(&before),
     ));
     say(&format!(
         "  PostgreSQL server: the database's {} backends {pg_ours:.2} CPU s ({:.3} ms per quiet poll), background processes {pg_bg:.2} s; \
          emulator CPU {ecpu:.1} s; load {load0} -> {load1}",
         ours_now.len(),
-        if polls_total > 0.0 { pg_ours * 1000.0 / polls_total } else { f64::NAN },
+        if polls_total > 0.0 {
+            pg_ours * 1000.0 / polls_total
+        } else {
+            f64::NAN
+        },
     ));
     say(&format!(
         "  PostgreSQL {}",
@@ -1621,19 +1653,41 @@ async fn push() -> anyhow::Result<()> {
         rows.push(push_one(on).await?);
     }
     let cell = |f: &dyn Fn(&PushFigures) -> String| {
-        rows.iter().map(|r| format!(" {} |", f(r))).collect::<String>()
+        rows.iter()
+            .map(|r| format!(" {} |", f(r)))
+            .collect::<String>()
     };
     say(&format!("| |{}", cell(&|r| r.mode.to_owned())));
     say(&format!("|---|{}", cell(&|_| "---".to_owned())));
     let lines: [(&str, &dyn Fn(&PushFigures) -> String); 11] = [
-        ("messages inserted / landed", &|r| format!("{} / {}", r.inserted, r.latencies.len())),
-        ("insert → row, median", &|r| format!("{:.2} s", r.quantile(0.5))),
-        ("insert → row, p99", &|r| format!("{:.2} s", r.quantile(0.99))),
-        ("insert → row, max", &|r| format!("{:.2} s", r.quantile(1.0))),
-        ("daemon CPU in the window", &|r| format!("{:.2} s = {:.1} % of one core", r.cpu, r.cpu * 100.0 / r.window)),
-        ("history.list calls in the window", &|r| format!("{:.0} ({:.1}/s)", r.polls, r.polls / r.window)),
-        ("Gmail requests / units in the window", &|r| format!("{} / {}", r.requests, r.units)),
-        ("live watches (made by the bench)", &|r| format!("{} ({})", r.watches, r.made_by_bench)),
+        ("messages inserted / landed", &|r| {
+            format!("{} / {}", r.inserted, r.latencies.len())
+        }),
+        ("insert → row, median", &|r| {
+            format!("{:.2} s", r.quantile(0.5))
+        }),
+        ("insert → row, p99", &|r| {
+            format!("{:.2} s", r.quantile(0.99))
+        }),
+        ("insert → row, max", &|r| {
+            format!("{:.2} s", r.quantile(1.0))
+        }),
+        ("daemon CPU in the window", &|r| {
+            format!(
+                "{:.2} s = {:.1} % of one core",
+                r.cpu,
+                r.cpu * 100.0 / r.window
+            )
+        }),
+        ("history.list calls in the window", &|r| {
+            format!("{:.0} ({:.1}/s)", r.polls, r.polls / r.window)
+        }),
+        ("Gmail requests / units in the window", &|r| {
+            format!("{} / {}", r.requests, r.units)
+        }),
+        ("live watches (made by the bench)", &|r| {
+            format!("{} ({})", r.watches, r.made_by_bench)
+        }),
         ("Pub/Sub in the window", &|r| r.notifications.clone()),
         ("daemon RSS", &|r| format!("{:.1} MiB", r.rss)),
         ("load (1, 5, 15 min) at the end", &|r| r.load.clone()),
@@ -1678,7 +1732,9 @@ async fn push_one(on: bool) -> anyhow::Result<PushFigures> {
     let key: Value = serde_json::from_slice(&std::fs::read(&emulator.key)?)?;
     let me = format!(
         "serviceAccount:{}",
-        key["client_email"].as_str().context("client_email in the key")?
+        key["client_email"]
+            .as_str()
+            .context("client_email in the key")?
     );
     emulator
         .call(
@@ -1688,7 +1744,19 @@ async fn push_one(on: bool) -> anyhow::Result<PushFigures> {
         )
         .await;
     let url = database(&Db::Postgres, dir.path()).await?;
-    let result = push_on_db(&emulator, dir.path(), &url, on, n, rate, seconds, tail, poll, &fallback).await;
+    let result = push_on_db(
+        &emulator,
+        dir.path(),
+        &url,
+        on,
+        n,
+        rate,
+        seconds,
+        tail,
+        poll,
+        &fallback,
+    )
+    .await;
     drop_pg(&url).await;
     let figures = result?;
     say(&format!(
@@ -1723,7 +1791,7 @@ async fn push_on_db(
         let mut s = settings(emulator, url)?;
         s.log.level = "warn".into();
         let ctx = gmail_ingest::app::context(s).await?;
-        subscribe(&ctx, &mailboxes).await?;
+        subscribe_parallel(&ctx, &mailboxes).await?;
         ctx.store.close().await;
     }
     let push_section = if on {
@@ -1744,13 +1812,18 @@ async fn push_on_db(
         mailboxes.len(),
         daemon.name,
         daemon.pid(),
-        if on { format!(", fallback {fallback}") } else { String::new() },
+        if on {
+            format!(", fallback {fallback}")
+        } else {
+            String::new()
+        },
         load()
     ));
     // Initial syncs: every mailbox in phase incremental.
     let mut pg = PgConnection::connect(url).await?;
     let started = Instant::now();
     let catchup = Duration::from_secs(env_or("BENCH_PUSH_CATCHUP_SECONDS", 1200));
+    let mut reported = 0;
     loop {
         let (synced,): (i64,) =
             sqlx::query_as("SELECT count(*) FROM sync_state WHERE phase = 'incremental'")
@@ -1760,10 +1833,25 @@ async fn push_on_db(
             break;
         }
         if !matches!(daemon.child.try_wait(), Ok(None)) {
-            bail!("{mode}: the daemon exited during the initial syncs: {}", daemon.log_tail());
+            bail!(
+                "{mode}: the daemon exited during the initial syncs: {}",
+                daemon.log_tail()
+            );
         }
         if started.elapsed() > catchup {
-            bail!("{mode}: only {synced} of {} mailboxes synced in {catchup:?}", mailboxes.len());
+            bail!(
+                "{mode}: only {synced} of {} mailboxes synced in {catchup:?}",
+                mailboxes.len()
+            );
+        }
+        if started.elapsed().as_secs() / 60 > reported {
+            reported = started.elapsed().as_secs() / 60;
+            say(&format!(
+                "  {:.0} s: {synced} mailboxes synced, daemon CPU {:.1} s, load {}",
+                started.elapsed().as_secs_f64(),
+                daemon.cpu(),
+                load()
+            ));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -1775,7 +1863,10 @@ async fn push_on_db(
     ));
     // Watches: the daemon with push on makes them at each mailbox's first incremental pass
     // (within a poll interval of its full sync); the bench makes the missing ones.
-    let wait = env_or("BENCH_PUSH_WATCH_WAIT_SECONDS", if on { 2 * poll + 30 } else { 0 });
+    let wait = env_or(
+        "BENCH_PUSH_WATCH_WAIT_SECONDS",
+        if on { 2 * poll + 30 } else { 0 },
+    );
     let deadline = Instant::now() + Duration::from_secs(wait);
     let live = loop {
         let live = live_watches(emulator, &mailboxes).await;
@@ -1884,7 +1975,10 @@ async fn push_on_db(
             break;
         }
         if !matches!(daemon.child.try_wait(), Ok(None)) {
-            bail!("{mode}: the daemon exited during the window: {}", daemon.log_tail());
+            bail!(
+                "{mode}: the daemon exited during the window: {}",
+                daemon.log_tail()
+            );
         }
         let wake = if now < end_inserts {
             next_insert.min(next_check)
