@@ -1,17 +1,19 @@
 //! End-to-end sync benchmarks: quota efficiency and economy, many mailboxes, the CPU
 //! path into SQLite and PostgreSQL, memory of a full sync, and the idle cost of many
-//! quiet mailboxes. Figures and how they were taken: `BENCHMARKS.md`.
+//! quiet mailboxes (one replica, or several `run` children on PostgreSQL), and push versus
+//! polling. Figures and how they were taken: `BENCHMARKS.md`.
 //!
 //! ```sh
 //! export CARGO_TARGET_DIR=/work/main/target
 //! cargo bench --bench sync -- quota      # one scenario (several names allowed)
-//! cargo bench --bench sync               # every scenario (about 25 minutes)
+//! cargo bench --bench sync               # every scenario (about 55 minutes; `push` needs PostgreSQL)
 //! ```
 //!
-//! Scenarios: `quota`, `economy`, `many`, `cpu`, `memory`, `idle`, `backlog`, `push`. Each prints its
-//! figures to stderr. The emulator runs as a separate process (the release binary's
-//! `emulator` command) so that the CPU and peak RSS read from `/proc/self` are the
-//! daemon's alone; the SQLite database lives in this process, PostgreSQL in its server.
+//! Scenarios: `quota`, `economy`, `many`, `cpu`, `memory`, `idle`, `backlog`, `push`. Each
+//! prints its figures to stderr. The emulator runs as a separate process (the release
+//! binary's `emulator` command) so that the CPU and peak RSS read from `/proc/self` are the
+//! daemon's alone (`idle` with `BENCH_IDLE_REPLICAS` and `push` run the daemon as `run`
+//! children and read `/proc/PID`); the SQLite database lives in this process, PostgreSQL in its server.
 //! Loopback only; every run is bounded in requests and time.
 //!
 //! Environment: `BENCH_QUOTA_MESSAGES` (1000), `BENCH_INCR_MESSAGES` (100000),
@@ -713,8 +715,11 @@ async fn overdue(conn: &mut PgConnection, slack: f64) -> (i64, f64) {
 }
 
 /// The database's activity counters (`pg_stat_database`: commits, rows returned, fetched,
-/// inserted, updated) and, per table, (sequential scans, rows they read, index scans).
-async fn pg_activity(conn: &mut PgConnection) -> (Vec<i64>, Vec<(String, i64, i64, i64)>) {
+/// inserted, updated) and, per table, (name, sequential scans, rows they read, index scans).
+type PgActivity = (Vec<i64>, Vec<(String, i64, i64, i64)>);
+
+/// Reads [`PgActivity`] of the connection's database.
+async fn pg_activity(conn: &mut PgConnection) -> PgActivity {
     let db: (i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT xact_commit, tup_returned, tup_fetched, tup_inserted, tup_updated \
          FROM pg_stat_database WHERE datname = current_database()",
@@ -733,11 +738,7 @@ async fn pg_activity(conn: &mut PgConnection) -> (Vec<i64>, Vec<(String, i64, i6
 }
 
 /// What the database did per quiet poll between two [`pg_activity`] readings.
-fn pg_activity_per_poll(
-    then: &(Vec<i64>, Vec<(String, i64, i64, i64)>),
-    now: &(Vec<i64>, Vec<(String, i64, i64, i64)>),
-    polls: f64,
-) -> String {
+fn pg_activity_per_poll(then: &PgActivity, now: &PgActivity, polls: f64) -> String {
     let per = |i: usize| (now.0[i] - then.0[i]) as f64 / polls.max(1.0);
     let mut tables: Vec<String> = now
         .1
@@ -1659,7 +1660,8 @@ async fn push() -> anyhow::Result<()> {
     };
     say(&format!("| |{}", cell(&|r| r.mode.to_owned())));
     say(&format!("|---|{}", cell(&|_| "---".to_owned())));
-    let lines: [(&str, &dyn Fn(&PushFigures) -> String); 11] = [
+    type Line<'a> = (&'a str, &'a dyn Fn(&PushFigures) -> String);
+    let lines: [Line<'_>; 11] = [
         ("messages inserted / landed", &|r| {
             format!("{} / {}", r.inserted, r.latencies.len())
         }),
