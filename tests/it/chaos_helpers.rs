@@ -276,6 +276,41 @@ impl WorldCli {
         }
     }
 
+    /// `gmail-ingest sync` in a child whose peak RSS (`VmHWM`, KiB) is
+    /// sampled while it runs, so that a memory bound is the child's alone
+    /// (not this test process's, which other tests share). Its stderr is
+    /// drained meanwhile: a child blocked on a full pipe would hang with
+    /// its transaction open. glibc keeps freed 12–24 MB buffers in its
+    /// arenas unless the mmap threshold is fixed (docs/operations.md).
+    pub(crate) async fn sync_measured(&self) -> (std::process::ExitStatus, String, u64) {
+        let mut child = Command::new(binary())
+            .current_dir(&self.dir)
+            .args(["--config", self.config.to_str().unwrap(), "sync"])
+            .env_remove("RUST_LOG")
+            .env("MALLOC_MMAP_THRESHOLD_", "4194304")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("sync starts");
+        let pid = child.id();
+        let mut err_pipe = child.stderr.take().expect("stderr piped");
+        let stderr = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut s = String::new();
+            let _ = err_pipe.read_to_string(&mut s);
+            s
+        });
+        let mut peak_kib = 0;
+        let status = loop {
+            peak_kib = peak_kib.max(proc_status_kib(pid, "VmHWM:"));
+            if let Some(status) = child.try_wait().expect("child waits") {
+                break status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        (status, stderr.join().unwrap_or_default(), peak_kib)
+    }
+
     pub(crate) fn run(&self, args: &[&str]) -> Output {
         Command::new(binary())
             .current_dir(&self.dir)
@@ -335,4 +370,15 @@ impl WorldCli {
         .await
         .unwrap()
     }
+}
+
+/// A `/proc/<pid>/status` field in KiB (0 once the process is gone).
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }

@@ -400,6 +400,40 @@ macro_rules! both_backends {
 }
 pub(crate) use both_backends;
 
+/// The daemon (`Application::build` + `run_until_stopped`) in this process,
+/// stopped as SIGTERM would stop it.
+pub(crate) struct RunningDaemon {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningDaemon {
+    pub(crate) async fn start(settings: &Settings) -> RunningDaemon {
+        let app = gmail_ingest::app::Application::build(settings.clone())
+            .await
+            .expect("daemon builds");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        RunningDaemon {
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// Stops it and fails unless it drained within its grace.
+    pub(crate) async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task
+            .await
+            .expect("daemon task joins")
+            .expect("daemon stops cleanly within its grace");
+    }
+}
+
 pub(crate) fn arc<T>(t: T) -> Arc<T> {
     Arc::new(t)
 }

@@ -16,48 +16,12 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use gmail_ingest::app::Application;
-use gmail_ingest::config::Settings;
 use gmail_ingest::domain::{MailboxAddress, Operator, SubscriptionAction, SubscriptionStatus};
 use gmail_ingest::store::SyncState;
 use gmail_ingest::subscriptions::Subscriptions;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-use crate::helpers::{Backend, World, both_backends, small, world_with};
-
-/// The daemon (`Application::build` + `run_until_stopped`) in this process.
-struct Daemon {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Daemon {
-    async fn start(settings: &Settings) -> Daemon {
-        let app = Application::build(settings.clone())
-            .await
-            .expect("daemon builds");
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until_stopped(async move {
-            let _ = rx.await;
-        }));
-        Daemon {
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        self.task
-            .await
-            .expect("daemon task joins")
-            .expect("daemon stops cleanly");
-    }
-}
+use crate::helpers::{Backend, RunningDaemon, World, both_backends, small, world_with};
 
 async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
 where
@@ -213,7 +177,7 @@ both_backends!(
         let rows = runs(&w, &m).await;
         for round in 1..=2 {
             let start = state(&w, &m).await.quiet_passes;
-            let d = Daemon::start(&w.settings).await;
+            let d = RunningDaemon::start(&w.settings).await;
             eventually(
                 &format!("two quiet polls in daemon run {round}"),
                 Duration::from_secs(30),
@@ -238,7 +202,7 @@ both_backends!(
             return;
         };
         let m = one_subscribed(&w).await;
-        let d = Daemon::start(&w.settings).await;
+        let d = RunningDaemon::start(&w.settings).await;
         eventually("the first quiet poll", Duration::from_secs(30), || async {
             w.ctx
                 .store
@@ -300,7 +264,7 @@ both_backends!(
             return;
         };
         let m = one_subscribed(&w).await;
-        let d = Daemon::start(&w.settings).await;
+        let d = RunningDaemon::start(&w.settings).await;
         eventually("two quiet polls", Duration::from_secs(30), || async {
             w.ctx
                 .store

@@ -8,19 +8,16 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use gmail_ingest::app::Application;
 use gmail_ingest::config::Settings;
 use gmail_ingest::domain::{MailboxAddress, Operator, SubscriptionAction};
 use gmail_ingest::google::pubsub::PubSub;
 use google_gmail1::api::WatchRequest;
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::chaos_helpers::{binary, eventually, write_config};
 use crate::emulator_helpers::{GMAIL_READONLY, hub_with_key};
-use crate::helpers::{Backend, World, both_backends, small, world_with};
+use crate::helpers::{Backend, RunningDaemon, World, both_backends, small, world_with};
 use crate::push_helpers::{SUBSCRIPTION, TOPIC, push_on};
 
 /// Long enough that no poll comes due during a test.
@@ -30,38 +27,6 @@ const LANDS_WITHIN: Duration = Duration::from_secs(30);
 fn push_only(s: &mut Settings) {
     push_on(s);
     s.sync.poll_interval = NO_POLL;
-}
-
-/// The daemon through its one startup path.
-struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn start(w: &World) -> Running {
-        let app = Application::build(w.settings.clone())
-            .await
-            .expect("daemon builds");
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until_stopped(async move {
-            let _ = rx.await;
-        }));
-        Running {
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        self.task
-            .await
-            .expect("daemon task joins")
-            .expect("daemon stops cleanly within its grace");
-    }
 }
 
 /// `users.watch` on `m`'s whole mailbox, as the mailbox (what helper A's
@@ -140,7 +105,7 @@ both_backends!(
         };
         w.set_up_pubsub(10).await;
         let m = synced_and_watched(&w).await;
-        let daemon = Running::start(&w).await;
+        let daemon = RunningDaemon::start(&w.settings).await;
 
         // Act
         let id = w.insert_message(&m, "pushed", &["INBOX"]).await;
@@ -187,7 +152,7 @@ both_backends!(
         assert_eq!(&n.mailbox, &m);
 
         // Act: the daemon runs; the ack deadline passes.
-        let daemon = Running::start(&w).await;
+        let daemon = RunningDaemon::start(&w.settings).await;
         advance_emulator_clock(&w, 11).await;
 
         // Assert
@@ -218,7 +183,7 @@ both_backends!(
             Some(json!({"duplicate_rate": 1.0, "delay_ms": [100, 1500], "seed": 17})),
         )
         .await;
-        let daemon = Running::start(&w).await;
+        let daemon = RunningDaemon::start(&w.settings).await;
 
         let mut ids = Vec::new();
         for i in 0..3 {
@@ -249,7 +214,8 @@ both_backends!(
     |b: Backend| async move {
         let Some(w) = world_with(b, small(1, 5), |s| {
             push_on(s);
-            s.sync.poll_interval = Duration::from_secs(2);
+            // A watched mailbox is polled at the fallback interval.
+            s.push.fallback_poll_interval = Duration::from_secs(2);
         })
         .await
         else {
@@ -266,7 +232,7 @@ both_backends!(
             Some(json!({"drop_rate": 1.0})),
         )
         .await;
-        let daemon = Running::start(&w).await;
+        let daemon = RunningDaemon::start(&w.settings).await;
 
         let id = w.insert_message(&m, "dropped", &["INBOX"]).await;
 
@@ -280,12 +246,19 @@ both_backends!(
     }
 );
 
-/// Every Gmail request and token made for `m` so far.
+/// Every Gmail request made for `m` so far but `users.stop` (the one call
+/// the daemon makes for a mailbox no longer active: it ends the watch and
+/// reads nothing), and the tokens issued for it.
 async fn gmail_footprint(w: &World, m: &MailboxAddress) -> (u64, Value) {
     let stats = w.stats().await;
     let requests: u64 = stats["requests_by_user"][m.as_str()]
         .as_object()
-        .map_or(0, |o| o.values().filter_map(Value::as_u64).sum());
+        .map_or(0, |o| {
+            o.iter()
+                .filter(|(method, _)| method.as_str() != "gmail.users.stop")
+                .filter_map(|(_, n)| n.as_u64())
+                .sum()
+        });
     (requests, stats["tokens_issued"][m.as_str()].clone())
 }
 
@@ -318,11 +291,11 @@ both_backends!(
             gmail_footprint(&w, &stranger).await,
             gmail_footprint(&w, &paused).await,
         );
-        let daemon = Running::start(&w).await;
-
-        // Act
+        // Act: both change while their watches stand (the daemon stops the
+        // paused one's watch as soon as it runs).
         w.insert_message(&stranger, "not ours", &["INBOX"]).await;
         w.insert_message(&paused, "not now", &["INBOX"]).await;
+        let daemon = RunningDaemon::start(&w.settings).await;
 
         // Assert: both acknowledged, no Gmail call, no token, no row.
         eventually(
@@ -333,12 +306,26 @@ both_backends!(
             },
         )
         .await;
+        eventually(
+            "the paused mailbox's watch is stopped",
+            LANDS_WITHIN,
+            || async { w.watch_of(paused.as_str()).await.is_none() },
+        )
+        .await;
         daemon.stop().await;
         let after = (
             gmail_footprint(&w, &stranger).await,
             gmail_footprint(&w, &paused).await,
         );
-        assert_eq!(after, before, "a Gmail call for a mailbox not active");
+        assert_eq!(
+            after.0, before.0,
+            "a Gmail call for a mailbox never subscribed"
+        );
+        assert_eq!(after.1.0, before.1.0, "a Gmail read for a paused mailbox");
+        assert!(
+            w.watch_of(stranger.as_str()).await.is_some(),
+            "not ours to stop"
+        );
         assert!(w.ctx.store.sync_state(&stranger).await.unwrap().is_none());
         assert_eq!(
             w.ctx
@@ -465,7 +452,7 @@ async fn a_notification_pulled_while_the_database_is_down_lands_once_it_is_back(
     let w = crate::helpers::world_at(Backend::Postgres, url, dir, small(1, 5), push_only).await;
     w.set_up_pubsub(10).await;
     let m = synced_and_watched(&w).await;
-    let daemon = Running::start(&w).await;
+    let daemon = RunningDaemon::start(&w.settings).await;
 
     // Act: the database goes down, then a message arrives.
     cluster.stop_fast();

@@ -1,4 +1,3 @@
-#![allow(dead_code)] // until the push tests use every helper
 //! Gmail push in the integration tests: the emulator's topic, grants and pull
 //! subscription, and the `[push]` settings that point the daemon at them.
 

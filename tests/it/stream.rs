@@ -370,17 +370,6 @@ fn big_message(bytes: usize, tag: &str) -> Vec<u8> {
     s.into_bytes()
 }
 
-/// A `/proc/<pid>/status` field in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 both_backends!(
     a_hundred_12_mb_messages_with_store_raw_sync_completely_in_bounded_memory,
     |b: Backend| async move {
@@ -410,33 +399,9 @@ both_backends!(
         );
 
         // Act: the real binary, its peak RSS sampled while it runs.
-        let mut child = std::process::Command::new(crate::chaos_helpers::binary())
-            .args(["--config", cli.config.to_str().unwrap(), "sync"])
-            .env_remove("RUST_LOG")
-            // glibc's default raises its mmap threshold after the first large
-            // free and then keeps 12-24 MB buffers in its arenas, which held
-            // 2.3 GB here; a fixed threshold returns them (docs/operations.md).
-            .env("MALLOC_MMAP_THRESHOLD_", "4194304")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("sync starts");
-        let pid = child.id();
-        let mut peak_kib = 0;
-        let status = loop {
-            peak_kib = peak_kib.max(status_kib(pid, "VmHWM:"));
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let (status, stderr, peak_kib) = cli.sync_measured().await;
 
         // Assert.
-        let mut stderr = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut stderr);
-        }
         assert!(status.success(), "sync failed: {stderr}");
         assert_eq!(w.ctx.store.count_messages(&m).await.unwrap(), 100);
         w.assert_converged(&m).await;
