@@ -79,6 +79,8 @@ pub use model::{
     Subscription, SubscriptionChange, SubscriptionEvent, SubscriptionUpdate, SyncBatch, SyncRunRow,
     SyncState, UNFETCHED_PREFIX, WatchState, WatchToStop,
 };
+#[doc(hidden)]
+pub use postgres::CLAIM_DUE_SQL as PG_CLAIM_DUE_SQL;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

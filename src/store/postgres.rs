@@ -31,6 +31,40 @@ pub struct PgStore {
     pool: PgPool,
 }
 
+/// The claim of due mailboxes (`$1` owner, `$2` lease expiry, `$3` now,
+/// `$4` limit).
+///
+/// It must walk `sync_state_due_idx` from the earliest due row and stop at
+/// `$4` claimable ones whatever the planner's statistics say: rows in flight
+/// and the due ones claimed are all it reads, however many mailboxes there
+/// are (unscheduled rows have NULL `next_poll_at` and lie outside the range).
+/// Two shapes are chosen for that:
+/// - the subscription's status is a scalar subquery, evaluated per row the
+///   walk reaches. Written as `EXISTS`, PostgreSQL turned it into a join and,
+///   with statistics taken while a burst of new subscriptions was still
+///   pending ("24 active"), drove the join from `subscriptions_status_idx`:
+///   every claim then read every active mailbox's row (10,000 index probes,
+///   30,000 buffers, 12 ms per quiet poll at 10,000 mailboxes, BENCHMARKS.md
+///   §6), in the generic plan each connection keeps for good;
+/// - the rows are updated by key (`= ANY(ARRAY(...))`), not joined to the
+///   claimed set, which a generic plan (its `LIMIT` unknown) hashed against
+///   a scan of the whole table.
+///
+/// `SKIP LOCKED`: rows another replica is claiming (or writing under a
+/// lease) are passed over instead of waited for; a row whose claim committed
+/// meanwhile is re-checked against the lease condition.
+#[doc(hidden)]
+pub const CLAIM_DUE_SQL: &str = "UPDATE sync_state SET lease_owner = $1, lease_epoch = lease_epoch + 1, \
+     lease_expires_at = $2, updated_at = $3 \
+     WHERE mailbox = ANY(ARRAY( \
+       SELECT t.mailbox FROM sync_state t \
+       WHERE t.next_poll_at <= $3 \
+       AND (t.lease_owner IS NULL OR t.lease_expires_at IS NULL OR t.lease_expires_at <= $3) \
+       AND (SELECT s.status FROM subscriptions s WHERE s.mailbox = t.mailbox) = 'active' \
+       ORDER BY t.next_poll_at, t.mailbox LIMIT $4 \
+       FOR UPDATE OF t SKIP LOCKED)) \
+     RETURNING mailbox, lease_epoch";
+
 impl PgStore {
     pub(crate) async fn connect(url: &str, options: ConnectOptions) -> Result<Self, StoreError> {
         let opts = PgConnectOptions::from_str(url)
@@ -127,33 +161,13 @@ impl PgStore {
         let now = micros(now);
         let expires = plus(now, lease_for);
         let (_turn, mut tx) = self.begin_write().await?;
-        // SKIP LOCKED: rows another replica is claiming (or writing under a
-        // lease) are passed over instead of waited for; a row whose claim
-        // committed meanwhile is re-checked against the lease condition.
-        // The scan walks `sync_state_due_idx` from the earliest due row:
-        // rows in flight and the due ones claimed are all it reads, however
-        // many mailboxes there are (unscheduled rows have NULL
-        // `next_poll_at` and lie outside the range).
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "WITH due AS ( \
-               SELECT t.mailbox FROM sync_state t \
-               WHERE t.next_poll_at <= $3 \
-               AND (t.lease_owner IS NULL OR t.lease_expires_at IS NULL OR t.lease_expires_at <= $3) \
-               AND EXISTS (SELECT 1 FROM subscriptions s \
-                           WHERE s.mailbox = t.mailbox AND s.status = 'active') \
-               ORDER BY t.next_poll_at, t.mailbox LIMIT $4 \
-               FOR UPDATE OF t SKIP LOCKED) \
-             UPDATE sync_state SET lease_owner = $1, lease_epoch = sync_state.lease_epoch + 1, \
-             lease_expires_at = $2, updated_at = $3 \
-             FROM due WHERE sync_state.mailbox = due.mailbox \
-             RETURNING sync_state.mailbox, sync_state.lease_epoch",
-        )
-        .bind(owner)
-        .bind(expires)
-        .bind(now)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows: Vec<(String, i64)> = sqlx::query_as(CLAIM_DUE_SQL)
+            .bind(owner)
+            .bind(expires)
+            .bind(now)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
         tx.commit().await?;
         claimed_leases(rows, owner, expires)
     }

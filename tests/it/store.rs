@@ -119,6 +119,120 @@ async fn postgres_connections_carry_the_idle_in_transaction_timeout() {
     pg::drop_database(&url).await;
 }
 
+/// A claim reads the due range, not the fleet, whatever the planner's
+/// statistics say. Here they were taken while a burst of 5,000 new
+/// subscriptions was still pending (as when an operator approves a fleet at
+/// once and autovacuum analyzes midway), so they count almost none active:
+/// written as a join, the claim was then driven from the "few" active
+/// subscriptions and read every mailbox's row on every claim, in the generic
+/// plan a pooled connection keeps for good (12 ms per quiet poll at 10,000
+/// mailboxes). Three mailboxes are due; the claim takes exactly them, and its
+/// plan (generic and custom) touches a few dozen buffers, not thousands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claims_read_the_due_range_whatever_the_statistics_say() {
+    let Some(url) = pg::fresh_pg_url().await else {
+        return;
+    };
+    let store = Store::connect(&url, 4).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("connect");
+    for sql in [
+        // Keep the stale statistics for the whole test.
+        "ALTER TABLE subscriptions SET (autovacuum_enabled = false)",
+        "ALTER TABLE sync_state SET (autovacuum_enabled = false)",
+        "INSERT INTO subscriptions (mailbox, status, requested_by, requested_at, created_at, updated_at) \
+         SELECT 'm' || i || '@example.com', 'pending', 'ops@example.com', now(), now(), now() \
+         FROM generate_series(1, 5000) i",
+        "ANALYZE subscriptions",
+        "UPDATE subscriptions SET status = 'active', approved_by = 'lead@example.com', approved_at = now()",
+        // Every mailbox polled within the next minute but three, due now.
+        "INSERT INTO sync_state (mailbox, phase, history_id, next_poll_at, updated_at) \
+         SELECT 'm' || i || '@example.com', 'incremental', 100, \
+         CASE WHEN i <= 3 THEN now() - interval '1 second' \
+         ELSE now() + (1 + i % 60) * interval '1 second' END, now() \
+         FROM generate_series(1, 5000) i",
+        "ANALYZE sync_state",
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let now = chrono::Utc::now();
+    let expires = now + chrono::TimeDelta::minutes(5);
+    let args = |n: i64| {
+        format!(
+            "('replica-x', '{}'::timestamptz, '{}'::timestamptz, {n})",
+            expires.to_rfc3339(),
+            now.to_rfc3339()
+        )
+    };
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "PREPARE claim (text, timestamptz, timestamptz, bigint) AS {}",
+        gmail_ingest::store::PG_CLAIM_DUE_SQL
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("prepare the claim");
+    for mode in ["force_generic_plan", "force_custom_plan"] {
+        let plan: (serde_json::Value,) = {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "SET plan_cache_mode = {mode}; BEGIN"
+            )))
+            .execute(&mut conn)
+            .await
+            .expect("set the plan mode");
+            let plan = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim {}",
+                args(16)
+            )))
+            .fetch_one(&mut conn)
+            .await
+            .expect("explain the claim");
+            sqlx::raw_sql("ROLLBACK")
+                .execute(&mut conn)
+                .await
+                .expect("roll back");
+            plan
+        };
+        let top = &plan.0[0]["Plan"];
+        let buffers = top["Shared Hit Blocks"].as_i64().unwrap_or(0)
+            + top["Shared Read Blocks"].as_i64().unwrap_or(0);
+        assert_eq!(top["Actual Rows"], 3, "{mode}: {plan:?}");
+        assert!(
+            buffers < 200,
+            "{mode}: the claim of 3 due mailboxes among 5,000 touched {buffers} buffers: {}",
+            plan.0
+        );
+        assert!(
+            !plan.0.to_string().contains("subscriptions_status_idx"),
+            "{mode}: the claim was driven from the subscriptions: {}",
+            plan.0
+        );
+    }
+    // The store's own claim takes exactly the three due mailboxes.
+    let leases = store
+        .claim_due(
+            "replica-1",
+            chrono::Utc::now(),
+            std::time::Duration::from_secs(300),
+            16,
+        )
+        .await
+        .expect("claim");
+    let mut claimed: Vec<String> = leases.iter().map(|l| l.mailbox.to_string()).collect();
+    claimed.sort();
+    assert_eq!(
+        claimed,
+        ["m1@example.com", "m2@example.com", "m3@example.com"]
+    );
+    let _ = sqlx::Connection::close(conn).await;
+    store.close().await;
+    pg::drop_database(&url).await;
+}
+
 #[tokio::test]
 async fn an_unsupported_url_scheme_is_refused_by_name() {
     let err = Store::connect("mysql://root@localhost/db", 1)
