@@ -1,11 +1,12 @@
 //! Domain-wide-delegation token source.
 //!
-//! The service-account key is read once. Each mailbox gets its own cached
-//! yup-oauth2 authenticator (`subject` = the mailbox) built over one shared
-//! HTTP client, so a thousand mailboxes share one connection pool. Tokens are
-//! requested for the configured scopes explicitly. The service account's own
-//! authenticator (no `subject`, for Cloud Pub/Sub) is cached apart. Nothing here logs a token
-//! or the key: [`ServiceAccount`]'s `Debug` shows only the public identity.
+//! The service-account key is read once. Each mailbox's access token
+//! (`subject` = the mailbox) is cached, and fetched through a yup-oauth2
+//! authenticator built over one shared HTTP client, so a thousand mailboxes
+//! share one connection pool. Tokens are requested for the configured scopes
+//! explicitly. The service account's own token (no `subject`, for Cloud
+//! Pub/Sub) is cached apart. Nothing here logs a token or the key:
+//! [`ServiceAccount`]'s `Debug` shows only the public identity.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,9 +17,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use hyper_util::client::legacy::connect::HttpConnector;
-use yup_oauth2::authenticator::Authenticator;
 use yup_oauth2::{
-    CustomHyperClientBuilder, HyperClientBuilder, ServiceAccountAuthenticator, ServiceAccountKey,
+    AccessToken, CustomHyperClientBuilder, HyperClientBuilder, ServiceAccountAuthenticator,
+    ServiceAccountKey,
 };
 
 use super::error::{ErrorClass, GoogleError, classify_auth_error};
@@ -111,17 +112,25 @@ impl ServiceAccount {
     }
 }
 
-pub type MailboxAuthenticator = Authenticator<Connector>;
+/// The access tokens one subject holds, by the scopes they were asked for.
+type SubjectTokens = tokio::sync::Mutex<Vec<(Vec<String>, AccessToken)>>;
 
-/// One cached authenticator per impersonated subject, over one HTTP client.
+/// Access tokens per impersonated subject, over one HTTP client.
+///
+/// What is kept per mailbox is its token, not an authenticator: a yup-oauth2
+/// authenticator holds its own copy of the key, parsed (about 6 KiB), and a
+/// replica that meets 30,000 mailboxes kept 30,000 of them (BENCHMARKS.md
+/// §6). An authenticator is built when a subject needs a token (the first
+/// time, then about once an hour, when the token is within a minute of its
+/// expiry) and dropped once it has one.
 pub struct TokenSource {
     account: ServiceAccount,
     http: yup_oauth2::HttpClient<Connector>,
     scopes: Vec<String>,
-    cache: Mutex<HashMap<String, Arc<MailboxAuthenticator>>>,
-    /// The service account as itself (no `sub`): Pub/Sub's caller. Apart
-    /// from `cache`, whose keys are impersonated mailboxes.
-    own: tokio::sync::OnceCell<Arc<MailboxAuthenticator>>,
+    /// Per subject (`""`: the service account as itself, without `sub`,
+    /// which is what Cloud Pub/Sub is called as), behind a lock of its own:
+    /// one subject's concurrent requests wait for one JWT, not one each.
+    cache: Mutex<HashMap<String, Arc<SubjectTokens>>>,
 }
 
 impl fmt::Debug for TokenSource {
@@ -130,6 +139,26 @@ impl fmt::Debug for TokenSource {
             .field("account", &self.account)
             .field("scopes", &self.scopes)
             .finish_non_exhaustive()
+    }
+}
+
+/// Why no token came: the authenticator could not be built (a key yup-oauth2
+/// cannot use), or the token endpoint refused or failed.
+enum TokenFailure {
+    Build(std::io::Error),
+    Token(yup_oauth2::Error),
+}
+
+impl TokenFailure {
+    fn classify(&self) -> GoogleError {
+        match self {
+            TokenFailure::Build(e) => GoogleError::new(
+                ErrorClass::Fatal,
+                TOKEN_METHOD,
+                format!("building authenticator: {e}"),
+            ),
+            TokenFailure::Token(e) => classify_auth_error(TOKEN_METHOD, e),
+        }
     }
 }
 
@@ -152,7 +181,6 @@ impl TokenSource {
             http,
             scopes,
             cache: Mutex::new(HashMap::new()),
-            own: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -164,83 +192,64 @@ impl TokenSource {
         &self.scopes
     }
 
-    /// The cached authenticator impersonating `subject`, built on first use.
-    pub async fn authenticator(
-        &self,
-        subject: &str,
-    ) -> Result<Arc<MailboxAuthenticator>, GoogleError> {
-        if let Some(a) = self.lock().get(subject) {
-            return Ok(a.clone());
-        }
-        let built =
-            ServiceAccountAuthenticator::with_client(self.account.key.clone(), self.http.clone())
-                .subject(subject)
-                .build()
-                .await
-                .map_err(|e| {
-                    GoogleError::new(
-                        ErrorClass::Fatal,
-                        TOKEN_METHOD,
-                        format!("building authenticator: {e}"),
-                    )
-                })?;
-        let built = Arc::new(built);
-        Ok(self
-            .lock()
-            .entry(subject.to_owned())
-            .or_insert(built)
-            .clone())
-    }
-
-    /// The cached authenticator of the service account as itself, without
-    /// impersonating anyone (no `subject`, so no domain-wide delegation is
-    /// involved): what Cloud Pub/Sub is called with.
-    pub async fn own_authenticator(&self) -> Result<Arc<MailboxAuthenticator>, GoogleError> {
-        self.own
-            .get_or_try_init(|| async {
-                ServiceAccountAuthenticator::with_client(
-                    self.account.key.clone(),
-                    self.http.clone(),
-                )
-                .build()
-                .await
-                .map(Arc::new)
-                .map_err(|e| {
-                    GoogleError::new(
-                        ErrorClass::Fatal,
-                        TOKEN_METHOD,
-                        format!("building authenticator: {e}"),
-                    )
-                })
-            })
-            .await
-            .cloned()
-    }
-
-    /// Forgets `subject`'s authenticator (after a 401 or a revocation), so the
-    /// next call signs a fresh JWT.
+    /// Forgets `subject`'s tokens (after a 401 or a revocation), so the next
+    /// call signs a fresh JWT.
     pub fn evict(&self, subject: &str) {
         self.lock().remove(subject);
     }
 
     /// An access token for `subject` with the given scopes.
     pub async fn token(&self, subject: &str, scopes: &[String]) -> Result<String, GoogleError> {
-        let auth = self.authenticator(subject).await?;
-        let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
-        let tok = auth
-            .token(&scopes)
+        self.access_token(Some(subject), scopes)
             .await
-            .map_err(|e| classify_auth_error(TOKEN_METHOD, &e))?;
-        tok.token().map(str::to_owned).ok_or_else(|| {
-            GoogleError::new(
-                ErrorClass::Retryable,
-                TOKEN_METHOD,
-                "token response without access_token",
-            )
-        })
+            .map_err(|f| f.classify())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<MailboxAuthenticator>>> {
+    /// The cached token of `subject` (`None`: the service account itself)
+    /// for `scopes`, fetched when missing or within a minute of expiry.
+    async fn access_token(
+        &self,
+        subject: Option<&str>,
+        scopes: &[String],
+    ) -> Result<String, TokenFailure> {
+        let key = subject.unwrap_or("");
+        let slot = {
+            let mut cache = self.lock();
+            match cache.get(key) {
+                Some(s) => s.clone(),
+                None => cache.entry(key.to_owned()).or_default().clone(),
+            }
+        };
+        let mut held = slot.lock().await;
+        if let Some((_, t)) = held.iter().find(|(s, t)| s == scopes && !t.is_expired())
+            && let Some(token) = t.token()
+        {
+            return Ok(token.to_owned());
+        }
+        let fresh = self.fetch(subject, scopes).await?;
+        held.retain(|(s, _)| s != scopes);
+        let token = fresh.token().unwrap_or_default().to_owned();
+        held.push((scopes.to_vec(), fresh));
+        Ok(token)
+    }
+
+    /// One JWT signed and exchanged, through an authenticator made for it.
+    async fn fetch(
+        &self,
+        subject: Option<&str>,
+        scopes: &[String],
+    ) -> Result<AccessToken, TokenFailure> {
+        let mut builder =
+            ServiceAccountAuthenticator::with_client(self.account.key.clone(), self.http.clone());
+        if let Some(s) = subject {
+            builder = builder.subject(s);
+        }
+        let auth = builder.build().await.map_err(TokenFailure::Build)?;
+        let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+        auth.token(&scopes).await.map_err(TokenFailure::Token)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<SubjectTokens>>> {
         // A poisoned cache only means a panic elsewhere mid-insert; the map is still usable.
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -256,20 +265,27 @@ pub(crate) type GetTokenFuture<'a> = Pin<
     >,
 >;
 
-/// Adapter handing google-gmail1 a token for one mailbox with our scopes,
-/// whatever scopes the generated call builder asks for.
+/// Adapter handing a google-apis hub (Gmail, Pub/Sub) a token for one
+/// subject with our scopes, whatever scopes the generated call builder asks
+/// for. A token endpoint's error is handed on as yup-oauth2's, so the call
+/// classifies it under its own method.
 #[derive(Clone)]
 pub struct HubAuth {
-    pub(crate) auth: Arc<MailboxAuthenticator>,
+    pub(crate) tokens: Arc<TokenSource>,
+    /// `None`: the service account as itself (Pub/Sub).
+    pub(crate) subject: Option<MailboxAddress>,
     pub(crate) scopes: Arc<Vec<String>>,
 }
 
 impl google_gmail1::common::GetToken for HubAuth {
     fn get_token<'a>(&'a self, _requested: &'a [&str]) -> GetTokenFuture<'a> {
         Box::pin(async move {
-            let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
-            let tok = self.auth.token(&scopes).await?;
-            Ok(tok.token().map(str::to_owned))
+            let subject = self.subject.as_ref().map(MailboxAddress::as_str);
+            match self.tokens.access_token(subject, &self.scopes).await {
+                Ok(t) => Ok(Some(t)),
+                Err(TokenFailure::Token(e)) => Err(Box::new(e) as _),
+                Err(build) => Err(Box::new(build.classify()) as _),
+            }
         })
     }
 }

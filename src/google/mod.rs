@@ -15,8 +15,7 @@ pub mod pubsub;
 pub mod quota;
 pub mod retry;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use google_gmail1::Gmail;
 
@@ -38,7 +37,7 @@ pub const DIRECTORY_GROUP_SCOPE: &str =
 /// Shared Google clients of one replica.
 pub struct Google {
     /// `None` in an OAuth-only deployment (no service-account key).
-    pub(crate) tokens: Option<TokenSource>,
+    pub(crate) tokens: Option<Arc<TokenSource>>,
     pub(crate) quota: QuotaLimiter,
     pub(crate) retry: RetryPolicy,
     pub(crate) scopes: Vec<String>,
@@ -48,7 +47,8 @@ pub struct Google {
     admin_subject: String,
     gmail_client: google_gmail1::common::Client<Connector>,
     directory_client: directory::HttpClient,
-    hubs: Mutex<HashMap<String, Arc<Gmail<Connector>>>>,
+    /// `scopes`, shared by every mailbox's token requests.
+    hub_scopes: Arc<Vec<String>>,
 }
 
 fn with_slash(url: &str, default: &str) -> String {
@@ -84,7 +84,8 @@ impl Google {
 
     fn build(account: Option<ServiceAccount>, settings: &Settings) -> Arc<Google> {
         let g = &settings.google;
-        let tokens = account.map(|a| TokenSource::new(a, g.scopes.clone(), g.request_timeout));
+        let tokens =
+            account.map(|a| Arc::new(TokenSource::new(a, g.scopes.clone(), g.request_timeout)));
         let executor = hyper_util::rt::TokioExecutor::new();
         let gmail_client = hyper_util::client::legacy::Client::builder(executor.clone())
             .pool_idle_timeout(std::time::Duration::from_secs(90))
@@ -107,13 +108,13 @@ impl Google {
             admin_subject: g.admin_subject.clone(),
             gmail_client,
             directory_client,
-            hubs: Mutex::new(HashMap::new()),
+            hub_scopes: Arc::new(g.scopes.clone()),
         })
     }
 
     /// The service account, unless this is an OAuth-only deployment.
     pub fn account(&self) -> Option<&ServiceAccount> {
-        self.tokens.as_ref().map(TokenSource::account)
+        self.tokens.as_deref().map(TokenSource::account)
     }
 
     pub fn scopes(&self) -> &[String] {
@@ -126,7 +127,7 @@ impl Google {
 
     /// The domain-wide-delegation token source; an error naming the missing
     /// key in an OAuth-only deployment.
-    pub fn tokens(&self) -> Result<&TokenSource, error::GoogleError> {
+    pub fn tokens(&self) -> Result<&Arc<TokenSource>, error::GoogleError> {
         self.tokens.as_ref().ok_or_else(|| {
             error::GoogleError::new(
                 error::ErrorClass::Fatal,
@@ -148,33 +149,25 @@ impl Google {
         &self.admin_subject
     }
 
-    /// The Gmail API impersonating `mailbox`, counting into `stats`.
+    /// The Gmail API impersonating `mailbox`, counting into `stats`. A hub is
+    /// cheap to make (the connection pool and the token cache are shared), so
+    /// none is kept per mailbox.
     pub async fn gmail(
         self: &Arc<Self>,
         mailbox: &MailboxAddress,
         stats: Arc<CallStats>,
     ) -> Result<MailboxGmail, error::GoogleError> {
-        let cached = self.lock_hubs().get(mailbox.as_str()).cloned();
-        let hub = match cached {
-            Some(h) => h,
-            None => {
-                let auth = self.tokens()?.authenticator(mailbox.as_str()).await?;
-                let mut hub = Gmail::new(
-                    self.gmail_client.clone(),
-                    HubAuth {
-                        auth,
-                        scopes: Arc::new(self.scopes.clone()),
-                    },
-                );
-                hub.base_url(self.gmail_base_url.clone());
-                hub.root_url(self.gmail_base_url.clone());
-                let hub = Arc::new(hub);
-                self.lock_hubs()
-                    .insert(mailbox.as_str().to_owned(), hub.clone());
-                hub
-            }
+        let auth = HubAuth {
+            tokens: self.tokens()?.clone(),
+            subject: Some(mailbox.clone()),
+            scopes: self.hub_scopes.clone(),
         };
-        Ok(MailboxGmail::new(self.clone(), mailbox.clone(), hub, stats))
+        Ok(MailboxGmail::new(
+            self.clone(),
+            mailbox.clone(),
+            Arc::new(self.hub(auth)),
+            stats,
+        ))
     }
 
     /// The Gmail API for a mailbox its owner authorized: tokens come from the
@@ -186,41 +179,32 @@ impl Google {
         tokens: Arc<dyn ConsentTokens>,
         stats: Arc<CallStats>,
     ) -> MailboxGmail {
-        let key = format!("oauth:{mailbox}");
-        let cached = self.lock_hubs().get(&key).cloned();
-        let hub = match cached {
-            Some(h) => h,
-            None => {
-                let mut hub = Gmail::new(
-                    self.gmail_client.clone(),
-                    ConsentHubAuth {
-                        tokens: tokens.clone(),
-                        mailbox: mailbox.clone(),
-                    },
-                );
-                hub.base_url(self.gmail_base_url.clone());
-                hub.root_url(self.gmail_base_url.clone());
-                let hub = Arc::new(hub);
-                self.lock_hubs().insert(key, hub.clone());
-                hub
-            }
+        let auth = ConsentHubAuth {
+            tokens: tokens.clone(),
+            mailbox: mailbox.clone(),
         };
-        MailboxGmail::new(self.clone(), mailbox.clone(), hub, stats).with_oauth(tokens)
+        MailboxGmail::new(
+            self.clone(),
+            mailbox.clone(),
+            Arc::new(self.hub(auth)),
+            stats,
+        )
+        .with_oauth(tokens)
     }
 
-    /// Forgets the cached token and client of a mailbox (after revocation or
-    /// when it is no longer subscribed).
+    fn hub(&self, auth: impl google_gmail1::common::GetToken + 'static) -> Gmail<Connector> {
+        let mut hub = Gmail::new(self.gmail_client.clone(), auth);
+        hub.base_url(self.gmail_base_url.clone());
+        hub.root_url(self.gmail_base_url.clone());
+        hub
+    }
+
+    /// Forgets the cached token and quota state of a mailbox (after
+    /// revocation or when it is no longer subscribed).
     pub fn forget(&self, mailbox: &MailboxAddress) {
-        self.lock_hubs().remove(mailbox.as_str());
-        self.lock_hubs().remove(&format!("oauth:{mailbox}"));
         if let Some(t) = &self.tokens {
             t.evict(mailbox.as_str());
         }
         self.quota.forget(mailbox.as_str());
-    }
-
-    fn lock_hubs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Gmail<Connector>>>> {
-        // A poisoned map only means a panic mid-insert elsewhere; entries are still valid.
-        self.hubs.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

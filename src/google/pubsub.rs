@@ -133,6 +133,22 @@ impl std::fmt::Debug for PubSub {
     }
 }
 
+/// One Pub/Sub request: the scope added explicitly, the status and
+/// `Retry-After` captured for [`classify_pubsub_error`], the answer mapped
+/// by `$ok`; what [`PubSub::call`]'s operation returns.
+macro_rules! request {
+    ($builder:expr, $ok:expr) => {{
+        let mut cap = Capture::default();
+        let r = $builder
+            .add_scope(PUBSUB_SCOPE)
+            .delegate(&mut cap)
+            .doit()
+            .await
+            .map($ok);
+        (cap, r)
+    }};
+}
+
 impl PubSub {
     /// The client `push` describes, or `None` when push is off.
     pub fn from_settings(google: Arc<Google>, push: &PushSettings) -> Option<PubSub> {
@@ -167,7 +183,7 @@ impl PubSub {
     async fn hub(&self) -> Result<Arc<Pubsub<Connector>>, GoogleError> {
         self.hub
             .get_or_try_init(|| async {
-                let auth = self.google.tokens()?.own_authenticator().await?;
+                let tokens = self.google.tokens()?.clone();
                 let client = hyper_util::client::legacy::Client::builder(
                     hyper_util::rt::TokioExecutor::new(),
                 )
@@ -176,7 +192,8 @@ impl PubSub {
                 let mut hub = Pubsub::new(
                     client,
                     HubAuth {
-                        auth,
+                        tokens,
+                        subject: None,
                         scopes: Arc::new(vec![PUBSUB_SCOPE.to_owned()]),
                     },
                 );
@@ -263,19 +280,13 @@ impl PubSub {
         }
         let sub = self.subscription.as_str();
         self.call(ACKNOWLEDGE, |hub| async move {
-            let mut cap = Capture::default();
             let request = AcknowledgeRequest {
                 ack_ids: Some(ack_ids.to_vec()),
             };
-            let r = hub
-                .projects()
-                .subscriptions_acknowledge(request, sub)
-                .add_scope(PUBSUB_SCOPE)
-                .delegate(&mut cap)
-                .doit()
-                .await
-                .map(|_| ());
-            (cap, r)
+            request!(
+                hub.projects().subscriptions_acknowledge(request, sub),
+                |_| ()
+            )
         })
         .await
     }
@@ -288,20 +299,15 @@ impl PubSub {
         }
         let sub = self.subscription.as_str();
         self.call(MODIFY_ACK_DEADLINE, |hub| async move {
-            let mut cap = Capture::default();
             let request = ModifyAckDeadlineRequest {
                 ack_deadline_seconds: Some(0),
                 ack_ids: Some(ack_ids.to_vec()),
             };
-            let r = hub
-                .projects()
-                .subscriptions_modify_ack_deadline(request, sub)
-                .add_scope(PUBSUB_SCOPE)
-                .delegate(&mut cap)
-                .doit()
-                .await
-                .map(|_| ());
-            (cap, r)
+            request!(
+                hub.projects()
+                    .subscriptions_modify_ack_deadline(request, sub),
+                |_| ()
+            )
         })
         .await
     }
@@ -321,16 +327,7 @@ impl PubSub {
 
         let topic_found = self
             .call(TOPIC_GET, |hub| async move {
-                let mut cap = Capture::default();
-                let r = hub
-                    .projects()
-                    .topics_get(topic)
-                    .add_scope(PUBSUB_SCOPE)
-                    .delegate(&mut cap)
-                    .doit()
-                    .await
-                    .map(|_| ());
-                (cap, r)
+                request!(hub.projects().topics_get(topic), |_| ())
             })
             .await;
         let topic_exists = match topic_found {
@@ -354,16 +351,7 @@ impl PubSub {
 
         let found = self
             .call(SUBSCRIPTION_GET, |hub| async move {
-                let mut cap = Capture::default();
-                let r = hub
-                    .projects()
-                    .subscriptions_get(sub)
-                    .add_scope(PUBSUB_SCOPE)
-                    .delegate(&mut cap)
-                    .doit()
-                    .await
-                    .map(|(_, s)| s);
-                (cap, r)
+                request!(hub.projects().subscriptions_get(sub), |(_, s)| s)
             })
             .await;
         let sub_exists = match found {
@@ -395,19 +383,14 @@ impl PubSub {
         if sub_exists {
             let tested = self
                 .call(SUBSCRIPTION_TEST, |hub| async move {
-                    let mut cap = Capture::default();
                     let request = TestIamPermissionsRequest {
                         permissions: Some(vec![CONSUME_PERMISSION.to_owned()]),
                     };
-                    let r = hub
-                        .projects()
-                        .subscriptions_test_iam_permissions(request, sub)
-                        .add_scope(PUBSUB_SCOPE)
-                        .delegate(&mut cap)
-                        .doit()
-                        .await
-                        .map(|(_, r)| r.permissions.unwrap_or_default());
-                    (cap, r)
+                    request!(
+                        hub.projects()
+                            .subscriptions_test_iam_permissions(request, sub),
+                        |(_, r)| r.permissions.unwrap_or_default()
+                    )
                 })
                 .await;
             match tested {
@@ -426,16 +409,7 @@ impl PubSub {
         if topic_exists {
             let policy = self
                 .call(TOPIC_POLICY, |hub| async move {
-                    let mut cap = Capture::default();
-                    let r = hub
-                        .projects()
-                        .topics_get_iam_policy(topic)
-                        .add_scope(PUBSUB_SCOPE)
-                        .delegate(&mut cap)
-                        .doit()
-                        .await
-                        .map(|(_, p)| p);
-                    (cap, r)
+                    request!(hub.projects().topics_get_iam_policy(topic), |(_, p)| p)
                 })
                 .await;
             let grant = format!(

@@ -443,3 +443,43 @@ both_backends!(
         w.assert_converged(&m).await;
     }
 );
+
+/// A replica keeps each mailbox's access token (not an authenticator per
+/// mailbox: BENCHMARKS.md §6): 32 concurrent requests as a mailbox met for
+/// the first time are served by one grant, another mailbox gets its own, a
+/// later request reuses the token, and after `forget` (a 401, a revocation)
+/// the next request signs exactly one new JWT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_grant_serves_a_mailboxs_concurrent_requests_until_it_is_forgotten() {
+    let Some(w) = world(Backend::Sqlite, small(3, 1)).await else {
+        return;
+    };
+    let google = gmail_ingest::google::Google::from_settings(&w.settings).expect("google");
+    let tokens = google.tokens().expect("a service-account key");
+    let scopes = google.scopes().to_vec();
+    let mailboxes = w.shared_mailboxes().await;
+    let (a, b) = (&mailboxes[0], &mailboxes[1]);
+    let grants = |stats: &serde_json::Value, m: &gmail_ingest::domain::MailboxAddress| {
+        stats["tokens_issued"][m.as_str()].as_u64().unwrap_or(0)
+    };
+
+    let answers =
+        futures::future::join_all((0..32).map(|_| tokens.token(a.as_str(), &scopes))).await;
+    let first = answers[0].as_ref().expect("a token").clone();
+    assert!(
+        answers.iter().all(|t| t.as_ref().ok() == Some(&first)),
+        "{answers:?}"
+    );
+    let other = tokens.token(b.as_str(), &scopes).await.expect("a token");
+    assert_ne!(other, first, "one mailbox's token handed to another");
+    assert_eq!(tokens.token(a.as_str(), &scopes).await.unwrap(), first);
+    let stats = w.stats().await;
+    assert_eq!((grants(&stats, a), grants(&stats, b)), (1, 1));
+
+    google.forget(a);
+    let answers =
+        futures::future::join_all((0..8).map(|_| tokens.token(a.as_str(), &scopes))).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let stats = w.stats().await;
+    assert_eq!((grants(&stats, a), grants(&stats, b)), (2, 1));
+}
