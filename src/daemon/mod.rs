@@ -204,69 +204,54 @@ async fn handle_tick(tick: Tick, pool: &Pool, health: &Health, tracker: &TaskTra
             pool.resync.request_all();
         }
         Tick::OrgUnitRecheck => {
-            if !health.integration_enabled {
-                return;
+            if health.integration_enabled {
+                let ctx = pool.ctx.clone();
+                spawn_background(
+                    pool,
+                    tracker,
+                    "Org-unit re-check failed; retrying at the next tick.",
+                    async move { gate::check_all(&ctx).await },
+                );
             }
-            let ctx = pool.ctx.clone();
-            let token = pool.shutdown.clone();
-            tracker.spawn(async move {
-                tokio::select! {
-                    () = token.cancelled() => {}
-                    r = gate::check_all(&ctx) => {
-                        if let Err(e) = r {
-                            tracing::warn!(error = %format!("{e:#}"), "Org-unit re-check failed; retrying at the next tick.");
-                        }
-                    }
-                }
-            });
         }
         Tick::GroupRecheck => {
-            if !health.integration_enabled {
-                return;
+            if health.integration_enabled {
+                let ctx = pool.ctx.clone();
+                spawn_background(
+                    pool,
+                    tracker,
+                    "Group re-expansion failed; retrying at the next interval.",
+                    async move {
+                        crate::groups::reexpand_all(
+                            &ctx.store,
+                            &ctx.google,
+                            &ctx.settings,
+                            &ctx.policy,
+                        )
+                        .await
+                    },
+                );
             }
-            let ctx = pool.ctx.clone();
-            let token = pool.shutdown.clone();
-            tracker.spawn(async move {
-                tokio::select! {
-                    () = token.cancelled() => {}
-                    r = crate::groups::reexpand_all(&ctx.store, &ctx.google, &ctx.settings, &ctx.policy) => {
-                        if let Err(e) = r {
-                            tracing::warn!(error = %format!("{e:#}"), "Group re-expansion failed; retrying at the next interval.");
-                        }
-                    }
-                }
-            });
         }
         Tick::Housekeeping => {
             let ctx = pool.ctx.clone();
-            let token = pool.shutdown.clone();
-            tracker.spawn(async move {
-                tokio::select! {
-                    () = token.cancelled() => {}
-                    r = housekeeping(&ctx, Utc::now()) => {
-                        if let Err(e) = r {
-                            tracing::warn!(error = %format!("{e:#}"), "Housekeeping failed; retrying at the next tick.");
-                        }
-                    }
-                }
-            });
+            spawn_background(
+                pool,
+                tracker,
+                "Housekeeping failed; retrying at the next tick.",
+                async move { housekeeping(&ctx, Utc::now()).await.map(|_| ()) },
+            );
         }
         Tick::WatchStop => {
-            if !health.integration_enabled {
-                return;
+            if health.integration_enabled {
+                let ctx = pool.ctx.clone();
+                spawn_background(
+                    pool,
+                    tracker,
+                    "Stopping push watches failed; retrying at the next tick.",
+                    async move { watches::stop_unadmitted(&ctx).await },
+                );
             }
-            let ctx = pool.ctx.clone();
-            let token = pool.shutdown.clone();
-            tracker.spawn(async move {
-                tokio::select! {
-                    () = token.cancelled() => {}
-                    r = watches::stop_unadmitted(&ctx) => {
-                        if let Err(e) = r {
-                            tracing::warn!(error = %format!("{e:#}"), "Stopping push watches failed; retrying at the next tick.");
-                        }
-                    }
-                }
-            });
         }
         Tick::Fleet | Tick::Reminder => match fleet_snapshot(&pool.ctx).await {
             Ok(f) if tick == Tick::Reminder => {
@@ -281,6 +266,28 @@ async fn handle_tick(tick: Tick, pool: &Pool, health: &Health, tracker: &TaskTra
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "Could not refresh fleet gauges."),
         },
     }
+}
+
+/// Runs a periodic job beside the dispatcher, on the tracker (so shutdown
+/// waits for it) and until shutdown; its failure is one WARN, `failed`, and
+/// the next tick tries again.
+fn spawn_background<T>(
+    pool: &Pool,
+    tracker: &TaskTracker,
+    failed: &'static str,
+    job: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+) {
+    let token = pool.shutdown.clone();
+    tracker.spawn(async move {
+        tokio::select! {
+            () = token.cancelled() => {}
+            r = job => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %format!("{e:#}"), "{failed}");
+                }
+            }
+        }
+    });
 }
 
 /// Quota windows kept: the limiter only reads the current minute; a day is

@@ -289,6 +289,37 @@ pub struct SyncState {
 }
 
 impl SyncState {
+    /// The state of `mailbox` before its first pass: nothing synced, no
+    /// lease, no watch.
+    pub fn never_synced(mailbox: MailboxAddress, now: DateTime<Utc>) -> SyncState {
+        SyncState {
+            mailbox,
+            phase: SyncPhase::Initial,
+            history_id: None,
+            page_token: None,
+            full_sync_history_id: None,
+            full_sync_generation: 0,
+            applied_label_scope: None,
+            last_success_at: None,
+            next_poll_at: None,
+            consecutive_failures: 0,
+            last_error: None,
+            lease_owner: None,
+            lease_epoch: 0,
+            lease_expires_at: None,
+            updated_at: now,
+            quiet_passes: 0,
+            last_quiet_at: None,
+            watch_expires_at: None,
+            watch_renewed_at: None,
+            watch_label_scope: None,
+            watch_error: None,
+            watch_failed_at: None,
+            notified_history_id: None,
+            notified_at: None,
+        }
+    }
+
     /// Where the mailbox's push watch stands at `now`.
     pub fn watch_state(&self, now: DateTime<Utc>) -> WatchState {
         WatchState::of(self.watch_expires_at, self.watch_error.as_deref(), now)

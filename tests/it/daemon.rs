@@ -3,56 +3,10 @@
 
 use std::time::Duration;
 
+use crate::helpers::{Backend, RunningDaemon, World, both_backends, small, world, world_with};
 use chrono::Utc;
-use gmail_ingest::app::Application;
 use gmail_ingest::domain::MailboxAddress;
 use serde_json::json;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
-use crate::helpers::{Backend, World, both_backends, small, world, world_with};
-
-struct Running {
-    port: u16,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn start(w: &World) -> anyhow::Result<Running> {
-        Self::start_with(w.settings.clone()).await
-    }
-
-    async fn start_with(settings: gmail_ingest::config::Settings) -> anyhow::Result<Running> {
-        let app = Application::build(settings).await?;
-        let port = app.http_port();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until_stopped(async move {
-            let _ = rx.await;
-        }));
-        Ok(Running {
-            port,
-            stop: Some(tx),
-            task,
-        })
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        self.task.await.expect("daemon task joins")
-    }
-
-    /// A crash: the task is dropped without any cleanup.
-    fn kill(self) {
-        self.task.abort();
-    }
-}
 
 async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
 where
@@ -81,7 +35,7 @@ both_backends!(
         };
         let m = w.shared_mailboxes().await[0].clone();
         w.subscribe(&m).await;
-        let app = Running::start(&w).await.unwrap();
+        let app = RunningDaemon::start(&w.settings).await;
         let http = reqwest::Client::new();
 
         let health = http.get(app.url("/healthz")).send().await.unwrap();
@@ -129,7 +83,7 @@ both_backends!(
             !metrics.contains(m.as_str()),
             "metrics must not name mailboxes"
         );
-        app.stop().await.unwrap();
+        app.finish().await.unwrap();
     }
 );
 
@@ -141,7 +95,7 @@ both_backends!(
         };
         let m = w.shared_mailboxes().await[0].clone();
         w.subscribe(&m).await;
-        let app = Running::start(&w).await.unwrap();
+        let app = RunningDaemon::start(&w.settings).await;
         eventually("the first sync", Duration::from_secs(30), || {
             converged(&w, &m)
         })
@@ -157,7 +111,7 @@ both_backends!(
         )
         .await;
 
-        app.stop().await.unwrap();
+        app.finish().await.unwrap();
     }
 );
 
@@ -170,26 +124,26 @@ both_backends!(
         let m = w.shared_mailboxes().await[0].clone();
         w.subscribe(&m).await;
         w.faults(json!({"latency_ms": [5, 10]})).await;
-        let app = Running::start(&w).await.unwrap();
+        let app = RunningDaemon::start(&w.settings).await;
         eventually("some progress", Duration::from_secs(30), || async {
             w.ctx.store.count_messages(&m).await.unwrap() > 0
         })
         .await;
 
         let started = tokio::time::Instant::now();
-        app.stop().await.expect("clean shutdown");
+        app.finish().await.expect("clean shutdown");
         assert!(started.elapsed() < w.settings.http.shutdown_grace);
         // The lease was released, not left to expire.
         let st = w.ctx.store.sync_state(&m).await.unwrap().unwrap();
         assert!(st.lease_owner.is_none() || st.lease_expires_at.is_none_or(|t| t <= Utc::now()));
 
         w.faults(json!({"latency_ms": [0, 0]})).await;
-        let app = Running::start(&w).await.unwrap();
+        let app = RunningDaemon::start(&w.settings).await;
         eventually("convergence after restart", Duration::from_secs(60), || {
             converged(&w, &m)
         })
         .await;
-        app.stop().await.unwrap();
+        app.finish().await.unwrap();
     }
 );
 
@@ -241,7 +195,7 @@ both_backends!(
             );
         }
 
-        let app = Running::start(&w).await.unwrap();
+        let app = RunningDaemon::start(&w.settings).await;
         let old = now - chrono::TimeDelta::days(90);
         eventually("the old runs pruned", Duration::from_secs(20), || async {
             let runs = store.sync_runs(&m).await.unwrap();
@@ -288,7 +242,7 @@ both_backends!(
         };
         assert!(pruned("sync_runs") >= 2.0, "{metrics}");
         assert!(pruned("quota_usage") >= 1.0, "{metrics}");
-        app.stop().await.unwrap();
+        app.finish().await.unwrap();
     }
 );
 
@@ -297,13 +251,13 @@ async fn a_second_daemon_on_the_same_sqlite_file_refuses_to_start() {
     let Some(w) = world(Backend::Sqlite, small(1, 1)).await else {
         return;
     };
-    let first = Running::start(&w).await.unwrap();
-    let err = match Running::start(&w).await {
+    let first = RunningDaemon::start(&w.settings).await;
+    let err = match RunningDaemon::try_start(w.settings.clone()).await {
         Ok(_) => panic!("second daemon started"),
         Err(e) => format!("{e:#}"),
     };
     assert!(err.contains("SQLite supports one replica"), "{err}");
-    first.stop().await.unwrap();
+    first.finish().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,7 +271,7 @@ async fn integration_disabled_ingests_nothing_and_says_so() {
     };
     let m = w.shared_mailboxes().await[0].clone();
     w.subscribe(&m).await;
-    let app = Running::start(&w).await.unwrap();
+    let app = RunningDaemon::start(&w.settings).await;
     let http = reqwest::Client::new();
     eventually("readiness", Duration::from_secs(10), || async {
         http.get(app.url("/readyz"))
@@ -349,7 +303,7 @@ async fn integration_disabled_ingests_nothing_and_says_so() {
             .unwrap_or(0),
         0
     );
-    app.stop().await.unwrap();
+    app.finish().await.unwrap();
 }
 
 /// Several replicas on one PostgreSQL: every mailbox synced, never by two
@@ -371,9 +325,9 @@ async fn replicas_share_mailboxes_without_overlap_and_take_over_from_a_dead_one(
         w.subscribe(m).await;
     }
     w.faults(json!({"latency_ms": [1, 3]})).await;
-    let a = Running::start(&w).await.unwrap();
-    let b2 = Running::start(&w).await.unwrap();
-    let c = Running::start(&w).await.unwrap();
+    let a = RunningDaemon::start(&w.settings).await;
+    let b2 = RunningDaemon::start(&w.settings).await;
+    let c = RunningDaemon::start(&w.settings).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     c.kill();
 
@@ -383,8 +337,8 @@ async fn replicas_share_mailboxes_without_overlap_and_take_over_from_a_dead_one(
         })
         .await;
     }
-    a.stop().await.unwrap();
-    b2.stop().await.unwrap();
+    a.finish().await.unwrap();
+    b2.finish().await.unwrap();
 
     // No two runs of one mailbox overlap in time.
     for m in &mailboxes {

@@ -405,32 +405,58 @@ pub(crate) use both_backends;
 pub(crate) struct RunningDaemon {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub(crate) http_port: u16,
+    pub(crate) oauth_port: Option<u16>,
 }
 
 impl RunningDaemon {
     pub(crate) async fn start(settings: &Settings) -> RunningDaemon {
-        let app = gmail_ingest::app::Application::build(settings.clone())
+        RunningDaemon::try_start(settings.clone())
             .await
-            .expect("daemon builds");
+            .expect("daemon builds")
+    }
+
+    /// Builds and starts it; the error is the build's (a held port, a
+    /// refused configuration).
+    pub(crate) async fn try_start(settings: Settings) -> anyhow::Result<RunningDaemon> {
+        let app = gmail_ingest::app::Application::build(settings).await?;
+        let http_port = app.http_port();
+        let oauth_port = app.oauth_port();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
         }));
-        RunningDaemon {
+        Ok(RunningDaemon {
             stop: Some(tx),
             task,
-        }
+            http_port,
+            oauth_port,
+        })
+    }
+
+    /// `path` on its HTTP listener.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
     }
 
     /// Stops it and fails unless it drained within its grace.
-    pub(crate) async fn stop(mut self) {
+    pub(crate) async fn stop(self) {
+        self.finish()
+            .await
+            .expect("daemon stops cleanly within its grace");
+    }
+
+    /// Stops it and returns how its run ended.
+    pub(crate) async fn finish(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        self.task
-            .await
-            .expect("daemon task joins")
-            .expect("daemon stops cleanly within its grace");
+        self.task.await.expect("daemon task joins")
+    }
+
+    /// A crash: the task is dropped without any cleanup.
+    pub(crate) fn kill(self) {
+        self.task.abort();
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::chaos_helpers::WorldCli;
-use crate::helpers::{Backend, World, both_backends, small, world_with};
+use crate::helpers::{Backend, RunningDaemon, World, both_backends, small, world_with};
 use crate::oauth::{KEY, approve, eventually, oauth_world};
 
 fn run_bin(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -369,7 +369,7 @@ async fn a_daemon_starts_and_syncs_despite_unreadable_consents(backend: Backend)
     approve(&w, &rotated).await;
     approve(&w, &corrupted).await;
 
-    let d = Running::start(&w.settings).await;
+    let d = RunningDaemon::start(&w.settings).await;
     for m in &delegated {
         eventually("a delegated mailbox converges", || async {
             let truth = w.truth(m).await;
@@ -454,41 +454,6 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     crate::chaos_helpers::eventually(what, timeout, f).await
-}
-
-/// The daemon in this process, with both of its ports.
-struct Running {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    http_port: u16,
-    oauth_port: Option<u16>,
-}
-
-impl Running {
-    async fn start(settings: &gmail_ingest::config::Settings) -> Running {
-        let app = gmail_ingest::app::Application::build(settings.clone())
-            .await
-            .expect("daemon builds");
-        let http_port = app.http_port();
-        let oauth_port = app.oauth_port();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until_stopped(async move {
-            let _ = rx.await;
-        }));
-        Running {
-            stop: Some(tx),
-            task,
-            http_port,
-            oauth_port,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        self.task.await.unwrap().expect("clean shutdown");
-    }
 }
 
 // -- 1. Listeners ---------------------------------------------------------------
@@ -604,7 +569,7 @@ async fn two_thousand_slow_connections_on_each_listener_are_closed_within_the_ti
         *limits.0 = header_timeout;
         *limits.1 = 2 * SLOW;
     }
-    let d = Running::start(&w.settings).await;
+    let d = RunningDaemon::start(&w.settings).await;
     let http: std::net::SocketAddr = format!("127.0.0.1:{}", d.http_port).parse().unwrap();
     let oauth: std::net::SocketAddr = format!("127.0.0.1:{}", d.oauth_port.unwrap())
         .parse()
@@ -670,7 +635,7 @@ async fn the_connection_cap_holds_and_a_waiting_client_is_served_when_a_slot_fre
     else {
         return;
     };
-    let d = Running::start(&w.settings).await;
+    let d = RunningDaemon::start(&w.settings).await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", d.http_port).parse().unwrap();
     let mut silent = Vec::new();
     for _ in 0..CAP {
@@ -736,7 +701,7 @@ async fn a_stalled_body_is_closed_after_the_idle_timeout_and_shutdown_is_not_hel
     w.settings.oauth.header_read_timeout = Duration::from_secs(60);
     w.settings.http.header_read_timeout = Duration::from_secs(60);
     w.settings.http.shutdown_grace = Duration::from_secs(2);
-    let d = Running::start(&w.settings).await;
+    let d = RunningDaemon::start(&w.settings).await;
     // The disconnect form is the one route that reads a body.
     let oauth: std::net::SocketAddr = format!("127.0.0.1:{}", d.oauth_port.unwrap())
         .parse()
@@ -805,7 +770,7 @@ async fn an_oversized_request_body_gets_413_on_both_listeners() {
         return;
     };
     assert_eq!(w.settings.oauth.max_body_bytes, 16_384);
-    let d = Running::start(&w.settings).await;
+    let d = RunningDaemon::start(&w.settings).await;
     let oauth: std::net::SocketAddr = format!("127.0.0.1:{}", d.oauth_port.unwrap())
         .parse()
         .unwrap();
@@ -879,7 +844,7 @@ async fn two_hundred_readyz_requests_a_second_add_about_one_query_a_second() {
     else {
         return;
     };
-    let d = Running::start(&w.settings).await;
+    let d = RunningDaemon::start(&w.settings).await;
     let url = format!("http://127.0.0.1:{}/readyz", d.http_port);
     let client = reqwest::Client::new();
     assert!(client.get(&url).send().await.unwrap().status().is_success());

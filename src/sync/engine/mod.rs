@@ -50,9 +50,7 @@ pub use self::failure::{ErrorType, failure_backoff};
 use self::failure::{Failure, Run};
 use self::standing::{Stop, Watch};
 pub use self::watch::WATCH_RETRY_AFTER;
-use crate::domain::{
-    AuthMode, HistoryId, MailboxAddress, StopDecision, SubscriptionStatus, SyncPhase,
-};
+use crate::domain::{AuthMode, HistoryId, MailboxAddress, StopDecision, SubscriptionStatus};
 pub use crate::domain::{SyncCounts, SyncKind};
 use crate::events;
 use crate::google::error::{ErrorClass, GoogleError};
@@ -648,30 +646,10 @@ impl Pass<'_> {
 /// The state of a mailbox never synced (the row is normally created by the claim).
 fn initial_state(lease: &Lease) -> SyncState {
     SyncState {
-        mailbox: lease.mailbox.clone(),
-        phase: SyncPhase::Initial,
-        history_id: None,
-        page_token: None,
-        full_sync_history_id: None,
-        full_sync_generation: 0,
-        applied_label_scope: None,
-        last_success_at: None,
-        next_poll_at: None,
-        consecutive_failures: 0,
-        last_error: None,
         lease_owner: Some(lease.owner.clone()),
         lease_epoch: lease.epoch,
         lease_expires_at: Some(lease.expires_at),
-        updated_at: Utc::now(),
-        quiet_passes: 0,
-        last_quiet_at: None,
-        watch_expires_at: None,
-        watch_renewed_at: None,
-        watch_label_scope: None,
-        watch_error: None,
-        watch_failed_at: None,
-        notified_history_id: None,
-        notified_at: None,
+        ..SyncState::never_synced(lease.mailbox.clone(), Utc::now())
     }
 }
 

@@ -167,30 +167,10 @@ mod tests {
 
     fn state() -> SyncState {
         SyncState {
-            mailbox: MailboxAddress::parse("w@example.com").unwrap(),
             phase: SyncPhase::Incremental,
-            history_id: None,
-            page_token: None,
-            full_sync_history_id: None,
             full_sync_generation: 1,
-            applied_label_scope: None,
-            last_success_at: None,
-            next_poll_at: None,
-            consecutive_failures: 0,
-            last_error: None,
-            lease_owner: None,
             lease_epoch: 1,
-            lease_expires_at: None,
-            updated_at: Utc::now(),
-            quiet_passes: 0,
-            last_quiet_at: None,
-            watch_expires_at: None,
-            watch_renewed_at: None,
-            watch_label_scope: None,
-            watch_error: None,
-            watch_failed_at: None,
-            notified_history_id: None,
-            notified_at: None,
+            ..SyncState::never_synced(MailboxAddress::parse("w@example.com").unwrap(), Utc::now())
         }
     }
 
