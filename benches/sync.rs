@@ -22,7 +22,8 @@
 //! `BENCH_MEMORY_SIZES` (`10000,100000`), `BENCH_IDLE_MAILBOXES` (10000),
 //! `BENCH_IDLE_SECONDS` (120), `BENCH_IDLE_DB` (`sqlite` or `postgres`), `BENCH_IDLE_REPLICAS`
 //! (unset: the daemon in this process; set, with `postgres`: that many `gmail-ingest run`
-//! children share the mailboxes),
+//! children share the mailboxes, and with `pg_stat_statements` loaded in the server the top
+//! statements of the steady window are printed),
 //! `BENCH_IDLE_POLL_SECONDS` (60: the poll interval; 1 saturates the daemon, every
 //! mailbox being due again at once), `BENCH_IDLE_SETTLE_SECONDS` (30),
 //! `BENCH_IDLE_CATCHUP_SECONDS` (1200), `BENCH_BACKLOG_ADDS` (300000), `BENCH_BACKLOG_WINDOW`
@@ -735,6 +736,57 @@ async fn pg_activity(conn: &mut PgConnection) -> PgActivity {
     .await
     .unwrap_or_default();
     (vec![db.0, db.1, db.2, db.3, db.4], tables)
+}
+
+/// Resets `pg_stat_statements` when the server has it loaded (`shared_preload_libraries`),
+/// creating the extension in the bench's database; false when it is not available.
+async fn pg_statements_reset(conn: &mut PgConnection) -> bool {
+    let loaded: Option<String> = sqlx::query_scalar("SHOW shared_preload_libraries")
+        .fetch_one(&mut *conn)
+        .await
+        .ok();
+    if !loaded.is_some_and(|l| l.contains("pg_stat_statements")) {
+        return false;
+    }
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(&mut *conn)
+        .await
+        .is_ok()
+        && sqlx::query("SELECT pg_stat_statements_reset()")
+            .execute(&mut *conn)
+            .await
+            .is_ok()
+}
+
+/// The statements the database ran since [`pg_statements_reset`], by total execution time:
+/// calls, time and shared buffers per quiet poll and per call.
+async fn pg_statements_report(url: &str, polls: f64) {
+    let Ok(mut conn) = PgConnection::connect(url).await else {
+        return;
+    };
+    let rows: Vec<(String, i64, f64, i64, i64)> = sqlx::query_as(
+        "SELECT query, calls, total_exec_time, rows, shared_blks_hit + shared_blks_read          FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())          ORDER BY total_exec_time DESC LIMIT 15",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap_or_default();
+    let _ = conn.close().await;
+    let polls = polls.max(1.0);
+    say(
+        "  pg_stat_statements, by execution time (per quiet poll: calls, ms; per call: rows, buffers):",
+    );
+    for (query, calls, ms, rows, buffers) in rows {
+        let calls_f = calls.max(1) as f64;
+        let text: String = query.split_whitespace().collect::<Vec<_>>().join(" ");
+        say(&format!(
+            "    {:.2} calls {:.3} ms | {:.1} rows {:.0} buffers | {}",
+            calls as f64 / polls,
+            ms / polls,
+            rows as f64 / calls_f,
+            buffers as f64 / calls_f,
+            text.chars().take(160).collect::<String>()
+        ));
+    }
 }
 
 /// What the database did per quiet poll between two [`pg_activity`] readings.
@@ -1499,6 +1551,7 @@ async fn idle_replicas(
     let (ours, background) = pg_server_pids(url).await;
     let (pg_ours0, pg_bg0) = (cpu_of(&ours), cpu_of(&background));
     let activity0 = pg_activity(&mut pg).await;
+    let statements = pg_statements_reset(&mut pg).await;
     let before = emulator.stats().await;
     let ecpu0 = emulator.cpu();
     let load0 = load();
@@ -1592,6 +1645,9 @@ async fn idle_replicas(
         "  PostgreSQL {}",
         pg_activity_per_poll(&activity0, &activity1, polls_total)
     ));
+    if statements {
+        pg_statements_report(url, polls_total).await;
+    }
     for d in daemons {
         d.stop().await;
     }
