@@ -143,10 +143,12 @@ impl fmt::Debug for TokenSource {
 }
 
 /// Why no token came: the authenticator could not be built (a key yup-oauth2
-/// cannot use), or the token endpoint refused or failed.
+/// cannot use), the token endpoint refused or failed, or it answered without
+/// an access token.
 enum TokenFailure {
     Build(std::io::Error),
     Token(yup_oauth2::Error),
+    Missing,
 }
 
 impl TokenFailure {
@@ -158,6 +160,11 @@ impl TokenFailure {
                 format!("building authenticator: {e}"),
             ),
             TokenFailure::Token(e) => classify_auth_error(TOKEN_METHOD, e),
+            TokenFailure::Missing => GoogleError::new(
+                ErrorClass::Retryable,
+                TOKEN_METHOD,
+                "token response without access_token",
+            ),
         }
     }
 }
@@ -227,8 +234,9 @@ impl TokenSource {
             return Ok(token.to_owned());
         }
         let fresh = self.fetch(subject, scopes).await?;
+        // An answer without a token is not kept: the next call asks again.
+        let token = fresh.token().ok_or(TokenFailure::Missing)?.to_owned();
         held.retain(|(s, _)| s != scopes);
-        let token = fresh.token().unwrap_or_default().to_owned();
         held.push((scopes.to_vec(), fresh));
         Ok(token)
     }
@@ -284,7 +292,7 @@ impl google_gmail1::common::GetToken for HubAuth {
             match self.tokens.access_token(subject, &self.scopes).await {
                 Ok(t) => Ok(Some(t)),
                 Err(TokenFailure::Token(e)) => Err(Box::new(e) as _),
-                Err(build) => Err(Box::new(build.classify()) as _),
+                Err(other) => Err(Box::new(other.classify()) as _),
             }
         })
     }
